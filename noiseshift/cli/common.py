@@ -1,0 +1,75 @@
+"""What every command shares: the typer app, consoles, progress bars and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+app = typer.Typer(
+    name="noiseshift",
+    help="Diagnose and correct noise shift in diffusion and flow-matching samplers.\n\n"
+    "Typical session: `noiseshift sample --nag-scale 1.5`, then "
+    "`noiseshift estimate trajectories.h5`, then `noiseshift report --plot`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(problem: str, path=None, code: int = 2) -> NoReturn:
+    """Print one line naming the file and the problem, exit non-zero."""
+    msg = f"{path}: {problem}" if path is not None else problem
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(obj) -> None:
+    """Plain JSON on stdout for scripts (no rich markup, no wrapping)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextmanager
+def progress(quiet: bool = False):
+    """A rich progress bar; hidden with quiet (for --json) or when stderr is not a terminal
+    in tests."""
+    p = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=False,
+    )
+    with p:
+        yield p

@@ -1,0 +1,337 @@
+"""Built-in data (upsampled sklearn digits, an analytic Gaussian mixture) and user arrays.
+
+The Gaussian mixture is the ground truth for the rest of the toolkit: its score, x0
+prediction, velocity and posterior p(t | x) are exact, so estimators and guidance are tested
+against it rather than against another network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import NoiseshiftError
+from .schedules import Schedule, expand_like, get_schedule
+
+DEFAULT_T_GRID = 256
+
+
+def t_grid(n: int = DEFAULT_T_GRID) -> torch.Tensor:
+    """Midpoints of n equal bins of [0, 1] (float64): the grid posteriors over t live on."""
+    return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+
+
+@dataclass
+class Dataset:
+    """Samples x (N, *shape) in float32 with optional labels, and how to rebuild them."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    spec: dict
+    num_classes: int = 0
+    # Orthonormal basis (D, k) of a subspace known to hold every data point, if any.
+    subspace: torch.Tensor | None = None
+    mixture: GaussianMixture | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def split(self, held_out: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """A seeded (train, held-out) split."""
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(self), generator=g)
+        n_held = max(1, int(round(held_out * len(self))))
+        parts = []
+        for idx in (perm[n_held:], perm[:n_held]):
+            labels = None if self.labels is None else self.labels[idx]
+            parts.append(
+                Dataset(self.x[idx], labels, self.spec, self.num_classes, self.subspace,
+                        self.mixture, self.info)
+            )
+        return parts[0], parts[1]
+
+
+# -- digits ---------------------------------------------------------------------------------
+
+def upsample(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinear upsampling of (N, 1, h, w) images to side x side; a fixed linear map."""
+    if images.shape[-1] == side:
+        return images
+    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def load_digits(side: int = 16) -> Dataset:
+    """sklearn's 1797 8x8 digits, scaled to [-1, 1] and upsampled to side x side.
+
+    Upsampling is linear, so the data lie in a 64-dimensional subspace of the side^2 pixels;
+    its basis rides along for the subspace oracle.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    if side < 8:
+        raise NoiseshiftError(f"digits side must be at least 8, got {side}")
+    d = sk_digits()
+    images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    x = upsample(images, side)
+    basis = upsample(torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8), side)
+    q, _ = torch.linalg.qr(basis.reshape(64, side * side).T)
+    return Dataset(
+        x=x.contiguous(),
+        labels=torch.tensor(d.target, dtype=torch.int64),
+        spec={"name": "digits", "side": side},
+        num_classes=10,
+        subspace=q,
+    )
+
+
+# -- Gaussian mixture -----------------------------------------------------------------------
+
+class GaussianMixture:
+    """Isotropic Gaussian mixture sum_k w_k N(mu_k, c_k^2 I) with exact diffusion quantities.
+
+    Under any schedule x_t | k ~ N(alpha mu_k, (alpha^2 c_k^2 + sigma^2) I), so the score,
+    E[x0 | x_t], and p(x_t | t) are closed-form. All math runs in float64.
+    """
+
+    def __init__(self, means, stds, weights=None):
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        k = self.means.shape[0]
+        self.stds = torch.as_tensor(stds, dtype=torch.float64).expand(k).clone()
+        w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(
+            weights, dtype=torch.float64)
+        self.weights = w / w.sum()
+
+    @classmethod
+    def random(cls, dim: int = 64, components: int = 8, std: float = 0.25, seed: int = 0):
+        """Means with per-dimension scale ~0.8 and small isotropic spread: image-like second
+        moment (about 0.7 per dimension) with well separated modes."""
+        g = torch.Generator().manual_seed(seed)
+        means = 0.8 * torch.randn(components, dim, generator=g, dtype=torch.float64)
+        return cls(means, std)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def to_dict(self) -> dict:
+        return {"means": self.means.tolist(), "stds": self.stds.tolist(),
+                "weights": self.weights.tolist()}
+
+    def second_moment(self) -> float:
+        """E|x0|^2 per dimension."""
+        m2 = (self.means**2).sum(1) / self.dim + self.stds**2
+        return float((self.weights * m2).sum())
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """(x0 float32 (n, d), component labels (n,))."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.means[k] + self.stds[k, None] * z
+        return x.float(), k
+
+    def _resp(self, x: torch.Tensor, t, schedule: Schedule):
+        x = x.reshape(x.shape[0], -1).double()
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]  # (N, 1)
+        v = a**2 * self.stds**2 + s**2  # (N, K)
+        dist2 = (x**2).sum(-1, keepdim=True) - 2 * a * (x @ self.means.T) + a**2 * (
+            self.means**2).sum(-1)
+        logn = -0.5 * (dist2 / v + self.dim * torch.log(2 * math.pi * v))
+        logj = torch.log(self.weights) + logn
+        return x, a, v, logj
+
+    def log_prob(self, x: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+        """log p_t(x), (N,)."""
+        return torch.logsumexp(self._resp(x, t, schedule)[3], dim=-1)
+
+    def score(self, x: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+        """grad_x log p_t(x), same shape and dtype as x."""
+        xf, a, v, logj = self._resp(x, t, schedule)
+        r = torch.softmax(logj, -1)  # (N, K)
+        out = -(xf * (r / v).sum(-1, keepdim=True) - a * (r / v) @ self.means)
+        return out.reshape(x.shape).to(x.dtype)
+
+    def x0_pred(self, x: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+        """E[x0 | x_t = x], same shape and dtype as x."""
+        xf, a, v, logj = self._resp(x, t, schedule)
+        r = torch.softmax(logj, -1)
+        g = a * self.stds**2 / v  # (N, K): per-component shrinkage gain
+        # sum_k r_k [mu_k + g_k (x - a mu_k)]
+        out = r @ self.means + (r * g).sum(-1, keepdim=True) * xf - (r * g * a) @ self.means
+        return out.reshape(x.shape).to(x.dtype)
+
+    def predict(self, x: torch.Tensor, t, schedule: Schedule, prediction: str = "velocity"):
+        """The exact model output in any parametrisation."""
+        x0 = self.x0_pred(x, t, schedule).double()
+        xd = x.double()
+        x0, eps = schedule.to_x0_eps(x0, "x0", xd, t)
+        return schedule.from_x0_eps(x0, eps, prediction, xd, t).to(x.dtype)
+
+    def log_likelihood_t(self, x: torch.Tensor, schedule: Schedule, grid: torch.Tensor):
+        """log p(x | t) for each state and each t on the grid, (N, G)."""
+        xf = x.reshape(x.shape[0], -1).double()
+        a, s = schedule.alpha(grid), schedule.sigma(grid)  # (G,)
+        v = a[:, None] ** 2 * self.stds**2 + s[:, None] ** 2  # (G, K)
+        xx = (xf**2).sum(-1)[:, None, None]  # (N, 1, 1)
+        xm = (xf @ self.means.T)[:, None, :]  # (N, 1, K)
+        mm = (self.means**2).sum(-1)
+        dist2 = xx - 2 * a[None, :, None] * xm + (a**2)[None, :, None] * mm  # (N, G, K)
+        logn = -0.5 * (dist2 / v + self.dim * torch.log(2 * math.pi * v))
+        return torch.logsumexp(torch.log(self.weights) + logn, dim=-1)
+
+    def posterior_t(self, x: torch.Tensor, schedule: Schedule, grid: torch.Tensor | None = None):
+        """Exact p(t | x) on a grid under a uniform prior on t: (grid (G,), probs (N, G))."""
+        grid = t_grid() if grid is None else grid.double()
+        return grid, torch.softmax(self.log_likelihood_t(x, schedule, grid), dim=-1)
+
+    def unconditional_predict(self, x: torch.Tensor, schedule: Schedule,
+                              prediction: str = "velocity", grid: torch.Tensor | None = None):
+        """E[target | x] with t integrated out: what a network trained with t-dropout learns
+        for its null-t token, sum_g p(t_g | x) * predict(x, t_g)."""
+        grid, post = self.posterior_t(x, schedule, grid)
+        out = torch.zeros_like(x, dtype=torch.float64)
+        for g, tg in enumerate(grid):
+            out += expand_like(post[:, g], out) * self.predict(x.double(), tg, schedule,
+                                                                prediction)
+        return out.to(x.dtype)
+
+    def unconditional_score(self, x: torch.Tensor, schedule: Schedule,
+                            grid: torch.Tensor | None = None):
+        """grad_x log p(x) for p(x) = int p(x | t) dt on the grid: sum_g p(t_g | x) s_g(x)."""
+        return self.unconditional_predict(x, schedule, "score", grid)
+
+
+class MixtureDenoiser(torch.nn.Module):
+    """The exact mixture denoiser, usable wherever a trained network is.
+
+    Called as ``model(x, t, y=None, drop_t=None)``; rows with drop_t True get the exact
+    t-unconditional prediction (what a null-t token learns).
+    """
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule,
+                 prediction: str = "velocity"):
+        super().__init__()
+        self.mixture, self.schedule, self.prediction = mixture, get_schedule(schedule), prediction
+        self.num_classes = 0
+        self.config = {"kind": "mixture", "schedule": self.schedule.to_dict(),
+                       "prediction": prediction}
+
+    @property
+    def supports_null_t(self) -> bool:
+        return True
+
+    def forward(self, x, t, y=None, drop_t=None, drop_y=None):
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        out = self.mixture.predict(x, t, self.schedule, self.prediction)
+        if drop_t is not None and bool(drop_t.any()):
+            idx = drop_t.nonzero().squeeze(1)
+            out[idx] = self.mixture.unconditional_predict(x[idx], self.schedule, self.prediction)
+        return out
+
+
+def make_gmm(dim: int = 64, components: int = 8, std: float = 0.25, seed: int = 0,
+             n: int = 4096) -> Dataset:
+    mix = GaussianMixture.random(dim, components, std, seed)
+    x, k = mix.sample(n, torch.Generator().manual_seed(seed + 1))
+    return Dataset(
+        x=x, labels=k, num_classes=components, mixture=mix,
+        spec={"name": "gmm", "dim": dim, "components": components, "std": std, "seed": seed,
+              "n": n},
+    )
+
+
+# -- user arrays ----------------------------------------------------------------------------
+
+_ARRAY_KEYS = ("x", "data", "images", "arr_0")
+_LABEL_KEYS = ("labels", "y", "targets")
+
+
+def load_array(path: str | Path) -> Dataset:
+    """Data from .npy, .npz (key x/data/images) or .h5 (dataset x/data/images).
+
+    (N, d) is a batch of vectors, (N, H, W) greyscale images, (N, C, H, W) images.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NoiseshiftError("no such file", path)
+    labels = None
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arr = _pick(z, _ARRAY_KEYS, path)
+                labels = next((z[k] for k in _LABEL_KEYS if k in z), None)
+        elif path.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                arr = _pick(f, _ARRAY_KEYS, path)[()]
+                labels = next((f[k][()] for k in _LABEL_KEYS if k in f), None)
+        else:
+            raise NoiseshiftError("unknown data format; use .npy, .npz or .h5", path)
+    except NoiseshiftError:
+        raise
+    except Exception as e:  # numpy and h5py raise many types for a damaged file
+        raise NoiseshiftError(f"cannot read data ({type(e).__name__}: {e})", path) from e
+    if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3, 4) or arr.shape[0] < 2:
+        raise NoiseshiftError(
+            f"expected a real array of shape (N, d), (N, H, W) or (N, C, H, W) with N >= 2, "
+            f"got {arr.dtype} {arr.shape}", path)
+    if not np.isfinite(arr).all():
+        raise NoiseshiftError("data contain NaN or Inf", path)
+    x = torch.tensor(arr, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    lab = None
+    if labels is not None:
+        lab = torch.tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+        if lab.shape[0] != x.shape[0]:
+            raise NoiseshiftError(f"{lab.shape[0]} labels for {x.shape[0]} samples", path)
+    return Dataset(x=x, labels=lab, spec={"name": "file", "path": str(path)},
+                   num_classes=0 if lab is None else int(lab.max()) + 1)
+
+
+def _pick(container, keys, path):
+    for k in keys:
+        if k in container:
+            return container[k]
+    names = list(container.keys())
+    if len(names) == 1:
+        return container[names[0]]
+    raise NoiseshiftError(f"cannot tell which array is the data among {names}; "
+                          f"name it one of {list(keys)}", path)
+
+
+def load_data(spec: str | dict = "digits", **options) -> Dataset:
+    """A dataset by name ('digits', 'gmm'), by path, or from a stored spec dict."""
+    if isinstance(spec, dict):
+        options = {**{k: v for k, v in spec.items() if k != "name"}, **options}
+        spec = spec["name"]
+    options = {k: v for k, v in options.items() if v is not None}
+    if spec == "digits":
+        return load_digits(**{k: v for k, v in options.items() if k == "side"})
+    if spec == "gmm":
+        keys = ("dim", "components", "std", "seed", "n")
+        return make_gmm(**{k: v for k, v in options.items() if k in keys})
+    if spec == "file":
+        return load_array(options["path"])
+    return load_array(spec)

@@ -1,0 +1,32 @@
+"""Device choice and seeding, shared by training, sampling and estimation."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import NoiseshiftError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA when there is one; anything else is passed to torch."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise NoiseshiftError(f"unknown device {device!r}; use auto, cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NoiseshiftError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator: noise is drawn on the CPU and moved, so a seed gives the same
+    numbers whatever the device."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+def randn(shape, gen: torch.Generator, device: torch.device, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
