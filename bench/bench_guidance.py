@@ -1,0 +1,204 @@
+"""Guidance: step cost against an unguided step, and the shift it removes on the exact mixture.
+
+    python bench/bench_guidance.py                 # cost: NAG and CFG+NAG vs unguided
+    python bench/bench_guidance.py --mixture       # exact-score NAG on Gaussian mixtures
+
+Cost: one forward step of the default digits UNet (the cached trained one if present,
+else the same architecture untrained: cost does not depend on the weights), unguided,
+classifier-free NAG (2 branches), CFG + NAG (3 branches) and estimator-gradient NAG, at the
+same batch, interleaved, median of repeats. Targets: NAG <= 2.0x, CFG+NAG <= 3.0x.
+
+Mixture: Euler-Maruyama (diffusion 2t, 16 steps) on the exact mixture denoiser, every NAG
+mode with the exact oracle estimator, per scale and guidance interval. The shift is the exact
+posterior's calibrated reading minus its reading of true x_t at the same t (the toolkit's
+delta), averaged over all steps and over the late steps (t <= 0.5). Quality: the energy
+distance to true samples (0 is perfect) and the dispersion about the nearest mode (1 for
+true data; the exact likelihood would reward collapse onto the modes, so it is not used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+from noiseshift.data import MixtureDenoiser, make_gmm
+from noiseshift.estimators import ExactOracle
+from noiseshift.guidance import GuidanceWarning, build_guidance
+from noiseshift.sampling import sample
+
+# -- cost -----------------------------------------------------------------------------------
+
+def _default_unet():
+    from noiseshift.data import load_data
+    from noiseshift.models import load_model
+    from noiseshift.pretrained import DEFAULT_DATA, default_model_path
+    from noiseshift.training import denoiser_config
+
+    path = default_model_path()
+    if path.exists():
+        return load_model(path), "cached default (trained)"
+    from noiseshift.models import build_model
+
+    cfg = denoiser_config(load_data(DEFAULT_DATA), "linear", arch="unet", t_dropout=0.3,
+                          class_dropout=0.1, conditional=True, channels=[16, 32])
+    torch.manual_seed(0)
+    return build_model(cfg).eval(), "default architecture, untrained"
+
+
+class _FixedPosterior:
+    """A stand-in estimator with the learned one's cost profile is not needed for the
+    ratio targets; this one differentiates a small conv net so the gradient pass is real."""
+
+    def __init__(self, shape, bins=100):
+        c = shape[0]
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(c, 32, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(32, 32, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, bins))
+        self.grid = (torch.arange(bins, dtype=torch.float64) + 0.5) / bins
+
+    def log_posterior(self, x):
+        return self.grid, torch.log_softmax(self.net(x).double(), -1)
+
+
+def _estimator_for_cost(shape):
+    from noiseshift.pretrained import cache_dir
+
+    cached = sorted(cache_dir().glob("estimator-*.pt")) if cache_dir().exists() else []
+    if cached:
+        from noiseshift.estimators import NoiseLevelEstimator
+
+        return NoiseLevelEstimator.load(cached[0]), f"cached {cached[0].name}"
+    return _FixedPosterior(shape), "small conv posterior net (untrained)"
+
+
+def bench_cost(batch: int, repeats: int) -> dict:
+    model, what = _default_unet()
+    est, est_what = _estimator_for_cost(tuple(model.config["shape"]))
+    shape = tuple(model.config["shape"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=g)
+    t = torch.full((batch,), 0.5)
+    y = torch.randint(model.num_classes, (batch,), generator=g)
+    variants = {
+        "unguided": model,
+        "nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf")[0],
+        "cfg+nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf", cfg_scale=1.0)[0],
+        "nag estimator": build_guidance(model, nag_scale=1.0, estimator=est)[0],
+        "cfg+nag estimator": build_guidance(model, nag_scale=1.0, cfg_scale=1.0,
+                                            estimator=est)[0],
+    }
+    times = {k: [] for k in variants}
+    with torch.no_grad():
+        for m in variants.values():  # warm-up
+            m(x, t, y)
+        for _ in range(repeats):
+            for k, m in variants.items():  # interleaved, so load changes hit all alike
+                t0 = time.perf_counter()
+                m(x, t, y)
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["unguided"]
+    print(f"model: {what}; estimator: {est_what}; batch {batch}, {repeats} repeats, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'variant':<20}{'ms/step':>10}{'x unguided':>12}")
+    for k, v in med.items():
+        print(f"{k:<20}{1000 * v:>10.2f}{v / base:>12.2f}")
+    print(f"targets: nag cf <= 2.0x -> {med['nag cf'] / base:.2f}x; "
+          f"cfg+nag cf <= 3.0x -> {med['cfg+nag cf'] / base:.2f}x")
+    return {k: v / base for k, v in med.items()}
+
+
+# -- mixture experiment ---------------------------------------------------------------------
+
+def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """2 E|A-B| - E|A-A'| - E|B-B'| (0 for equal distributions)."""
+    a, b = a.double().flatten(1), b.double().flatten(1)
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean()
+                 - torch.cdist(b, b).mean())
+
+
+def dispersion(mix, x: torch.Tensor) -> float:
+    """Mean squared distance to the nearest component mean per dimension, over c^2
+    (1 for true data, < 1 when samples collapse onto the modes)."""
+    d2 = torch.cdist(x.double().flatten(1), mix.means).min(1).values ** 2
+    return float(d2.mean() / mix.dim / mix.stds.pow(2).mean())
+
+
+def run_mixture(dim: int, n: int, steps: int, seed: int, settings, components: int = 8):
+    data = make_gmm(dim=dim, components=components, std=0.25, seed=0, n=4096)
+    mix = data.mixture
+    model = MixtureDenoiser(mix, "linear")
+    oracle = ExactOracle(calib_samples=128).fit(data, "linear")
+    x_true, _ = mix.sample(n, torch.Generator().manual_seed(seed + 99))
+    rows = []
+    for mode, w, interval in settings:
+        guided, _ = build_guidance(model, nag_scale=w, nag_mode=mode, estimator=oracle,
+                                   interval=interval)
+        states: list = []
+        out = sample(guided, n, sampler="euler-maruyama", steps=steps, seed=seed,
+                     callback=lambda info, s=states: s.append((info["t"], info["x"].clone())))
+        deltas = []
+        for t, x in states:
+            t_hat = oracle.predict(x)[0]
+            deltas.append((t, float(t_hat.mean()) - float(oracle.reference(t))))
+        late = [d for t, d in deltas if t <= 0.5]
+        rows.append({"dim": dim, "mode": mode if w else "unguided", "w": w,
+                     "interval": interval, "delta": statistics.mean(d for _, d in deltas),
+                     "abs_delta": statistics.mean(abs(d) for _, d in deltas),
+                     "late_delta": statistics.mean(late), "first_delta": deltas[1][1],
+                     "energy": energy_distance(out, x_true), "disp": dispersion(mix, out)})
+    return rows
+
+
+def bench_mixture(dims, n, steps, seed, modes, scales, intervals):
+    settings = [("estimator", 0.0, None)] + [
+        (m, w, iv) for m in modes for iv in intervals for w in scales if w]
+    print(f"Euler-Maruyama (diffusion 2t), {steps} steps, n={n}, seed {seed}; exact mixture "
+          f"(8 components, std 0.25); delta read by the exact oracle (calibrated)")
+    print(f"{'d':>4} {'mode':<16}{'w':>5} {'interval':<10}{'delta':>8}{'|delta|':>9}"
+          f"{'late':>8}{'step1':>8}{'energy':>8}{'disp':>7}")
+    out = []
+    for d in dims:
+        for r in run_mixture(d, n, steps, seed, settings):
+            lo, hi = r["interval"] or (0, 0.8)
+            iv = "-" if r["w"] == 0 else f"{lo:g}-{hi:g}"
+            print(f"{r['dim']:>4} {r['mode']:<16}{r['w']:>5g} {iv:<10}{r['delta']:>+8.4f}"
+                  f"{r['abs_delta']:>9.4f}{r['late_delta']:>+8.4f}{r['first_delta']:>+8.4f}"
+                  f"{r['energy']:>8.4f}{r['disp']:>7.3f}")
+            sys.stdout.flush()
+            out.append(r)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mixture", action="store_true", help="run the mixture experiment")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--dims", default="2,16,64,256")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default="estimator,cf,cf-read,cf-read-control")
+    p.add_argument("--scales", default="0.5,1,2")
+    p.add_argument("--intervals", default="0-1,0-0.8,0.2-0.8")
+    a = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    warnings.simplefilter("ignore", GuidanceWarning)
+    if not a.mixture:
+        return bench_cost(a.batch, a.repeats)
+    intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]
+    return bench_mixture([int(d) for d in a.dims.split(",")], a.n, a.steps, a.seed,
+                         a.modes.split(","), [float(w) for w in a.scales.split(",")],
+                         intervals)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""The interface every noise-level estimator shares, and the calibration they all get.
+
+An estimator reads the noise level t' a state carries. Its raw read-out is biased (toward the
+middle near the ends for a posterior mean, by the data's own high frequencies for wavelet MAD),
+so every estimator is calibrated the same way after `fit`: an isotonic map from raw read-out to
+true t, fitted on held-out forward-noised states. The same held-out pass gives
+
+- the reference curve, the mean calibrated reading of *true* x_t at each scheduled t, so that
+  a shift is delta = t' - reference(t) and never a raw read-out minus t;
+- the blind zones, where that curve is flat and a shift cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.isotonic import IsotonicRegression
+
+from ..data import Dataset
+from ..errors import CheckpointError, NoiseshiftError
+from ..runtime import generator, resolve_device
+from ..schedules import Schedule, expand_like, get_schedule
+
+FORMAT = "noiseshift.estimator"
+VERSION = 1
+BLIND_SLOPE = 0.3
+
+#: name -> estimator class; filled in by subclassing, read by `load`.
+ESTIMATORS: dict[str, type[NoiseLevelEstimator]] = {}
+
+
+def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """np.interp for tensors (clamped at the ends), differentiable in x."""
+    xp, fp = xp.to(x), fp.to(x)
+    i = torch.searchsorted(xp, x.detach().contiguous()).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    w = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return f0 + w * (f1 - f0)
+
+
+def forward_noise(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule,
+                  gen: torch.Generator) -> torch.Tensor:
+    """True states x_t = alpha(t) x0 + sigma(t) eps, float32, noise from the CPU generator."""
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device)
+    t = t.to(device=x0.device, dtype=torch.float64)
+    a, s = expand_like(schedule.alpha(t), x0), expand_like(schedule.sigma(t), x0)
+    return a * x0 + s * eps
+
+
+def _as_batch(x) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+class NoiseLevelEstimator(BaseEstimator):
+    """Base class: `fit(data, schedule)`, `predict(x) -> (t_mean, t_std)`, `reference(t)`,
+    `blind_zones()`, `score(x, t)`, `save(path)` / `load(path)`, `to_dict()`.
+
+    Subclasses set `name` and implement `_fit(train, progress)` and `_raw(x)`, the raw
+    read-out (mean, std or None) as float64 (N,) tensors for a float32 batch on the device.
+    Parameters live in `__init__` (scikit-learn style); fitted state ends in an underscore.
+    """
+
+    name: ClassVar[str] = ""
+    has_posterior: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            ESTIMATORS[cls.name] = cls
+
+    def __init__(self, *, calib_points: int = 51, calib_samples: int = 256,
+                 held_out: float = 0.2, seed: int = 0, batch_size: int = 1024,
+                 device: str = "auto"):
+        self.calib_points = calib_points
+        self.calib_samples = calib_samples
+        self.held_out = held_out
+        self.seed = seed
+        self.batch_size = batch_size
+        self.device = device
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, data: Dataset, schedule: Schedule | str | dict, progress=None):
+        """Fit on a training split of `data`, then calibrate on the held-out split.
+
+        `progress(done, total, message)` is called during slow work (training).
+        """
+        self.schedule_ = get_schedule(schedule)
+        self.data_spec_ = dict(data.spec)
+        self.shape_ = tuple(data.shape)
+        self.device_ = resolve_device(self.device)
+        train, held = data.split(self.held_out, seed=self.seed)
+        self._fit(train, progress)
+        self._calibrate(held)
+        return self
+
+    def _fit(self, train: Dataset, progress) -> None:
+        raise NotImplementedError
+
+    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _calibrate(self, held: Dataset) -> None:
+        """Isotonic calibration, reference curve and spread, from one held-out pass over a
+        grid of t with `calib_samples` fresh noisings at each point."""
+        gen = generator(self.seed + 7919)
+        grid = torch.linspace(0.0, 1.0, self.calib_points, dtype=torch.float64)
+        n = self.calib_samples
+        idx = torch.randint(len(held), (len(grid) * n,), generator=gen)
+        t = grid.repeat_interleave(n)
+        xt = forward_noise(held.x[idx], t, self.schedule_, gen)
+        raw, _ = self._raw_batched(xt)
+        raw, tt = raw.cpu().numpy(), t.numpy()
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, tt)
+        self.calib_x_ = torch.as_tensor(iso.X_thresholds_, dtype=torch.float64)
+        self.calib_y_ = torch.as_tensor(iso.y_thresholds_, dtype=torch.float64)
+        cal = iso.predict(raw)
+        self.ref_t_ = grid
+        self.ref_v_ = torch.as_tensor(cal.reshape(len(grid), n).mean(1))
+        self.spread_c_, self.spread_s_ = _spread(cal, tt)
+
+    # -- reading states -----------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "calib_x_"):
+            raise NoiseshiftError(f"the {self.name} estimator is not fitted; call fit() first")
+
+    def _check_states(self, x) -> torch.Tensor:
+        self._check_fitted()
+        x = _as_batch(x)
+        if tuple(x.shape[1:]) != self.shape_:
+            raise NoiseshiftError(
+                f"states have shape {tuple(x.shape[1:])}, but this estimator reads "
+                f"{self.shape_} ({self.data_spec_.get('name')} data)")
+        return x
+
+    def _raw_batched(self, x: torch.Tensor):
+        means, stds = [], []
+        with torch.no_grad():
+            for xb in x.split(self.batch_size):
+                m, s = self._raw(xb.to(self.device_))
+                means.append(m)
+                stds.append(s)
+        std = None if stds[0] is None else torch.cat(stds)
+        return torch.cat(means), std
+
+    def calibrate(self, raw: torch.Tensor) -> torch.Tensor:
+        """The isotonic map from raw read-out to t (piecewise linear, differentiable)."""
+        return interp(raw, self.calib_x_, self.calib_y_)
+
+    def predict(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated t' and its std for each state: float64 (N,) tensors on x's device."""
+        x = self._check_states(x)
+        out_device = x.device
+        raw, raw_std = self._raw_batched(x)
+        t_hat = self.calibrate(raw)
+        if raw_std is None:
+            # No posterior: the std of true t among held-out states that read like this one.
+            t_std = interp(t_hat, self.spread_c_, self.spread_s_)
+        else:
+            # The posterior std mapped through the calibration, by its secant slope over
+            # +-1 std (a point slope of an isotonic fit is 0 or huge).
+            t_std = 0.5 * (self.calibrate(raw + raw_std) - self.calibrate(raw - raw_std))
+        return t_hat.to(out_device), t_std.to(out_device)
+
+    def reference(self, t):
+        """Mean calibrated reading of true forward-noised states at scheduled t (same kind as
+        t: float, numpy array or tensor)."""
+        self._check_fitted()
+        if isinstance(t, torch.Tensor):
+            return interp(t.to(torch.float64), self.ref_t_, self.ref_v_).to(t.device)
+        out = np.interp(np.asarray(t, dtype=np.float64), self.ref_t_.numpy(),
+                        self.ref_v_.numpy())
+        return float(out) if np.ndim(out) == 0 else out
+
+    def reference_slope(self, window: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """(t grid, d reference / dt), by secants over +-window grid points (~0.12 in t) so
+        that the noise in each point's mean does not make the slope jitter."""
+        self._check_fitted()
+        t, v = self.ref_t_.numpy(), self.ref_v_.numpy()
+        k = np.arange(len(t))
+        lo, hi = np.clip(k - window, 0, len(t) - 1), np.clip(k + window, 0, len(t) - 1)
+        return t, (v[hi] - v[lo]) / (t[hi] - t[lo])
+
+    def blind_zones(self, threshold: float = BLIND_SLOPE) -> list[tuple[float, float]]:
+        """[(lo, hi), ...] ranges of scheduled t where the reference curve's slope is below
+        `threshold`: there the estimator cannot tell t apart, so a shift cannot be read."""
+        t, slope = self.reference_slope()
+        half = 0.5 * (t[1] - t[0])
+        zones: list[tuple[float, float]] = []
+        for i in np.flatnonzero(slope < threshold):
+            lo, hi = float(max(0.0, t[i] - half)), float(min(1.0, t[i] + half))
+            if zones and lo <= zones[-1][1] + 1e-9:
+                zones[-1] = (zones[-1][0], hi)
+            else:
+                zones.append((lo, hi))
+        return zones
+
+    def in_blind_zone(self, t) -> np.ndarray:
+        """Boolean per t: whether it falls in a blind zone."""
+        return in_zones(t, self.blind_zones())
+
+    def score(self, x, t) -> float:
+        """Negative mean absolute error of t' against the true t (higher is better)."""
+        t_hat, _ = self.predict(x)
+        t = torch.as_tensor(t, dtype=torch.float64).to(t_hat.device).expand_as(t_hat)
+        return -float((t_hat - t).abs().mean())
+
+    # -- posterior (learned and oracle estimators) -------------------------------------------
+    def log_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grid (G,), log p(t_g | x) (N, G)), normalised over the grid and differentiable in
+        x; on the estimator's device. Only for estimators with a posterior."""
+        if not self.has_posterior:
+            raise NoiseshiftError(f"the {self.name} estimator has no posterior over t; use the "
+                                  f"learned, oracle or subspace estimator")
+        self._check_fitted()
+        x = torch.as_tensor(x)
+        if tuple(x.shape[1:]) != self.shape_:
+            self._check_states(x)  # raises the shape error
+        return self._log_posterior(x.to(self.device_))
+
+    def _log_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def grad_log_posterior(self, x: torch.Tensor, t) -> torch.Tensor:
+        """grad_x log p(t | x) at scheduled t ((N,) or scalar), interpolating log p linearly
+        between grid points. Same shape as x."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            grid, logp = self.log_posterior(xg)
+            tt = torch.as_tensor(t, dtype=logp.dtype, device=logp.device).expand(len(xg))
+            grid = grid.to(logp)
+            i = torch.searchsorted(grid, tt.contiguous()).clamp(1, len(grid) - 1)
+            w = ((tt - grid[i - 1]) / (grid[i] - grid[i - 1])).clamp(0.0, 1.0)
+            rows = torch.arange(len(xg), device=logp.device)
+            lp = (1 - w) * logp[rows, i - 1] + w * logp[rows, i]
+            (grad,) = torch.autograd.grad(lp.sum(), xg)
+        return grad.to(device=x.device, dtype=x.dtype)
+
+    # -- identity and persistence -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """What this estimator is: name, schedule, data spec and state shape."""
+        self._check_fitted()
+        return {"name": self.name, "schedule": self.schedule_.to_dict(),
+                "data": self.data_spec_, "shape": list(self.shape_)}
+
+    def config(self) -> dict:
+        return {**self.to_dict(), "params": self.get_params()}
+
+    def calibration_dict(self) -> dict:
+        """The calibration as JSON-able lists: isotonic knots, reference curve, blind zones."""
+        self._check_fitted()
+        return {"isotonic_x": self.calib_x_.tolist(), "isotonic_y": self.calib_y_.tolist(),
+                "reference_t": self.ref_t_.tolist(), "reference": self.ref_v_.tolist(),
+                "blind_zones": [list(z) for z in self.blind_zones()]}
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"calib.x": self.calib_x_, "calib.y": self.calib_y_, "ref.t": self.ref_t_,
+                "ref.v": self.ref_v_, "spread.c": self.spread_c_, "spread.s": self.spread_s_}
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.calib_x_, self.calib_y_ = state["calib.x"], state["calib.y"]
+        self.ref_t_, self.ref_v_ = state["ref.t"], state["ref.v"]
+        self.spread_c_, self.spread_s_ = state["spread.c"], state["spread.s"]
+
+    def save(self, path: str | Path) -> Path:
+        """torch.save of {format, version, config (JSON), state_dict}, via a temp file and a
+        rename so a crash never leaves half a checkpoint."""
+        path = Path(path)
+        payload = {"format": FORMAT, "version": VERSION, "config": json.dumps(self.config()),
+                   "state_dict": {k: v.detach().cpu() for k, v in self._state().items()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> NoiseLevelEstimator:
+        """Load any estimator checkpoint (or only this class's, when called on a subclass)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError("no such estimator file", path)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a file that is not a checkpoint
+            raise CheckpointError(f"not a noiseshift estimator checkpoint ({type(e).__name__})",
+                                  path) from e
+        config = _checked_config(payload, path)
+        kind = ESTIMATORS.get(config.get("name"))
+        if kind is None:
+            raise CheckpointError(f"unknown estimator kind {config.get('name')!r}", path)
+        if cls is not NoiseLevelEstimator and not issubclass(kind, cls):
+            raise CheckpointError(f"this is a {kind.name} estimator, not {cls.name}", path)
+        try:
+            est = kind(**{**config["params"], "device": device})
+            est.schedule_ = get_schedule(config["schedule"])
+            est.data_spec_ = dict(config["data"])
+            est.shape_ = tuple(int(s) for s in config["shape"])
+            est.device_ = resolve_device(device)
+            est._load_state(payload["state_dict"])
+        except NoiseshiftError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"damaged estimator checkpoint ({type(e).__name__}: {e})",
+                                  path) from e
+        return est
+
+
+def in_zones(t, zones) -> np.ndarray:
+    """Boolean per t: whether it falls in any (lo, hi) zone."""
+    t = np.asarray(t, dtype=np.float64)
+    flag = np.zeros(t.shape, dtype=bool)
+    for lo, hi in zones:
+        flag |= (t >= lo) & (t <= hi)
+    return flag
+
+
+def _checked_config(payload: Any, path: Path) -> dict:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"not a noiseshift estimator checkpoint (format is not {FORMAT!r})",
+                              path)
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"estimator checkpoint version {payload.get('version')!r}; this "
+                              f"noiseshift reads version {VERSION}", path)
+    try:
+        config = json.loads(payload["config"])
+        state = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError("damaged estimator checkpoint (bad config)", path) from e
+    if not isinstance(config, dict) or not isinstance(state, dict) or not all(
+            k in config for k in ("name", "schedule", "data", "shape", "params")):
+        raise CheckpointError("damaged estimator checkpoint (incomplete config)", path)
+    return config
+
+
+def _spread(cal: np.ndarray, t: np.ndarray, bins: int = 25):
+    """(bin centres, std of true t) over quantile bins of the calibrated reading."""
+    edges = np.unique(np.quantile(cal, np.linspace(0.0, 1.0, bins + 1)))
+    which = np.clip(np.searchsorted(edges, cal, side="right") - 1, 0, max(len(edges) - 2, 0))
+    centres, stds = [], []
+    for b in range(max(len(edges) - 1, 1)):
+        sel = which == b
+        if sel.sum() >= 2:
+            centres.append(cal[sel].mean())
+            stds.append(np.sqrt(np.mean((t[sel] - cal[sel]) ** 2)))
+    if len(centres) < 2:  # a constant read-out: one bin
+        centres, stds = [0.0, 1.0], [float(np.std(t))] * 2
+    return (torch.as_tensor(np.asarray(centres), dtype=torch.float64),
+            torch.as_tensor(np.asarray(stds), dtype=torch.float64))

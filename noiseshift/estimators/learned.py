@@ -1,0 +1,169 @@
+"""The learned noise-level estimator: a network posterior over bins of t.
+
+A small network (MLP for vectors, conv net for images) is trained with cross-entropy to
+classify the noise level of forward-noised data, t ~ U[0, 1], into `bins` equal bins. Its
+read-out is the posterior mean and std; `log_posterior` is differentiable in x, so guidance
+can follow grad_x log p(t | x).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset
+from ..errors import NoiseshiftError
+from .base import NoiseLevelEstimator, forward_noise
+
+
+def _scale_free(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / rms(x), log rms(x)): the network sees shape and scale apart, so one set of
+    weights covers a VP state (rms ~ 1) and a VE state (rms up to sigma_max) alike."""
+    rms = x.reshape(len(x), -1).pow(2).mean(1).add(1e-12).sqrt()
+    return x / rms.reshape(-1, *([1] * (x.ndim - 1))), rms.log()[:, None]
+
+
+class PosteriorMLP(nn.Module):
+    def __init__(self, dim: int, bins: int, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim + 1, width), nn.SiLU(),
+            nn.Linear(width, width), nn.SiLU(),
+            nn.Linear(width, width), nn.SiLU(),
+            nn.Linear(width, bins),
+        )
+
+    def forward(self, x):
+        h, log_rms = _scale_free(x)
+        return self.net(torch.cat([h.reshape(len(x), -1), log_rms], 1))
+
+
+class PosteriorConvNet(nn.Module):
+    """Pixel-unshuffle first: every 2x2 block becomes 4 channels, losslessly, so the first
+    3x3 conv sees the finest texture (a Haar detail is one linear combination of those
+    channels) at a quarter of the cost of a full-resolution layer. A strided layer widens the
+    view, and pooling the mean and mean square of the features (so energy as well as level
+    survives) makes the read-out global."""
+
+    def __init__(self, channels: int, bins: int, width: int = 16):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.PixelUnshuffle(2),
+            nn.Conv2d(4 * channels, 2 * w, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.SiLU(),
+        )
+        self.head = nn.Sequential(nn.Linear(8 * w + 1, 8 * w), nn.SiLU(), nn.Linear(8 * w, bins))
+
+    def forward(self, x):
+        h, log_rms = _scale_free(x)
+        if h.shape[-2] % 2 or h.shape[-1] % 2:
+            h = F.pad(h, (0, h.shape[-1] % 2, 0, h.shape[-2] % 2), mode="replicate")
+        f = self.features(h)
+        pooled = torch.cat([f.mean((2, 3)), f.pow(2).mean((2, 3)), log_rms], 1)
+        return self.head(pooled)
+
+
+def build_network(shape: tuple[int, ...], bins: int, width: int | None = None) -> nn.Module:
+    """MLP for vectors (d,), conv net for images (C, H, W)."""
+    if len(shape) == 1:
+        return PosteriorMLP(shape[0], bins, width or 256)
+    if len(shape) == 3:
+        return PosteriorConvNet(shape[0], bins, width or 16)
+    raise NoiseshiftError(f"the learned estimator reads vectors (d,) or images (C, H, W), "
+                          f"not states of shape {shape}")
+
+
+class LearnedEstimator(NoiseLevelEstimator):
+    """Posterior over `bins` bins of t from a network, then the shared isotonic calibration.
+
+    Parameters: `bins`, training `steps`, peak `lr` (AdamW, warm-up then cosine, in
+    `training.train_loop`), `train_batch`, `ema_decay`, `width` (None: 256 for the MLP, 16
+    base channels for the conv net), plus the base options (calibration grid, held-out
+    fraction, seed, inference `batch_size`, device). Defaults: 100 bins, 800 steps of 256,
+    lr 1e-2 (a sweep on 16x16 digits gave held-out MAE 0.025 at 5e-3, 0.020 at 1e-2).
+    """
+
+    name = "learned"
+    has_posterior = True
+
+    def __init__(self, *, bins: int = 100, steps: int = 800, lr: float = 1e-2,
+                 train_batch: int = 256, ema_decay: float | None = 0.99, width: int | None = None,
+                 calib_points: int = 51, calib_samples: int = 256, held_out: float = 0.2,
+                 seed: int = 0, batch_size: int = 1024, device: str = "auto"):
+        super().__init__(calib_points=calib_points, calib_samples=calib_samples,
+                         held_out=held_out, seed=seed, batch_size=batch_size, device=device)
+        self.bins = bins
+        self.steps = steps
+        self.lr = lr
+        self.train_batch = train_batch
+        self.ema_decay = ema_decay
+        self.width = width
+
+    # -- training ------------------------------------------------------------------------------
+    def _build(self) -> nn.Module:
+        return build_network(self.shape_, self.bins, self.width).to(self.device_)
+
+    def loss(self, net: nn.Module, batch) -> torch.Tensor:
+        """Cross-entropy of the t-bin of each forward-noised state."""
+        xt, t = batch
+        target = (t * self.bins).long().clamp(0, self.bins - 1)
+        return F.cross_entropy(net(xt), target)
+
+    def batch_sampler(self, train: Dataset):
+        """sample_batch(gen) -> (x_t, t) on the CPU, t ~ U[0, 1], for `train_loop`."""
+        x0_all = train.x
+
+        def sample_batch(gen: torch.Generator):
+            idx = torch.randint(len(x0_all), (self.train_batch,), generator=gen)
+            t = torch.rand(self.train_batch, generator=gen, dtype=torch.float64)
+            return forward_noise(x0_all[idx], t, self.schedule_, gen), t
+
+        return sample_batch
+
+    def _fit(self, train: Dataset, progress) -> None:
+        from ..training import train_loop
+
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+            torch.manual_seed(self.seed)
+            net = self._build()
+        hist = train_loop(net, self.loss, self.batch_sampler(train), steps=self.steps,
+                          lr=self.lr, ema_decay=self.ema_decay, seed=self.seed,
+                          device=self.device_, on_step=progress)
+        self.net_ = (hist.ema if hist.ema is not None else net).eval()
+        self.train_info_ = {"steps": hist.steps, "final_loss": hist.final_loss,
+                            "seconds": round(hist.seconds, 2)}
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def grid(self) -> torch.Tensor:
+        """Bin centres (float64)."""
+        return (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins
+
+    def _log_posterior(self, x):
+        logp = torch.log_softmax(self.net_(x.float()).double(), dim=-1)
+        return self.grid.to(x.device), logp
+
+    def _raw(self, x):
+        grid, logp = self._log_posterior(x)
+        p = logp.exp()
+        mean = p @ grid
+        return mean, (p @ grid**2 - mean**2).clamp_min(0.0).sqrt()
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _state(self):
+        net = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        return {**super()._state(), **net}
+
+    def _load_state(self, state):
+        super()._load_state(state)
+        self.net_ = self._build()
+        self.net_.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        self.net_.eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net_.parameters())
+
+
+__all__ = ["LearnedEstimator", "PosteriorConvNet", "PosteriorMLP", "build_network"]

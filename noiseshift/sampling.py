@@ -1,0 +1,339 @@
+"""Samplers as plain functions, in the style of k-diffusion's sampling.py.
+
+Each sampler is ``fn(model, x, ts, *, y=None, callback=None, generator=None,
+final_denoise=True, ...)``: it integrates from ``ts[0]`` down to ``ts[-1]`` and calls
+``callback(info)`` once per step, *before* the update, with
+``info = {"i": i, "t": float ts[i], "x": state fed to the model, "x0_pred": model's x0}``.
+Recording is just such a callback (`trajectories.TrajectoryWriter.callback`).
+
+Model outputs are converted only through ``model.schedule.convert``: samplers never
+re-derive the schedule's math. With ``final_denoise`` the last step returns the model's x0
+prediction (as SiT's samplers do), so stochastic samplers end without residual noise; the
+score at sigma = 0 is therefore never needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import runtime
+from .errors import NoiseshiftError
+from .pretrained import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+
+def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
+    """(steps + 1,) float64 times, evenly spaced and decreasing from t_max to t_min."""
+    if steps < 1:
+        raise NoiseshiftError(f"steps must be at least 1, got {steps}")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise NoiseshiftError(f"need 0 <= t_min < t_max <= 1, got {t_min}, {t_max}")
+    return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
+
+
+def _call(model, x: torch.Tensor, t: float, y) -> tuple[torch.Tensor, str]:
+    """The model's output at (x, t) and its parametrisation; t goes in as an (N,) row."""
+    out = model(x, torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device), y=y)
+    return out, model.prediction
+
+
+def _to(model, out, src: str, dst: str, x: torch.Tensor, t: float) -> torch.Tensor:
+    return model.schedule.convert(out, src, dst, x, t).to(x.dtype)
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.randn_like(x)
+    return runtime.randn(x.shape, generator, x.device, x.dtype)
+
+
+def _step_info(i, t, x, x0, callback) -> None:
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "x0_pred": x0})
+
+
+def _last(i: int, ts: torch.Tensor) -> bool:
+    return i == len(ts) - 2
+
+
+@torch.no_grad()
+def sample_euler(model, x, ts, *, y=None, callback=None, generator=None,
+                 final_denoise=True):
+    """Euler on the probability-flow ODE dx/dt = v(x, t)."""
+    for i in range(len(ts) - 1):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        out, src = _call(model, x, t, y)
+        x0 = _to(model, out, src, "x0", x, t)
+        _step_info(i, t, x, x0, callback)
+        if final_denoise and _last(i, ts):
+            return x0
+        x = x + (t_next - t) * _to(model, out, src, "velocity", x, t)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model, x, ts, *, y=None, callback=None, generator=None,
+                final_denoise=True):
+    """Heun's second-order method on the ODE (two model calls a step; the last step, which
+    ends at ts[-1], is a plain Euler step as in k-diffusion)."""
+    for i in range(len(ts) - 1):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        out, src = _call(model, x, t, y)
+        x0 = _to(model, out, src, "x0", x, t)
+        _step_info(i, t, x, x0, callback)
+        if final_denoise and _last(i, ts):
+            return x0
+        v = _to(model, out, src, "velocity", x, t)
+        x_e = x + (t_next - t) * v
+        if _last(i, ts):
+            x = x_e
+            continue
+        out2, src2 = _call(model, x_e, t_next, y)
+        v2 = _to(model, out2, src2, "velocity", x_e, t_next)
+        x = x + (t_next - t) * 0.5 * (v + v2)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None,
+                          diffusion=2.0, final_denoise=True):
+    """Euler-Maruyama on the reverse SDE dx = [v - g^2/2 score] dt + g dW with
+    g(t)^2 = diffusion * sigma(t) (2t under the linear schedule). Any g gives the
+    ODE's marginals for an exact model; a larger g corrects more and adds more noise."""
+    for i in range(len(ts) - 1):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        out, src = _call(model, x, t, y)
+        x0 = _to(model, out, src, "x0", x, t)
+        _step_info(i, t, x, x0, callback)
+        if final_denoise and _last(i, ts):
+            return x0
+        h = t - t_next
+        g2 = diffusion * float(model.schedule.sigma(t))
+        drift = _to(model, out, src, "velocity", x, t) - 0.5 * g2 * _to(
+            model, out, src, "score", x, t)
+        x = x - h * drift + (g2 * h) ** 0.5 * _noise(x, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(model, x, ts, *, y=None, callback=None, generator=None, eta=0.0,
+                final_denoise=True):
+    """DDIM for any schedule: x_next = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z, with
+    c = eta * sigma' * sqrt(1 - (sigma'/alpha')^2 / (sigma/alpha)^2), the DDPM posterior
+    noise at eta = 1 (written so that alpha = 0 at t = 1 is fine). eta = 0 is
+    deterministic and, under the linear schedule, the same as Euler."""
+    sch = model.schedule
+    for i in range(len(ts) - 1):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        out, src = _call(model, x, t, y)
+        x0, eps = (v.to(x.dtype) for v in sch.to_x0_eps(out, src, x, t))
+        _step_info(i, t, x, x0, callback)
+        if final_denoise and _last(i, ts):
+            return x0
+        a, s = float(sch.alpha(t)), float(sch.sigma(t))
+        a_n, s_n = float(sch.alpha(t_next)), float(sch.sigma(t_next))
+        ratio2 = (s_n * a) ** 2 / max((a_n * s) ** 2, 1e-300)
+        c = eta * s_n * max(0.0, 1.0 - ratio2) ** 0.5
+        x = a_n * x0 + max(0.0, s_n**2 - c**2) ** 0.5 * eps
+        if c > 0:
+            x = x + c * _noise(x, generator)
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "euler-maruyama": sample_euler_maruyama,
+    "ddim": sample_ddim,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    if name not in SAMPLERS:
+        raise NoiseshiftError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
+                     **kw) -> dict:
+    """The full settings of a sampler call (its keyword defaults filled in), as written
+    into a trajectory file's ``sampler`` attribute."""
+    fn = get_sampler(name)
+    params = inspect.signature(fn).parameters
+    unknown = set(kw) - set(params) - {"y", "callback", "generator"}
+    if unknown:
+        raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
+    defaults = {k: p.default for k, p in params.items()
+                if p.kind is p.KEYWORD_ONLY and k not in ("y", "callback", "generator")}
+    return {"name": name, "steps": int(steps), "t_max": float(t_max), "t_min": float(t_min),
+            **defaults, **kw}
+
+
+# -- drawing and running ----------------------------------------------------------------------
+
+def draw_labels(num_classes: int, n: int, seed: int, y=None) -> torch.Tensor | None:
+    """The labels `sample` uses: ``y`` (an int or n ints) if given, else drawn from the seed.
+
+    Labels are the first draw from ``runtime.generator(seed)`` (even when ``y`` is given), so
+    the noise that follows is the same whichever labels are used.
+    """
+    if not num_classes:
+        if y is not None:
+            raise NoiseshiftError("this model is not class-conditional; drop the class label")
+        return None
+    drawn = torch.randint(num_classes, (n,), generator=runtime.generator(seed))
+    if y is None:
+        return drawn
+    y = torch.as_tensor(y, dtype=torch.int64).reshape(-1).expand(n).clone()
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise NoiseshiftError(f"class label out of range: the model has classes "
+                              f"0..{num_classes - 1}")
+    return y
+
+
+def safe_t_max(model, t_max: float = 1.0) -> float:
+    """t_max, pulled in to where alpha >= 1e-3 for eps and score models: where alpha = 0
+    (t = 1 under the linear and VP-cosine schedules) x0 = (x - sigma eps) / alpha is
+    undefined, so those parametrisations cannot start there."""
+    if model.prediction not in ("eps", "score") or float(model.schedule.alpha(t_max)) >= 1e-3:
+        return t_max
+    lo, hi = 0.0, float(t_max)  # alpha decreases in t: bisect for alpha(t) = 1e-3
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(model.schedule.alpha(mid)) >= 1e-3 else (lo, mid)
+    return lo
+
+
+def model_device(model, device="auto") -> torch.device:
+    """'auto': where the model's parameters are (CPU for a model without any); otherwise
+    the named device, and the model is moved there."""
+    if device == "auto":
+        params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+        return params[0].device if params else torch.device("cpu")
+    dev = runtime.resolve_device(device)
+    if isinstance(model, torch.nn.Module):
+        model.to(dev)
+    return dev
+
+
+def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+           seed: int = 0, y=None, callback=None, device="auto", shape=None,
+           t_max: float = 1.0, t_min: float = 0.0, **sampler_kw) -> torch.Tensor:
+    """n samples from ``model`` with a named sampler, reproducible from ``seed``.
+
+    From ``runtime.generator(seed)`` come, in order: the labels (for a class-conditional
+    model; ``y`` overrides them), the initial state x = alpha(t_max) * 0 + sigma(t_max) * eps,
+    then the sampler's own noise. Eps and score models start at `safe_t_max`.
+    ``sampler_kw`` go to the sampler (e.g. ``diffusion``,
+    ``eta``, ``final_denoise``). Returns (n, *shape) on the model's device.
+    """
+    fn = get_sampler(name=sampler)
+    t_max = safe_t_max(model, t_max)
+    sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)  # validates the options
+    dev = model_device(model, device)
+    if shape is None:
+        from .models import model_shape
+
+        shape = model_shape(model)
+    gen = runtime.generator(seed)
+    if model.num_classes:
+        torch.randint(model.num_classes, (n,), generator=gen)  # keeps the stream aligned
+    labels = draw_labels(model.num_classes, n, seed, y)
+    ts = timesteps(steps, t_max, t_min)
+    x = float(model.schedule.sigma(t_max)) * runtime.randn((n, *shape), gen, dev)
+    labels = None if labels is None else labels.to(dev)
+    with _eval(model):
+        return fn(model, x, ts, y=labels, callback=callback, generator=gen, **sampler_kw)
+
+
+@contextmanager
+def _eval(model):
+    """Run in eval mode, restoring the caller's mode afterwards."""
+    was_training = bool(getattr(model, "training", False))
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def chain(*callbacks) -> Callable | None:
+    """One callback that calls each of ``callbacks`` (None entries skipped)."""
+    cbs = [c for c in callbacks if c is not None]
+    if not cbs:
+        return None
+    if len(cbs) == 1:
+        return cbs[0]
+
+    def call(info):
+        for c in cbs:
+            c(info)
+
+    return call
+
+
+def sample_and_record(model, path, run: str, n: int, *, sampler: str = DEFAULT_SAMPLER,
+                      steps: int = DEFAULT_STEPS, seed: int = 0, y=None, callback=None,
+                      device="auto", guidance: dict | None = None,
+                      model_info: dict | None = None, save_x0: bool = True,
+                      overwrite: bool = True, t_max: float = 1.0, t_min: float = 0.0,
+                      **sampler_kw) -> torch.Tensor:
+    """`sample`, recording every step into run ``run`` of the HDF5 trajectory file ``path``
+    (format v1). ``guidance`` is the run's guidance dict ({"kind": "none"} when empty);
+    ``model_info`` defaults to `models.describe(model)`. Returns the samples."""
+    from .models import describe, model_shape
+    from .trajectories import TrajectoryWriter
+
+    t_max = safe_t_max(model, t_max)
+    settings = sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)
+    shape = model_shape(model)
+    labels = draw_labels(model.num_classes, n, seed, y)
+    with TrajectoryWriter(
+        path, run, n=n, shape=shape, schedule=model.schedule.to_dict(), sampler=settings,
+        guidance=guidance or {"kind": "none"},
+        model=describe(model) if model_info is None else model_info, seed=int(seed),
+        labels=None if labels is None else labels.numpy(), save_x0=save_x0,
+        overwrite=overwrite,
+    ) as w:
+        out = sample(model, n, sampler=sampler, steps=steps, seed=seed, y=labels,
+                     callback=chain(w.callback, callback), device=device, shape=shape,
+                     t_max=t_max, t_min=t_min, **sampler_kw)
+        w.finish(out)
+    return out
+
+
+def save_grid(images, path, nrow: int | None = None, labels=None) -> None:
+    """Save (N, C, H, W) images in [-1, 1] as a PNG grid (greyscale for C = 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = torch.as_tensor(images).detach().float().cpu()
+    if imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
+        raise NoiseshiftError(f"a sample grid needs (N, 1 or 3, H, W) images, got "
+                              f"{tuple(imgs.shape)}")
+    n = imgs.shape[0]
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    fig, axes = plt.subplots(ncol, nrow, figsize=(nrow * 0.6, ncol * 0.6 + 0.1), squeeze=False)
+    pix = ((imgs.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < n:
+            ax.imshow(pix[k, :, :, 0] if pix.shape[-1] == 1 else pix[k], cmap="gray",
+                      vmin=0, vmax=1, interpolation="nearest")
+            if labels is not None:
+                ax.set_title(str(int(labels[k])), fontsize=6, pad=1)
+    fig.subplots_adjust(wspace=0.05, hspace=0.3 if labels is not None else 0.05, left=0,
+                        right=1, bottom=0, top=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

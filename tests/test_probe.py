@@ -1,0 +1,135 @@
+"""The t-trust probe against exact denoisers whose answers are known."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from noiseshift.cli import app
+from noiseshift.data import Dataset, GaussianMixture, MixtureDenoiser, t_grid
+from noiseshift.errors import NoiseshiftError
+from noiseshift.guidance import noise_directions, probe
+from noiseshift.schedules import get_schedule
+
+LIN = get_schedule("linear")
+GRID = t_grid(64)
+
+
+class Exact(MixtureDenoiser):
+    """Exact mixture denoiser; `reads_x` makes the conditional branch ignore t as well."""
+
+    def __init__(self, mixture, prediction="velocity", reads_x=False, null_t=True):
+        super().__init__(mixture, LIN, prediction)
+        self.reads_x, self.null_t = reads_x, null_t
+
+    @property
+    def supports_null_t(self):
+        return self.null_t
+
+    def forward(self, x, t, y=None, drop_t=None, drop_y=None):
+        t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        out = self.mixture.predict(x, t, self.schedule, self.prediction)
+        rows = torch.ones(len(x), dtype=torch.bool) if self.reads_x else drop_t
+        if rows is not None and bool(rows.any()):
+            i = rows.nonzero().squeeze(1)
+            out[i] = self.mixture.unconditional_predict(x[i], self.schedule, self.prediction,
+                                                        GRID)
+        return out
+
+
+@pytest.fixture(scope="module")
+def low_rank():
+    """Ten point masses spanning 6 of 48 dimensions: the other 42 carry only noise."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(48, 6, generator=g, dtype=torch.float64))
+    means = torch.randn(10, 6, generator=g, dtype=torch.float64) @ q.T
+    mix = GaussianMixture(means, 0.0)
+    x, k = mix.sample(400, g)
+    return mix, q, x, k
+
+
+def test_noise_directions_from_known_subspace_and_from_the_span(low_rank):
+    mix, q, x, _ = low_rank
+    known = Dataset(x, None, {"name": "test"}, subspace=q)
+    found = Dataset(x, None, {"name": "test"})
+    for data, kind in ((known, "subspace"), (found, "span")):
+        basis, c2, what = noise_directions(data)
+        assert kind in what and basis.shape == (48, 42)
+        assert torch.allclose(basis.T @ basis, torch.eye(42, dtype=torch.float64), atol=1e-8)
+        assert float((q.T @ basis).abs().max()) < 1e-6 and c2 < 1e-10
+
+
+def test_exact_model_trusts_t_and_its_null_branch_reads_x(low_rank):
+    mix, _, x, _ = low_rank
+    data = Dataset(x, None, {"name": "test"})
+    res = probe(Exact(mix), data, rhos=(0.2, 0.4), ts=(0.3, 0.6), n=96)
+    for r in res.rows:
+        assert r["gain_cond"] == pytest.approx(1.0, abs=1e-6)
+        assert r["ideal_null"] == pytest.approx(r["t"] / r["t_true"], rel=1e-9)
+        # The exact null-t branch averages over p(t|x), which is narrow in 42 noise dims.
+        assert r["gain_null"] == pytest.approx(r["ideal_null"], rel=0.04)
+    assert res.trusts_t == pytest.approx(1.0, abs=0.1)
+    assert "trusts its t input" in res.verdict
+
+
+def test_a_model_that_reads_x_leaves_no_signal(low_rank):
+    mix, _, x, _ = low_rank
+    data = Dataset(x, None, {"name": "test"})
+    res = probe(Exact(mix, reads_x=True), data, rhos=(0.3,), ts=(0.4, 0.7), n=96)
+    for r in res.rows:
+        assert r["gain_cond"] == pytest.approx(r["gain_null"], abs=1e-9)
+        assert r["gain_cond"] == pytest.approx(r["ideal_null"], rel=0.04)
+    assert abs(res.trusts_t) < 0.05
+    assert "reads its noise level from x" in res.verdict
+
+
+def test_without_a_null_branch_the_conditional_gain_decides(low_rank):
+    mix, _, x, _ = low_rank
+    data = Dataset(x, None, {"name": "test"})
+    trusting = probe(Exact(mix, null_t=False), data, rhos=(0.3,), ts=(0.5,), n=64)
+    assert "gain_null" not in trusting.rows[0] and trusting.trusts_t == pytest.approx(1.0)
+    assert "no null-t branch" in trusting.verdict
+    reader = probe(Exact(mix, reads_x=True, null_t=False), data, rhos=(0.3,), ts=(0.5,), n=64)
+    assert abs(reader.trusts_t) < 0.1
+
+
+def test_eps_model_has_the_same_ideals(low_rank):
+    mix, _, x, _ = low_rank
+    res = probe(Exact(mix, "eps"), Dataset(x, None, {"name": "test"}), rhos=(0.25,),
+                ts=(0.4,), n=64)
+    r = res.rows[0]
+    assert r["gain_cond"] == pytest.approx(1.0, abs=1e-6)
+    assert r["ideal_null"] == pytest.approx(0.4 / 0.5)
+
+
+def test_x0_model_is_refused(low_rank):
+    mix, _, x, _ = low_rank
+    with pytest.raises(NoiseshiftError, match="x0"):
+        probe(Exact(mix, "x0"), Dataset(x, None, {"name": "test"}))
+
+
+@pytest.mark.slow
+def test_probe_command_on_a_tiny_trained_model(tmp_path):
+    from noiseshift.data import load_digits
+    from noiseshift.models import save_model
+    from noiseshift.training import train_denoiser
+
+    model = train_denoiser(load_digits(12), "linear", steps=20, batch_size=32,
+                           channels=[8, 16], ema_decay=None)
+    path = save_model(model, tmp_path / "m.pt")
+    runner = CliRunner()
+    res = runner.invoke(app, ["probe", "--model", str(path), "--json", "--n", "32",
+                              "--ts", "0.4,0.7", "--rhos", "0.2"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["rows"]) == 2 and out["directions"].startswith("complement")
+    assert {"gain_cond", "gain_null", "ideal_null", "signal"} <= set(out["rows"][0])
+    assert isinstance(out["verdict"], str)
+    res = runner.invoke(app, ["probe", "--model", str(path), "--n", "32", "--ts", "0.5"])
+    assert res.exit_code == 0 and "verdict" in res.stdout.lower()
+    # A user mistake is a NoiseshiftError, which `noiseshift.cli.main` prints as one line.
+    res = runner.invoke(app, ["probe", "--model", str(tmp_path / "missing.pt")])
+    assert isinstance(res.exception, NoiseshiftError) and "no such file" in str(res.exception)
+    res = runner.invoke(app, ["probe", "--model", str(path), "--ts", "a,b"])
+    assert isinstance(res.exception, NoiseshiftError) and "--ts" in str(res.exception)
