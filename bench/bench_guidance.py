@@ -2,6 +2,7 @@
 
     python bench/bench_guidance.py                 # cost: NAG and CFG+NAG vs unguided
     python bench/bench_guidance.py --mixture       # exact-score NAG on Gaussian mixtures
+    python bench/bench_guidance.py --digits --settings unguided,estimator:1,cf:1 --seeds 0,1
 
 Cost: one forward step of the default digits UNet (the cached trained one if present,
 else the same architecture untrained: cost does not depend on the weights), unguided,
@@ -177,9 +178,91 @@ def bench_mixture(dims, n, steps, seed, modes, scales, intervals):
     return out
 
 
+# -- digits: the default model ----------------------------------------------------------------
+
+BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
+
+
+def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two sets of feature vectors."""
+    import numpy as np
+    from scipy import linalg
+
+    a, b = a.double().numpy(), b.double().numpy()
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(ca @ cb).real
+    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
+
+
+def parse_setting(text: str) -> dict:
+    """'unguided', 'estimator:1', 'cf:1.5@0.2-0.8', 'eps:1.005', 'ts:0.2-0.3'."""
+    if text == "unguided":
+        return {}
+    kind, _, rest = text.partition(":")
+    rest, _, iv = rest.partition("@")
+    interval = tuple(float(v) for v in iv.split("-")) if iv else None
+    if kind == "eps":
+        return {"eps_scale": float(rest), "interval": interval}
+    if kind == "ts":
+        return {"time_shift": tuple(float(v) for v in rest.split("-"))}
+    return {"nag_mode": kind, "nag_scale": float(rest), "interval": interval}
+
+
+def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int):
+    """Every setting on the default digits model and sampler: mean delta per t band as read
+    by the learned estimator (the one estimator-based modes are guided by) and by the
+    subspace oracle (an independent meter), and a provisional FD on the 8x8 (subspace)
+    coordinates of the samples against all digits."""
+    from noiseshift.data import load_data
+    from noiseshift.estimators import SubspaceOracle
+    from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
+
+    data = load_data(DEFAULT_DATA)
+    model = default_model(device="cpu")
+    learned = default_estimator(device="cpu")
+    meter = SubspaceOracle().fit(data, model.schedule)
+    q = data.subspace.float()
+    feats_data = data.x.flatten(1) @ q
+    head = "".join(f"{f't {lo:g}-{hi:g}':>15}" for lo, hi in BANDS)
+    print(f"default digits model, euler-maruyama {steps} steps, n={n}; delta = learned / "
+          f"subspace oracle per t band")
+    print(f"{'setting':<26}{'seed':>5}{'all steps':>17}{head}{'FD8x8':>8}")
+    rows = []
+    for seed in seeds:
+        for text in settings:
+            guided, desc = build_guidance(model, estimator=learned, **parse_setting(text))
+            states: list = []
+            out = sample(guided, n, steps=steps, seed=seed,
+                         callback=lambda info, s=states: s.append((info["t"], info["x"])))
+            per = []
+            for t, x in states:
+                a = float(learned.predict(x)[0].mean()) - float(learned.reference(t))
+                b = float(meter.predict(x)[0].mean()) - float(meter.reference(t))
+                per.append((t, a, b))
+            bands = []
+            for lo, hi in BANDS:
+                sel = [(a, b) for t, a, b in per if lo < t <= hi or (lo == 0 and t == 0)]
+                bands.append(tuple(statistics.mean(v) for v in zip(*sel, strict=True)))
+            overall = tuple(statistics.mean(v) for v in zip(*[p[1:] for p in per], strict=True))
+            fd = frechet(out.flatten(1).float() @ q, feats_data)
+            cells = "".join(f"{f'{a:+.3f}/{b:+.3f}':>15}" for a, b in bands)
+            print(f"{desc['kind']:<26}{seed:>5}{f'{overall[0]:+.4f}/{overall[1]:+.4f}':>17}"
+                  f"{cells}{fd:>8.3f}")
+            sys.stdout.flush()
+            rows.append({"setting": desc["kind"], "seed": seed, "delta_learned": overall[0],
+                         "delta_oracle": overall[1], "bands": bands, "fd": fd})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mixture", action="store_true", help="run the mixture experiment")
+    p.add_argument("--digits", action="store_true", help="every setting on the default "
+                   "digits model (trains and caches it on first use)")
+    p.add_argument("--settings", default="unguided,estimator:1,cf:1,cf-read:0.5,eps:1.005,"
+                   "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8")
+    p.add_argument("--seeds", default="0")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--dims", default="2,16,64,256")
@@ -192,6 +275,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     warnings.simplefilter("ignore", GuidanceWarning)
+    if a.digits:
+        return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
+                            a.steps)
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]

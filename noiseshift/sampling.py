@@ -37,8 +37,9 @@ def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tenso
 
 
 def _call(model, x: torch.Tensor, t: float, y) -> tuple[torch.Tensor, str]:
-    """The model's output at (x, t) and its parametrisation; t goes in as an (N,) row."""
-    out = model(x, torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device), y=y)
+    """The model's output at (x, t) and its parametrisation; t goes in as an (N,) float64
+    row (networks cast it; exact models and guidance keep the precision)."""
+    out = model(x, torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device), y=y)
     return out, model.prediction
 
 

@@ -207,8 +207,8 @@ def _check_root(f: h5py.File, path, want: str, version: int) -> None:
         fmt = _str_attr(f.attrs.get("format"))
         ver = f.attrs.get("version")
     if fmt is None:
-        raise TrajectoryError(f"not a noiseshift file (no `format` attribute; expected "
-                              f"{want!r})", path)
+        raise TrajectoryError(f"not a noiseshift file (`format` attribute missing or not a "
+                              f"string; expected {want!r})", path)
     if fmt != want:
         if fmt == ESTIMATES_FORMAT:
             raise TrajectoryError("this is a noiseshift estimates file, not a trajectory "

@@ -499,12 +499,14 @@ def test_sample_records_guided_runs_beside_their_baseline(tiny_models, tmp_path)
     with open_trajectories(f) as tf:
         runs = {r.name: r.attrs for r in tf}
     assert set(runs) == {"unguided", "nag-cf-1", "nag-estimator-0.5@0.1-0.7",
-                         "eps-scale-1.01+time-shift-0.2-0.3", "unguided-euler-maruyama-3-seed1-n8"}
+                         "eps-scale-1.01+time-shift-0.2-0.3",
+                         "unguided-euler-maruyama-3-seed1-n8"}
     assert runs["unguided"]["guidance"] == {"kind": "none"}
     nag = runs["nag-estimator-0.5@0.1-0.7"]["guidance"]["nag"]
     assert nag["mode"] == "estimator" and nag["interval"] == [0.1, 0.7]
     assert nag["estimator"]["name"] == "oracle"
-    assert runs["nag-cf-1"]["seed"] == runs["unguided"]["seed"] == 0
+    # The seed-1 run replaced nag-cf-1 (same name) and got a seed-1 baseline of its own.
+    assert runs["nag-cf-1"]["seed"] == runs["unguided-euler-maruyama-3-seed1-n8"]["seed"] == 1
 
 
 def test_sample_guidance_errors(tiny_models, tmp_path):

@@ -68,7 +68,9 @@ def progress(quiet: bool = False):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        disable=quiet,
+        # Not a terminal (a log, a pipe, a test): rich would print the bar's last frame there,
+        # a second line beside a one-line error.
+        disable=quiet or not err_console.is_terminal,
         transient=False,
     )
     with p:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -47,19 +48,25 @@ def estimate_command(
     """
     from ..estimators.apply import estimate_file
 
-    with progress(json_out) as p:
-        tasks: dict[str, int] = {}
+    # The bar opens on the first report, so a mistake found up front stays one line.
+    with ExitStack() as stack:
+        bars: dict = {}
+
+        def task(key: str, description: str, total: int) -> tuple:
+            if "p" not in bars:
+                bars["p"] = stack.enter_context(progress(json_out))
+            if key not in bars:
+                bars[key] = bars["p"].add_task(description, total=total)
+            return bars["p"], bars[key]
 
         def on_train(info):
-            if "train" not in tasks:
-                tasks["train"] = p.add_task("training the default estimator (first use only)",
-                                            total=info["steps"])
-            p.update(tasks["train"], completed=info["step"])
+            p, t = task("train", "training the default estimator (first use only)",
+                        info["steps"])
+            p.update(t, completed=info["step"])
 
         def on_progress(done, total):
-            if "read" not in tasks:
-                tasks["read"] = p.add_task(f"estimating {file.name}", total=total)
-            p.update(tasks["read"], completed=done)
+            p, t = task("read", f"estimating {file.name}", total)
+            p.update(t, completed=done)
 
         result = estimate_file(file, estimator, out=out, runs=run, device=device,
                                batch_size=batch_size, max_bytes=int(max_mib * 2**20),

@@ -215,6 +215,9 @@ def sample_command(
     if grid is not None and grid.suffix.lower() != ".png":
         raise NoiseshiftError("--grid needs a .png file name", grid)
     net = load_denoiser(model, device, quiet=json_out)
+    from ..sampling import draw_labels
+
+    labels = draw_labels(net.num_classes, n, seed, class_)  # a bad --class fails early
     guided, guidance = guided_model(net, **guidance_options(
         net, nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale, eps_scale=eps_scale,
         time_shift=time_shift, interval=guidance_interval, estimator=estimator,
@@ -250,7 +253,7 @@ def sample_command(
         if samples.ndim != 4:
             raise NoiseshiftError(f"--grid needs image data; samples have shape "
                                   f"{tuple(samples.shape[1:])}")
-        save_grid(samples[:64], grid)
+        save_grid(samples[:64], grid, labels=None if labels is None else labels[:64])
     summary = {
         "model": model or "default", "sampler": sampler_settings(sampler, steps, **sampler_kw),
         "guidance": guidance, "n": n, "shape": list(samples.shape[1:]), "seed": seed,

@@ -56,16 +56,19 @@ def mae_by_band(estimators: Mapping[str, NoiseLevelEstimator], x, t, bands: int 
 
 def compare(learned: NoiseLevelEstimator, data: Dataset, n: int = 4096, seed: int = 1,
             bands: int = 5, baselines: list[str] | None = None) -> dict:
-    """Fit the applicable baselines on `data` for `learned`'s schedule and measure all of them
-    with `learned` on the same held-out states (see `mae_by_band`)."""
+    """Fit the applicable baselines on `data` for `learned`'s schedule (with its split and
+    calibration settings) and measure all of them with `learned` on the same held-out states
+    (see `mae_by_band`)."""
     from . import ESTIMATORS
 
     schedule = learned.schedule_
     names = baseline_names(data) if baselines is None else baselines
     ests = {learned.name: learned}
     for name in names:
-        ests[name] = ESTIMATORS[name](held_out=learned.held_out, seed=learned.seed,
-                                      device=learned.device).fit(data, schedule)
+        ests[name] = ESTIMATORS[name](
+            calib_points=learned.calib_points, calib_samples=learned.calib_samples,
+            held_out=learned.held_out, seed=learned.seed, device=learned.device,
+        ).fit(data, schedule)
     x, t = heldout_states(data, schedule, n, seed, learned.held_out, learned.seed)
     result = mae_by_band(ests, x, t, bands)
     result["blind_zones"] = {name: [list(z) for z in e.blind_zones()] for name, e in ests.items()}

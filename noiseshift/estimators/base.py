@@ -77,7 +77,7 @@ class NoiseLevelEstimator(BaseEstimator):
         if cls.name:
             ESTIMATORS[cls.name] = cls
 
-    def __init__(self, *, calib_points: int = 51, calib_samples: int = 256,
+    def __init__(self, *, calib_points: int = 50, calib_samples: int = 256,
                  held_out: float = 0.2, seed: int = 0, batch_size: int = 1024,
                  device: str = "auto"):
         self.calib_points = calib_points
@@ -91,7 +91,8 @@ class NoiseLevelEstimator(BaseEstimator):
     def fit(self, data: Dataset, schedule: Schedule | str | dict, progress=None):
         """Fit on a training split of `data`, then calibrate on the held-out split.
 
-        `progress(done, total, message)` is called during slow work (training).
+        `progress(info)` receives the training loop's per-step info ({"step", "steps",
+        "loss"}) for estimators that train.
         """
         self.schedule_ = get_schedule(schedule)
         self.data_spec_ = dict(data.spec)
@@ -109,22 +110,29 @@ class NoiseLevelEstimator(BaseEstimator):
         raise NotImplementedError
 
     def _calibrate(self, held: Dataset) -> None:
-        """Isotonic calibration, reference curve and spread, from one held-out pass over a
-        grid of t with `calib_samples` fresh noisings at each point."""
+        """Isotonic calibration, reference curve and spread, from one held-out pass.
+
+        t is drawn stratified: `calib_samples` states uniform within each of `calib_points`
+        equal cells of [0, 1], plus as many at exactly t = 0 and t = 1 (the ends a sampler
+        starts and stops at). Continuous t matters: on a fixed grid of t, a precise read-out
+        would be calibrated onto a staircase of grid values. The reference curve is the mean
+        calibrated reading in each cell, placed at the cell's mean t.
+        """
         gen = generator(self.seed + 7919)
-        grid = torch.linspace(0.0, 1.0, self.calib_points, dtype=torch.float64)
-        n = self.calib_samples
-        idx = torch.randint(len(held), (len(grid) * n,), generator=gen)
-        t = grid.repeat_interleave(n)
-        xt = forward_noise(held.x[idx], t, self.schedule_, gen)
-        raw, _ = self._raw_batched(xt)
+        k, n = self.calib_points, self.calib_samples
+        cell = torch.arange(k, dtype=torch.float64).repeat_interleave(n)
+        t_in = (cell + torch.rand(k * n, generator=gen, dtype=torch.float64)) / k
+        t = torch.cat([torch.zeros(n, dtype=torch.float64), t_in,
+                       torch.ones(n, dtype=torch.float64)])
+        idx = torch.randint(len(held), (len(t),), generator=gen)
+        raw, _ = self._raw_batched(forward_noise(held.x[idx], t, self.schedule_, gen))
         raw, tt = raw.cpu().numpy(), t.numpy()
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, tt)
         self.calib_x_ = torch.as_tensor(iso.X_thresholds_, dtype=torch.float64)
         self.calib_y_ = torch.as_tensor(iso.y_thresholds_, dtype=torch.float64)
         cal = iso.predict(raw)
-        self.ref_t_ = grid
-        self.ref_v_ = torch.as_tensor(cal.reshape(len(grid), n).mean(1))
+        self.ref_t_ = torch.as_tensor(tt.reshape(k + 2, n).mean(1))
+        self.ref_v_ = torch.as_tensor(cal.reshape(k + 2, n).mean(1))
         self.spread_c_, self.spread_s_ = _spread(cal, tt)
 
     # -- reading states -----------------------------------------------------------------------
@@ -180,23 +188,23 @@ class NoiseLevelEstimator(BaseEstimator):
                         self.ref_v_.numpy())
         return float(out) if np.ndim(out) == 0 else out
 
-    def reference_slope(self, window: int = 3) -> tuple[np.ndarray, np.ndarray]:
-        """(t grid, d reference / dt), by secants over +-window grid points (~0.12 in t) so
+    def reference_slope(self, window: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+        """(t, d reference / dt) at the reference points, by secants over +-window in t, so
         that the noise in each point's mean does not make the slope jitter."""
         self._check_fitted()
         t, v = self.ref_t_.numpy(), self.ref_v_.numpy()
-        k = np.arange(len(t))
-        lo, hi = np.clip(k - window, 0, len(t) - 1), np.clip(k + window, 0, len(t) - 1)
-        return t, (v[hi] - v[lo]) / (t[hi] - t[lo])
+        lo, hi = np.clip(t - window, 0.0, 1.0), np.clip(t + window, 0.0, 1.0)
+        return t, (np.interp(hi, t, v) - np.interp(lo, t, v)) / (hi - lo)
 
     def blind_zones(self, threshold: float = BLIND_SLOPE) -> list[tuple[float, float]]:
         """[(lo, hi), ...] ranges of scheduled t where the reference curve's slope is below
         `threshold`: there the estimator cannot tell t apart, so a shift cannot be read."""
         t, slope = self.reference_slope()
-        half = 0.5 * (t[1] - t[0])
+        # Each reference point stands for the stretch half-way to its neighbours.
+        mids = np.concatenate([[0.0], 0.5 * (t[1:] + t[:-1]), [1.0]])
         zones: list[tuple[float, float]] = []
         for i in np.flatnonzero(slope < threshold):
-            lo, hi = float(max(0.0, t[i] - half)), float(min(1.0, t[i] + half))
+            lo, hi = float(mids[i]), float(mids[i + 1])
             if zones and lo <= zones[-1][1] + 1e-9:
                 zones[-1] = (zones[-1][0], hi)
             else:

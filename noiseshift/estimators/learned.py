@@ -90,7 +90,7 @@ class LearnedEstimator(NoiseLevelEstimator):
 
     def __init__(self, *, bins: int = 100, steps: int = 800, lr: float = 1e-2,
                  train_batch: int = 256, ema_decay: float | None = 0.99, width: int | None = None,
-                 calib_points: int = 51, calib_samples: int = 256, held_out: float = 0.2,
+                 calib_points: int = 50, calib_samples: int = 256, held_out: float = 0.2,
                  seed: int = 0, batch_size: int = 1024, device: str = "auto"):
         super().__init__(calib_points=calib_points, calib_samples=calib_samples,
                          held_out=held_out, seed=seed, batch_size=batch_size, device=device)

@@ -88,7 +88,7 @@ class UNetDenoiser(Denoiser):
 
 
 def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, ch), ch)
+    return nn.GroupNorm(math.gcd(8, ch), ch)  # 8 groups when they divide the channels
 
 
 class _ResBlock(nn.Module):

@@ -1,0 +1,213 @@
+"""Build the bad-input corpus: small trajectory files, each broken in one way.
+
+    python tests/make_bad_corpus.py tests/data/bad     # write the corpus into a folder
+
+The tests call `build(folder)` to write it into a temporary folder, so the repository holds
+only this script. Every case is a file that `noiseshift inspect` (and `estimate`, `report`)
+must refuse with one line naming the file and the problem (`expect`, a regular expression),
+exit code 2, and the file's bytes unchanged. A case with ``expect=None`` is a valid file that
+a particular command must refuse for another reason (see `CASES`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+N, DIM, S = 4, 8, 5
+DATA = {"name": "gmm", "dim": DIM}  # what `estimate` builds its built-in estimators from
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    expect: str | None  # regex the one-line error must match; None: the file itself is valid
+    note: str
+
+
+def good_arrays(steps: int = S, n: int = N, dim: int = DIM, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    t = np.linspace(1.0, 0.0, steps + 1)[:-1]
+    states = rng.standard_normal((steps, n, dim)).astype(np.float32)
+    return {"t": t, "states": states, "x0_pred": 0.5 * states,
+            "samples": rng.standard_normal((n, dim)).astype(np.float32),
+            "labels": np.arange(n, dtype=np.int64) % 2}
+
+
+def write_good(path: Path, *, run: str = "baseline", mutate=None, root=None, seed: int = 0,
+               dim: int = DIM, data_dim: int = DIM, runs: tuple[str, ...] = ()) -> Path:
+    """A valid file written with plain h5py (as an outside writer would), optionally broken
+    by `mutate(run_group, arrays)` (called before the datasets are written: it edits the
+    arrays dict or the group) or `root(file)`."""
+    arrays = good_arrays(dim=dim, seed=seed)
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "noiseshift.trajectories"
+        f.attrs["version"] = 1
+        for name in (run, *runs):
+            g = f.create_group(f"runs/{name}")
+            g.attrs["schedule"] = json.dumps({"name": "linear"})
+            g.attrs["sampler"] = json.dumps({"name": "euler", "steps": S})
+            g.attrs["guidance"] = json.dumps({"kind": "none"})
+            g.attrs["model"] = json.dumps({"data": {**DATA, "dim": data_dim}})
+            g.attrs["seed"] = 0
+            g.attrs["created"] = "2025-01-01T00:00:00+00:00"
+            g.attrs["complete"] = True
+            a = dict(arrays)
+            if mutate is not None and name == run:
+                mutate(g, a)
+            for key, val in a.items():
+                if val is not None:
+                    chunks = (1, *val.shape[1:]) if key in ("states", "x0_pred") and \
+                        val.ndim > 1 and val.size else None
+                    g.create_dataset(key, data=val, chunks=chunks)
+        if root is not None:
+            root(f)
+    return path
+
+
+def _set(key, value):
+    def mutate(g, a):
+        a[key] = value(a) if callable(value) else value
+    return mutate
+
+
+def _attr(key, value):
+    def mutate(g, a):
+        if value is None:
+            del g.attrs[key]
+        else:
+            g.attrs[key] = value
+    return mutate
+
+
+def _nan_at(key, where, value):
+    def mutate(g, a):
+        arr = a[key].copy()
+        arr[where] = value
+        a[key] = arr
+    return mutate
+
+
+def _external(folder: Path):
+    def mutate(g, a):
+        other = folder / "aux" / "elsewhere.h5"
+        other.parent.mkdir(exist_ok=True)
+        with h5py.File(other, "w") as f:
+            f["states"] = a["states"]
+        a["states"] = None
+        g["states"] = h5py.ExternalLink(f"aux/{other.name}", "states")
+    return mutate
+
+
+def _root_attr(key, value):
+    def root(f):
+        if value is None:
+            del f.attrs[key]
+        else:
+            f.attrs[key] = value
+    return root
+
+
+def _truncate(src: Path, dst: Path, keep) -> None:
+    data = src.read_bytes()
+    n = keep(len(data))
+    dst.write_bytes(data[:n])
+
+
+# name -> (how to make it, expected problem, what it is)
+def build(folder) -> dict[str, tuple[Path, Case]]:
+    """Write every case into `folder`; returns {name: (path, case)}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[Path, Case]] = {}
+
+    def add(name, expect, note, make):
+        path = folder / f"{name}.h5"
+        make(path)
+        out[name] = (path, Case(name, expect, note))
+
+    good = write_good(folder / "good.h5")
+    out["good"] = (good, Case("good", None, "a valid file (reference)"))
+    add("not_hdf5", r"not an HDF5 file", "a text file named .h5",
+        lambda p: p.write_text("time,value\n0,1\n"))
+    add("empty", r"file is empty", "zero bytes", lambda p: p.write_bytes(b""))
+    for label, keep in (("truncated_superblock", lambda n: 60),
+                        ("truncated_half", lambda n: n // 2),
+                        ("truncated_tail", lambda n: n - 100)):
+        add(label, r"truncated|damaged HDF5 file", f"good.h5 cut at {label.split('_')[1]}",
+            lambda p, keep=keep: _truncate(good, p, keep))
+    add("plain_hdf5", r"not a noiseshift file", "an HDF5 file of something else",
+        lambda p: _plain_hdf5(p))
+    add("wrong_format", r"wrong format 'something\.else'", "format attribute of another tool",
+        lambda p: write_good(p, root=_root_attr("format", "something.else")))
+    add("future_version", r"format version 2 is newer", "version = 2",
+        lambda p: write_good(p, root=_root_attr("version", 2)))
+    add("no_runs", r"no /runs group", "format attributes but no /runs",
+        lambda p: _no_runs(p))
+    add("missing_t", r"no `t` dataset", "run without t",
+        lambda p: write_good(p, mutate=_set("t", None)))
+    add("missing_states", r"no `states` dataset", "run without states",
+        lambda p: write_good(p, mutate=_set("states", None)))
+    add("t_not_decreasing", r"t is not decreasing", "t increasing",
+        lambda p: write_good(p, mutate=_set("t", lambda a: a["t"][::-1].copy())))
+    add("t_outside", r"t outside \[0, 1\]", "t from 1.5",
+        lambda p: write_good(p, mutate=_set("t", lambda a: a["t"] + 0.5)))
+    add("length_mismatch", r"length mismatch: t has 4 steps but states has 5", "t shorter",
+        lambda p: write_good(p, mutate=_set("t", lambda a: a["t"][:4])))
+    add("nan_states", r"states contain NaN or Inf at step 2", "one NaN in step 2",
+        lambda p: write_good(p, mutate=_nan_at("states", (2, 1, 3), np.nan)))
+    add("inf_states", r"states contain NaN or Inf at step 4", "one -Inf in the last step",
+        lambda p: write_good(p, mutate=_nan_at("states", (4, 0, 0), -np.inf)))
+    add("nan_x0_pred", r"x0_pred contain NaN or Inf", "NaN in x0_pred",
+        lambda p: write_good(p, mutate=_nan_at("x0_pred", (0, 0, 0), np.nan)))
+    add("int_states", r"states have dtype int64", "integer states",
+        lambda p: write_good(p, mutate=_set("states", lambda a: a["states"].astype(np.int64))))
+    add("complex_states", r"states have dtype complex64", "complex states",
+        lambda p: write_good(p, mutate=_set("states",
+                                            lambda a: a["states"].astype(np.complex64))))
+    add("zero_samples", r"zero samples", "N = 0",
+        lambda p: write_good(p, mutate=_zero_samples))
+    add("bad_json", r"attribute `sampler` is not valid JSON", "sampler attr not JSON",
+        lambda p: write_good(p, mutate=_attr("sampler", "{'name': 'euler'}")))
+    add("unknown_schedule", r"unknown schedule 'cosine-ish'", "schedule not a known family",
+        lambda p: write_good(p, mutate=_attr("schedule", json.dumps({"name": "cosine-ish"}))))
+    add("missing_complete", r"no `complete` attribute", "complete attr missing",
+        lambda p: write_good(p, mutate=_attr("complete", None)))
+    add("no_samples", r"complete run without `samples`", "complete but no samples",
+        lambda p: write_good(p, mutate=_set("samples", None)))
+    add("float_labels", r"labels must be \(4,\) integers", "labels as floats",
+        lambda p: write_good(p, mutate=_set("labels", lambda a: a["labels"] * 1.0)))
+    add("external_link", r"states is a ExternalLink", "states link to another file",
+        lambda p: write_good(p, mutate=_external(folder)))
+    add("shape_mismatch", None, "valid, but dim 9 while its model's data (and so the "
+        "estimator) has dim 8", lambda p: write_good(p, dim=9, data_dim=8))
+    return out
+
+
+def _plain_hdf5(p: Path) -> None:
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(10.0)
+
+
+def _no_runs(p: Path) -> None:
+    with h5py.File(p, "w") as f:
+        f.attrs["format"] = "noiseshift.trajectories"
+        f.attrs["version"] = 1
+
+
+def _zero_samples(g, a):
+    for key in ("states", "x0_pred"):
+        a[key] = a[key][:, :0]
+    a["samples"] = a["samples"][:0]
+    a["labels"] = a["labels"][:0]
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/bad")
+    for name, (path, case) in build(target).items():
+        print(f"{name:22s} {path.stat().st_size:7d} bytes  {case.note}")

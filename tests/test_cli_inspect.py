@@ -1,0 +1,97 @@
+"""`noiseshift inspect`: tables, JSON, estimates files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from make_bad_corpus import write_good
+
+from noiseshift.cli import main
+from noiseshift.trajectories import TrajectoryWriter, estimates_path, write_estimates
+
+
+def cli(capsys, monkeypatch, *args):
+    """Run the real console entry point in-process; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["noiseshift", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def two_runs(path):
+    write_good(path, run="baseline")
+    with TrajectoryWriter(path, "nag-1.5", n=3, shape=(8,), schedule="vp-cosine",
+                          sampler={"name": "euler-maruyama", "steps": 4},
+                          guidance={"kind": "nag", "scale": 1.5}, seed=7) as w:
+        for i in range(2):
+            w.callback({"i": i, "t": 1 - i / 4, "x": np.zeros((3, 8)), "x0_pred": None})
+    return path
+
+
+def test_table_lists_runs_and_flags_incomplete(tmp_path, capsys, monkeypatch):
+    p = two_runs(tmp_path / "traj.h5")
+    monkeypatch.setenv("COLUMNS", "160")
+    code, out, err = cli(capsys, monkeypatch, "inspect", p)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    base = next(x for x in lines if "baseline" in x)
+    nag = next(x for x in lines if "nag-1.5" in x)
+    for word in ("5", "4", "linear", "euler", "complete"):
+        assert word in base
+    for word in ("2", "3", "vp-cosine", "euler-maruyama", "nag", "scale=1.5", "7",
+                 "INCOMPLETE"):
+        assert word in nag
+    assert "valid noiseshift.trajectories v1" in out and "every state finite" in out
+
+
+def test_json(tmp_path, capsys, monkeypatch):
+    p = two_runs(tmp_path / "traj.h5")
+    code, out, _ = cli(capsys, monkeypatch, "inspect", p, "--json")
+    assert code == 0
+    s = json.loads(out)
+    runs = {r["name"]: r for r in s["runs"]}
+    assert s["valid"] and s["kind"] == "trajectories" and s["version"] == 1
+    assert runs["baseline"]["complete"] and not runs["nag-1.5"]["complete"]
+    assert runs["nag-1.5"]["steps"] == 2 and runs["nag-1.5"]["shape"] == [8]
+    assert runs["nag-1.5"]["guidance"] == {"kind": "nag", "scale": 1.5}
+
+
+def test_quick_skips_the_value_scan(tmp_path, capsys, monkeypatch):
+    p = write_good(tmp_path / "nan.h5", mutate=lambda g, a: a["states"].__setitem__(
+        (1, 1, 1), np.inf))
+    code, out, _ = cli(capsys, monkeypatch, "inspect", p, "--quick")
+    assert code == 0 and "--quick" in out
+    code, _, err = cli(capsys, monkeypatch, "inspect", p)
+    assert code == 2 and "NaN or Inf at step 1" in err
+
+
+def test_estimates_file(tmp_path, capsys, monkeypatch):
+    p = write_good(tmp_path / "traj.h5")
+    out_path = estimates_path(p)
+    t_hat = np.full((5, 4), 0.5)
+    write_estimates(out_path, p, [{"run": "baseline", "estimator": "oracle",
+                                   "identity": {"name": "oracle"}, "calibration": {},
+                                   "reference": np.full(5, 0.4), "t_hat": t_hat,
+                                   "t_std": t_hat * 0.1}])
+    code, out, _ = cli(capsys, monkeypatch, "inspect", out_path)
+    assert code == 0 and "estimates" in out and "oracle" in out and "+0.1000" in out
+    code, out, _ = cli(capsys, monkeypatch, "inspect", out_path, "--json")
+    s = json.loads(out)
+    assert s["kind"] == "estimates" and abs(s["runs"][0]["mean_delta"] - 0.1) < 1e-6
+
+
+def test_bad_file_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    p = tmp_path / "notes.h5"
+    p.write_text("hello")
+    code, out, err = cli(capsys, monkeypatch, "inspect", p)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(p) in err
+    assert "not an HDF5 file" in err
+    code, _, err = cli(capsys, monkeypatch, "inspect", tmp_path / "missing.h5", "--json")
+    assert code == 2 and "no such file" in err and err.count("\n") == 1
