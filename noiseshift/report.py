@@ -29,7 +29,7 @@ import pandas as pd
 from . import metrics as M
 from . import theory
 from .errors import NoiseshiftError
-from .estimators.apply import run_data_spec, summarize
+from .estimators.apply import summarize
 from .estimators.base import in_zones
 from .trajectories import estimates_path, open_estimates, open_trajectories
 
@@ -43,7 +43,7 @@ __all__ = ["Report", "RunData", "build_report", "write_report", "make_figures"]
 
 # -- what is read from the files -----------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class Reading:
     """One estimator's readings of one run."""
 
@@ -57,7 +57,7 @@ class Reading:
         return self.t_hat.astype(np.float64) - self.reference[:, None]
 
 
-@dataclass
+@dataclass(eq=False)
 class RunData:
     name: str
     t: np.ndarray
@@ -278,6 +278,7 @@ class Report:
             "theory": records(self.theory), "steps": records(self.steps),
             "findings": self.findings, "notes": self.notes,
             "figures": {k: str(v) for k, v in self.figures.items()},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
 
@@ -309,7 +310,7 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     if base is None:
         notes.append("no unguided run in the file: no paired differences (pick one with "
                      "--baseline NAME)")
-    data, data_spec, m2 = _data_for(runs, data, main, notes)
+    data, data_spec, m2 = _data_for(runs, data, notes)
     steps = _steps_table(runs, names, base, m2)
     t1 = time.perf_counter()
     qual, qdiff = ({}, {}) if not quality else _quality(runs, base, data, n_boot, seed,
@@ -325,7 +326,7 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     return rep
 
 
-def _data_for(runs, data, main, notes):
+def _data_for(runs, data, notes):
     """The Dataset the runs' model learned (for quality metrics and route (b)'s m2)."""
     from .data import load_data
 
@@ -334,7 +335,7 @@ def _data_for(runs, data, main, notes):
         spec = data.spec
     else:
         for r in runs:
-            spec = run_data_spec(_Attrs(r.attrs)) or next(
+            spec = (r.attrs.get("model") or {}).get("data") or next(
                 (rd.identity.get("data") for rd in r.readings.values()
                  if isinstance(rd.identity.get("data"), dict)), None)
             if spec is not None:
@@ -357,13 +358,6 @@ def _data_for(runs, data, main, notes):
         m2 = float(np.mean(np.square(with_samples[0].samples, dtype=np.float64))) \
             if with_samples else None
     return data, spec, m2
-
-
-class _Attrs:
-    """Duck type for `run_data_spec`, which reads `.attrs`."""
-
-    def __init__(self, attrs):
-        self.attrs = attrs
 
 
 def _steps_table(runs, names, base, m2) -> pd.DataFrame:
@@ -403,7 +397,7 @@ def _quality(runs, base, data, n_boot, seed, notes, progress):
         return {}, {}
     usable = [r for r in runs if r.samples is not None and tuple(r.shape) == data.shape]
     for r in runs:
-        if r.samples is not None and r not in usable:
+        if r.samples is not None and all(r is not u for u in usable):
             notes.append(f"run {r.name!r}: samples of shape {r.shape} do not match the data "
                          f"{data.shape}; no quality metrics")
     if not usable:
@@ -677,8 +671,10 @@ def _theory_sentences(rep) -> list[str]:
         if np.isfinite(th.sign_agreement):
             msg += f"; signs agree on {100 * th.sign_agreement:.0f}% of resolved steps"
         where = "; ".join(
-            f"t in [{d['t_lo']:.2f}, {d['t_hi']:.2f}] (predicted {d['predicted']:+.3f}, "
-            f"measured {d['measured']:+.3f})" for d in th.disagree[:3])
+            (f"t = {d['t_lo']:.2f}" if d["t_lo"] == d["t_hi"] else
+             f"t in [{d['t_lo']:.2f}, {d['t_hi']:.2f}]")
+            + f" (predicted {d['predicted']:+.3f}, measured {d['measured']:+.3f})"
+            for d in th.disagree[:3])
         out.append(msg + (f"). They disagree most at {where}." if where else ")."))
     return out
 
@@ -695,7 +691,9 @@ def write_report(rep: Report, out="report", plot: bool = True, progress=None) ->
     rep.paired.to_csv(out / "paired.csv", index=False)
     rep.bands.to_csv(out / "bands.csv", index=False)
     if plot:
+        start = time.perf_counter()
         rep.figures = make_figures(rep, out, progress)
+        rep.timings["figures"] = time.perf_counter() - start
     md = out / "report.md"
     md.write_text(_markdown(rep))
     return md

@@ -311,7 +311,8 @@ def sample_and_record(model, path, run: str, n: int, *, sampler: str = DEFAULT_S
 
 
 def save_grid(images, path, nrow: int | None = None, labels=None) -> None:
-    """Save (N, C, H, W) images in [-1, 1] as a PNG grid (greyscale for C = 1)."""
+    """Save (N, C, H, W) images in [-1, 1] as a PNG grid (greyscale for C = 1), with each
+    image's class label in its corner when ``labels`` are given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,10 +332,10 @@ def save_grid(images, path, nrow: int | None = None, labels=None) -> None:
         if k < n:
             ax.imshow(pix[k, :, :, 0] if pix.shape[-1] == 1 else pix[k], cmap="gray",
                       vmin=0, vmax=1, interpolation="nearest")
-            if labels is not None:
-                ax.set_title(str(int(labels[k])), fontsize=6, pad=1)
-    fig.subplots_adjust(wspace=0.05, hspace=0.3 if labels is not None else 0.05, left=0,
-                        right=1, bottom=0, top=1)
+            if labels is not None:  # the class label in the corner
+                ax.text(0.04, 0.96, str(int(labels[k])), color="yellow", fontsize=6,
+                        va="top", ha="left", transform=ax.transAxes)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0, right=1, bottom=0, top=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

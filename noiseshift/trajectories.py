@@ -728,6 +728,7 @@ class TrajectoryWriter:
         self.complete = False
         self._f: h5py.File | None = None
         self._g: h5py.Group | None = None
+        self._ds: dict[str, h5py.Dataset] = {}
         self._last_t = math.inf
         self._has_x0: bool | None = None
         self._precheck()
@@ -832,29 +833,33 @@ class TrajectoryWriter:
             g.attrs["seed"] = np.int64(self.seed)
         g.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         g.attrs["complete"] = np.bool_(False)
-        g.create_dataset("t", shape=(1,), maxshape=(None,), chunks=(max(T_CHUNK, self.planned),),
-                         dtype="f8", fillvalue=np.nan, data=np.array([t]))
-        _reserve(g, "states", (self.planned, self.n, *self.shape), growable=True)[0] = x
-        if x0 is not None:
-            _reserve(g, "x0_pred", (self.planned, self.n, *self.shape), growable=True)[0] = x0
+        ds = self._ds
+        ds["t"] = g.create_dataset("t", shape=(1,), maxshape=(None,), dtype="f8",
+                                   chunks=(max(T_CHUNK, self.planned),), fillvalue=np.nan,
+                                   data=np.array([t]))
+        rows = (self.planned, self.n, *self.shape)
+        for name, a in (("states", x), ("x0_pred", x0)):
+            if a is not None:
+                ds[name] = _reserve(g, name, rows, growable=True)
+                ds[name][0] = a
         if self.labels is not None:
             g.create_dataset("labels", data=self.labels, dtype="i8")
-        _reserve(g, "samples", (self.n, *self.shape), growable=False)
+        ds["samples"] = _reserve(g, "samples", (self.n, *self.shape), growable=False)
         self._g = g
 
     # -- one step: raw data into reserved chunks, then the commit count --------------------
     def _append(self, t: float, x: np.ndarray, x0: np.ndarray | None) -> None:
-        g, k = self._g, self.num_steps
-        names = ["states"] + (["x0_pred"] if x0 is not None else [])
-        if g["states"].shape[0] <= k:  # more steps than reserved: grow (allocates)
-            for name in names:
-                g[name].resize(k + 1, axis=0)
-        g["states"][k] = x
+        ds, k = self._ds, self.num_steps
+        rows = [ds["states"]] + ([ds["x0_pred"]] if x0 is not None else [])
+        if rows[0].shape[0] <= k:  # more steps than reserved: grow (allocates)
+            for d in rows:
+                d.resize(k + 1, axis=0)
+        ds["states"][k] = x
         if x0 is not None:
-            g["x0_pred"][k] = x0
+            ds["x0_pred"][k] = x0
         self._f.flush()
-        g["t"].resize((k + 1,))
-        g["t"][k] = t
+        ds["t"].resize((k + 1,))
+        ds["t"][k] = t
         self._f.flush()
 
     def finish(self, samples) -> None:
@@ -863,14 +868,14 @@ class TrajectoryWriter:
             raise TrajectoryError("no steps were recorded; pass w.callback to the sampler",
                                   self.path)
         s = self._array(samples, "samples")
-        g = self._g
-        g["samples"][...] = s
+        ds = self._ds
+        ds["samples"][...] = s
         self._f.flush()
         for name in ("states", "x0_pred"):
-            if name in g and g[name].shape[0] != self.num_steps:  # fewer steps than reserved
-                g[name].resize(self.num_steps, axis=0)
+            if name in ds and ds[name].shape[0] != self.num_steps:  # fewer than reserved
+                ds[name].resize(self.num_steps, axis=0)
         self._f.flush()
-        g.attrs.modify("complete", np.bool_(True))
+        self._g.attrs.modify("complete", np.bool_(True))
         self._f.flush()
         self.complete = True
 

@@ -184,13 +184,15 @@ def test_writer_survives_many_sigkills(tmp_path, mode):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A small MLP denoiser on a 16-d Gaussian mixture (trained in a second)."""
-    from noiseshift.data import make_gmm
-    from noiseshift.models import save_model
-    from noiseshift.training import train_denoiser
+    """A small MLP denoiser for 16-d vectors (seeded random weights: a kill test needs a
+    model that runs, not a good one)."""
+    import torch
 
-    model = train_denoiser(make_gmm(dim=16), "linear", steps=60, batch_size=64, width=64,
-                           depth=2, device="cpu", ema_decay=None)
+    from noiseshift.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model({"kind": "mlp", "shape": [16], "schedule": "linear", "width": 64,
+                         "depth": 2, "data": {"name": "gmm", "dim": 16}})
     return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
@@ -238,17 +240,15 @@ def snapshot(path) -> dict:
 def test_sample_record_killed_then_rerun(tmp_path, tiny_model, capsys, monkeypatch):
     """Killed at random steps several times (each rerun replaces the killed run), the file
     opens, inspect says INCOMPLETE, and the recorded steps equal the finished run's."""
-    from noiseshift.cli import main
+    from test_cli_inspect import cli
 
     path = tmp_path / "traj.h5"
     cmd = sample_cmd(tiny_model, path)
     partial = []
     for step in random.Random(7).sample(range(2, 70), 3):
         kill_at_step(cmd, path, step)
-        monkeypatch.setattr(sys, "argv", ["noiseshift", "inspect", str(path), "--json"])
-        main()
-        summary = json.loads(capsys.readouterr().out)
-        assert [r["complete"] for r in summary["runs"]] == [False]
+        code, out, _ = cli(capsys, monkeypatch, "inspect", path, "--json")
+        assert code == 0 and [r["complete"] for r in json.loads(out)["runs"]] == [False]
         snap = snapshot(path)
         assert len(snap["t"]) >= step and snap["samples"] is None
         partial.append(snap)

@@ -249,13 +249,15 @@ def _keep_existing(ew: EstimatesWriter, out: Path, tf, redo: set) -> list[str]:
     try:  # read everything first, so a damaged old file never leaves half an entry
         with open_estimates(out) as old:
             for run in old.runs:
-                if run not in tf.runs or tf.run(run).fingerprint() != old.fingerprint(run):
+                names = [n for n in old.estimators(run) if (run, n) not in redo]
+                # Fingerprints read states, so only when there is something to keep.
+                if not names or run not in tf.runs or (
+                        tf.run(run).fingerprint() != old.fingerprint(run)):
                     continue
-                for name in old.estimators(run):
-                    if (run, name) not in redo:
-                        e = old.get(run, name)
-                        entries.append((run, name, e.estimator, e.calibration, e.reference,
-                                        e.t_hat, e.t_std))
+                for name in names:
+                    e = old.get(run, name)
+                    entries.append((run, name, e.estimator, e.calibration, e.reference,
+                                    e.t_hat, e.t_std))
     except TrajectoryError:
         return []
     for run, name, identity, calibration, reference, t_hat, t_std in entries:

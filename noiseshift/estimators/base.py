@@ -54,6 +54,13 @@ def forward_noise(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule,
     return a * x0 + s * eps
 
 
+def posterior_moments(grid: torch.Tensor, logp: torch.Tensor):
+    """(mean, std) over the grid of a posterior given as log-probabilities (N, G)."""
+    p = logp.exp()
+    mean = p @ grid
+    return mean, (p @ grid**2 - mean**2).clamp_min(0.0).sqrt()
+
+
 def _as_batch(x) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)

@@ -15,17 +15,10 @@ import torch
 
 from ..data import Dataset, GaussianMixture, t_grid
 from ..errors import NoiseshiftError
-from .base import NoiseLevelEstimator
+from .base import NoiseLevelEstimator, posterior_moments
 
 # A uniform prior on [0, 1] has this std: the most a t std can honestly be.
 MAX_STD = 1.0 / math.sqrt(12.0)
-
-
-def _moments(grid: torch.Tensor, logp: torch.Tensor):
-    p = logp.exp()
-    mean = p @ grid
-    var = (p @ grid**2 - mean**2).clamp_min(0.0)
-    return mean, var.sqrt()
 
 
 class ExactOracle(NoiseLevelEstimator):
@@ -61,7 +54,7 @@ class ExactOracle(NoiseLevelEstimator):
 
     def _raw(self, x):
         grid, logp = self._log_posterior(x)
-        return _moments(grid, logp)
+        return posterior_moments(grid, logp)
 
     def _state(self):
         m = self.mixture_

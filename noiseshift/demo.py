@@ -1,0 +1,214 @@
+"""The whole story on built-in data, end to end: train (or reuse) a denoiser and a noise-level
+estimator, record an unguided run beside NAG runs and the peers with the same seeds, read the
+real noise level of every state, and write the report.
+
+    from noiseshift.demo import run_demo
+    result = run_demo("demo-out", quick=False, data="digits")
+
+The CLI (`noiseshift demo`) only adds progress bars and the final table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from . import pretrained
+from .data import load_data
+from .errors import NoiseshiftError
+from .estimators import get_estimator
+from .estimators.apply import estimate_file
+from .guidance import build_guidance, probe
+from .report import build_report, write_report
+from .sampling import sample_and_record
+
+# The runs, all with the same seed and sampler. NAG in every mode at the CLI's default scale,
+# estimator-gradient NAG over a few scales, and the two peers at their best settings on the
+# default model (see docs/results.md for how those were chosen).
+NAG_SCALES = (0.5, 1.0, 1.5, 2.0)
+DEFAULT_NAG = {"nag_scale": 1.5, "nag_mode": "estimator"}
+RUNS: tuple[dict, ...] = (
+    {},
+    *({"nag_scale": w, "nag_mode": "estimator"} for w in NAG_SCALES),
+    {"nag_scale": 1.5, "nag_mode": "cf"},
+    {"nag_scale": 1.5, "nag_mode": "cf-read"},
+    {"nag_scale": 1.5, "nag_mode": "cf-read-control"},
+    {"eps_scale": 1.005},
+    {"time_shift": (0.1, 0.3)},
+)
+QUICK_RUNS: tuple[dict, ...] = (
+    {},
+    DEFAULT_NAG,
+    {"nag_scale": 1.5, "nag_mode": "cf"},
+    {"eps_scale": 1.005},
+)
+
+
+@dataclass
+class DemoSettings:
+    data: str = "digits"
+    n: int = 1000
+    steps: int = pretrained.DEFAULT_STEPS
+    sampler: str = pretrained.DEFAULT_SAMPLER
+    seed: int = 0
+    runs: tuple[dict, ...] = RUNS
+    denoiser: dict = field(default_factory=dict)  # recipe overrides
+    estimator: dict = field(default_factory=dict)
+    n_boot: int = 1000
+
+    @classmethod
+    def make(cls, data: str = "digits", quick: bool = False, seed: int = 0, n: int | None = None):
+        if data not in ("digits", "gmm"):
+            raise NoiseshiftError(f"the demo runs on built-in data: digits or gmm, not {data!r}")
+        if not quick:
+            return cls(data=data, seed=seed, n=n or 1000)
+        # Tiny everything: minutes of training would dominate a smoke test.
+        return cls(data=data, seed=seed, n=n or 128, steps=8, runs=QUICK_RUNS, n_boot=100,
+                   denoiser={"steps": 150}, estimator={"steps": 150})
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    trajectories: Path
+    estimates: Path
+    report_md: Path
+    report: object
+    probe: object | None
+    timings: dict
+
+
+Progress = Callable[[str, int | None, int | None], None]
+
+
+def _noop(stage, done=None, total=None):
+    pass
+
+
+def _data_spec(name: str) -> dict:
+    return dict(pretrained.DEFAULT_DATA) if name == "digits" else dict(pretrained.DEMO_GMM)
+
+
+def _train_estimator_child(spec, schedule, recipe, cache):
+    """Runs in a separate process (spawned): one torch thread, so the parent's denoiser
+    training keeps the other core."""
+    import os
+
+    os.environ["NOISESHIFT_CACHE"] = cache
+    torch.set_num_threads(1)
+    pretrained.cached_estimator(spec, schedule, recipe, device="cpu")
+    return True
+
+
+def prepare_models(settings: DemoSettings, device="auto", progress: Progress = _noop):
+    """The denoiser and the learned estimator, from the cache or trained. On a cold start both
+    train at once, the estimator in a second process."""
+    spec = _data_spec(settings.data)
+    schedule = pretrained.DEFAULT_SCHEDULE
+    den_cached = pretrained.cached_denoiser_path(spec, schedule, settings.denoiser).exists()
+    est_cached = pretrained.cached_estimator_path(spec, schedule, settings.estimator).exists()
+    pool = None
+    if not est_cached and not den_cached:
+        pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+        future = pool.submit(_train_estimator_child, spec, schedule, settings.estimator,
+                             str(pretrained.cache_dir()))
+        progress("estimator: training in a parallel process", None, None)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads - 1))
+    try:
+        model = pretrained.cached_denoiser(
+            spec, schedule, settings.denoiser, device=device,
+            progress=lambda info: progress("training the denoiser", info["step"],
+                                           info["steps"]))
+        if pool is not None:
+            progress("estimator: waiting for the parallel process", None, None)
+            future.result()
+    finally:
+        if pool is not None:
+            torch.set_num_threads(threads)
+            pool.shutdown()
+    est = pretrained.cached_estimator(
+        spec, schedule, settings.estimator, device=device,
+        progress=lambda info: progress("training the estimator", info["step"], info["steps"]))
+    return model, est
+
+
+def run_demo(out="demo-out", *, quick: bool = False, data: str = "digits", seed: int = 0,
+             n: int | None = None, device="auto", progress: Progress = _noop,
+             settings: DemoSettings | None = None) -> DemoResult:
+    """Record, estimate and report the demo into ``out``; returns where everything went."""
+    settings = settings or DemoSettings.make(data, quick, seed, n)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    clock = time.perf_counter()
+    model, est = prepare_models(settings, device, progress)
+    timings["models"] = time.perf_counter() - clock
+
+    dataset = load_data(_data_spec(settings.data))
+    traj = out / "trajectories.h5"
+    traj.unlink(missing_ok=True)  # the demo's own file: start clean
+    t0 = time.perf_counter()
+    for k, options in enumerate(settings.runs):
+        guided, desc = build_guidance(model, estimator=est, data=dataset, **options)
+        name = "unguided" if desc["kind"] == "none" else desc["kind"]
+        progress(f"sampling {name} ({k + 1}/{len(settings.runs)})", 0, settings.steps)
+        sample_and_record(
+            guided, traj, name, settings.n, sampler=settings.sampler, steps=settings.steps,
+            seed=settings.seed, guidance=desc, device=device,
+            model_info=_model_info(model),
+            callback=lambda info, name=name: progress(
+                f"sampling {name} ({k + 1}/{len(settings.runs)})", info["i"] + 1,
+                settings.steps))
+    timings["sampling"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    meters = [str(pretrained.cached_estimator_path(_data_spec(settings.data),
+                                                   pretrained.DEFAULT_SCHEDULE,
+                                                   settings.estimator)),
+              "subspace" if settings.data == "digits" else "oracle"]
+    res = estimate_file(traj, meters, device=device,
+                        progress=lambda done, total: progress("estimating t'", done, total))
+    timings["estimate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("report", None, None)
+    rep = build_report(traj, res.path, n_boot=settings.n_boot, seed=settings.seed,
+                       data=dataset)
+    md = write_report(rep, out / "report", plot=True)
+    timings["report"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("probe: does the model trust its t input?", None, None)
+    pr = probe(model, dataset, n=64 if quick else 256, seed=settings.seed)
+    timings["probe"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - clock
+    return DemoResult(out, traj, res.path, md, rep, pr, timings)
+
+
+def _model_info(model) -> dict:
+    from .models import describe
+
+    return describe(model)
+
+
+def learned_vs_oracle(settings: DemoSettings, device="auto", n: int = 4096) -> dict | None:
+    """On the mixture, the learned estimator's MAE beside the exact oracle's, on the same
+    held-out forward-noised states (the ground truth the digits demo does not have)."""
+    if settings.data != "gmm":
+        return None
+    spec = _data_spec("gmm")
+    data = load_data(spec)
+    est = pretrained.cached_estimator(spec, pretrained.DEFAULT_SCHEDULE, settings.estimator,
+                                      device=device)
+    oracle = get_estimator("oracle", data, pretrained.DEFAULT_SCHEDULE, device=device)
+    from .estimators.accuracy import heldout_states, mae_by_band
+
+    x, t = heldout_states(data, pretrained.DEFAULT_SCHEDULE, n=n, seed=settings.seed + 7)
+    return mae_by_band({"learned": est, "oracle": oracle}, x, t)
