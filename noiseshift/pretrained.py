@@ -20,12 +20,14 @@ DEFAULT_STEPS = 16
 
 # The built-in denoiser: a ~96k-parameter conv UNet (16/32 channels) on 16x16 digits,
 # class-conditional, with noise-condition dropout 0.3 (for classifier-free NAG) and class
-# dropout 0.1 (for CFG). Its training budget is sized to <= 3 minutes on 2 CPU cores.
+# dropout 0.1 (for CFG). Its training budget is sized to <= 3 minutes on 2 CPU cores; it
+# reaches FD 3.2 and 96% class accuracy (metrics.py's digits classifier) with
+# Euler-Maruyama at 16 steps.
 DEFAULT_DENOISER = {
     "arch": "unet",
     "channels": [16, 32],
     "steps": 1500,
-    "batch_size": 128,
+    "batch_size": 64,
     "lr": 2e-3,
     "t_dropout": 0.3,
     "class_dropout": 0.1,
@@ -139,3 +141,78 @@ def _data_key(spec) -> str:
     if isinstance(spec, dict) and spec.get("name") == "digits":
         spec = {"side": DEFAULT_DATA["side"], **spec}
     return json.dumps(spec, sort_keys=True, default=str)
+
+
+# -- cached models for any built-in data (the demo's gmm variant, quick recipes) ---------------
+
+# The demo's mixture: 64-d, where the exact posterior of t is sharp enough to read a shift.
+DEMO_GMM = {"name": "gmm", "dim": 64, "components": 8, "std": 0.25, "seed": 0, "n": 4096}
+# The mixture's denoiser: an MLP, otherwise the default recipe.
+GMM_DENOISER = {**DEFAULT_DENOISER, "arch": "mlp", "channels": None}
+
+
+def _denoiser_recipe(spec: dict, overrides: dict) -> dict:
+    base = DEFAULT_DENOISER if spec.get("name") == "digits" else GMM_DENOISER
+    return {k: v for k, v in {**base, **overrides}.items() if v is not None}
+
+
+def cached_denoiser_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
+    if _data_key(spec) == _data_key(DEFAULT_DATA) and not overrides:
+        return default_model_path()
+    from .schedules import get_schedule
+
+    recipe = _denoiser_recipe(spec, overrides or {})
+    key = recipe_key(spec, get_schedule(schedule).to_dict(), recipe)
+    return cache_dir() / f"denoiser-{key}.pt"
+
+
+def cached_denoiser(spec: dict, schedule, overrides: dict | None = None, device="auto",
+                    progress: Callable[[dict], None] | None = None):
+    """A denoiser for built-in data under a recipe (the default's, changed by ``overrides``):
+    from the cache, or trained and cached."""
+    from .data import load_data
+    from .errors import CheckpointError
+    from .models import load_model, save_model
+    from .training import train_denoiser
+
+    path = cached_denoiser_path(spec, schedule, overrides)
+    if path.exists():
+        try:
+            return load_model(path, device=device)
+        except CheckpointError:
+            pass
+    model = train_denoiser(load_data(spec), schedule, device=device, on_step=progress,
+                           **_denoiser_recipe(spec, overrides or {}))
+    model.info["source"] = "noiseshift built-in"
+    save_model(model, path)
+    return model
+
+
+def cached_estimator_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
+    if _data_key(spec) == _data_key(DEFAULT_DATA) and not overrides and (
+            schedule == DEFAULT_SCHEDULE):
+        return default_estimator_path()
+    from .schedules import get_schedule
+
+    key = recipe_key(spec, get_schedule(schedule).to_dict(),
+                     {**DEFAULT_ESTIMATOR, **(overrides or {})})
+    return cache_dir() / f"estimator-{key}.pt"
+
+
+def cached_estimator(spec: dict, schedule, overrides: dict | None = None, device="auto",
+                     progress: Callable[[dict], None] | None = None):
+    """A learned estimator for built-in data: from the cache, or trained and cached."""
+    from .data import load_data
+    from .errors import CheckpointError
+    from .estimators import LearnedEstimator
+
+    path = cached_estimator_path(spec, schedule, overrides)
+    if path.exists():
+        try:
+            return LearnedEstimator.load(path, device=device)
+        except CheckpointError:
+            pass
+    est = LearnedEstimator(**{**DEFAULT_ESTIMATOR, **(overrides or {})}, device=device)
+    est.fit(load_data(spec), schedule, progress=progress)
+    est.save(path)
+    return est

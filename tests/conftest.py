@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing when tests run beside other work.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores: keep torch from oversubscribing; OMP_NUM_THREADS wins when set.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
 def pytest_addoption(parser):

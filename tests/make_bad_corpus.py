@@ -207,6 +207,22 @@ def _zero_samples(g, a):
     a["labels"] = a["labels"][:0]
 
 
+def checkpoints(folder) -> dict[str, Path]:
+    """Estimator checkpoints for the corpus's data: `oracle` (fits every good file),
+    `other_schedule` (the same data under vp-cosine), and `not_checkpoint` (a text file)."""
+    from noiseshift.estimators import get_estimator
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, schedule in (("oracle", "linear"), ("other_schedule", "vp-cosine")):
+        est = get_estimator("oracle", DATA, schedule, device="cpu")
+        out[name] = Path(est.save(folder / f"{name}.pt"))
+    out["not_checkpoint"] = folder / "not_checkpoint.pt"
+    out["not_checkpoint"].write_text("weights: none\n")
+    return out
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/bad")
     for name, (path, case) in build(target).items():
