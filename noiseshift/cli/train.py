@@ -27,7 +27,8 @@ def train_command(
                                  "linear, vp-cosine, vp-linear or ve."),
     steps: int = typer.Option(DEFAULT_DENOISER["steps"], "--steps", min=1,
                               help="Optimiser steps."),
-    batch_size: int = typer.Option(DEFAULT_DENOISER["batch_size"], "--batch-size", min=1),
+    batch_size: int = typer.Option(DEFAULT_DENOISER["batch_size"], "--batch-size", min=1,
+                                   help="Training examples per step."),
     lr: float = typer.Option(DEFAULT_DENOISER["lr"], "--lr", min=0.0,
                              help="Peak AdamW learning rate (cosine decay to lr/10)."),
     t_dropout: float = typer.Option(DEFAULT_DENOISER["t_dropout"], "--t-dropout", min=0.0,
@@ -61,7 +62,8 @@ def train_command(
     --t-dropout of rows sees a learned null-t token instead of t, and --class-dropout a
     learned null-class token, so the model can serve classifier-free NAG and CFG. The
     default settings train the built-in default model: a ~96k-parameter UNet on 16x16
-    digits, in about two to three minutes on two CPU cores.
+    digits, sized for about three minutes on two CPU cores. The training state is saved
+    beside --out (OUT.state.pt) for --resume.
 
     Example: `noiseshift train --data digits --out model.pt`, then
     `noiseshift sample --model model.pt`.
