@@ -49,31 +49,95 @@ def recipe_key(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def default_model_path() -> Path:
-    key = recipe_key(DEFAULT_DATA, DEFAULT_SCHEDULE, DEFAULT_DENOISER)
+# The built-in noise-level estimator for DEFAULT_DATA / DEFAULT_SCHEDULE: a 49k-parameter
+# conv posterior over 100 bins of t, 800 steps of 256 (held-out MAE of t ~0.02 on 16x16
+# digits, about as good as the subspace oracle); under a minute on 2 CPU cores.
+DEFAULT_ESTIMATOR = {"bins": 100, "steps": 800, "lr": 1e-2, "train_batch": 256,
+                     "ema_decay": 0.99, "seed": 0}
+
+
+# The demo's mixture: 64-d, where the exact posterior of t is sharp enough to read a shift.
+DEMO_GMM = {"name": "gmm", "dim": 64, "components": 8, "std": 0.25, "seed": 0, "n": 4096}
+# The mixture's denoiser: an MLP, otherwise the default recipe.
+GMM_DENOISER = {**DEFAULT_DENOISER, "arch": "mlp", "channels": None}
+
+
+def _denoiser_recipe(spec: dict, overrides: dict | None) -> dict:
+    base = DEFAULT_DENOISER if spec.get("name") == "digits" else GMM_DENOISER
+    return {k: v for k, v in {**base, **(overrides or {})}.items() if v is not None}
+
+
+def _estimator_recipe(overrides: dict | None) -> dict:
+    return {**DEFAULT_ESTIMATOR, **(overrides or {})}
+
+
+def _schedule_key(schedule):
+    from .schedules import get_schedule
+
+    return get_schedule(schedule).to_dict()
+
+
+def cached_denoiser_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
+    key = recipe_key(spec, _schedule_key(schedule), _denoiser_recipe(spec, overrides))
     return cache_dir() / f"denoiser-{key}.pt"
 
 
-def default_model(device="auto", progress: Callable[[dict], None] | None = None):
-    """The built-in default denoiser: loaded from the cache, or trained (and cached) on
-    first use. ``progress(info)`` receives the training loop's per-step info
-    ({"step", "steps", "loss"}); it is not called when the cache has the model."""
+def cached_estimator_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
+    key = recipe_key(spec, _schedule_key(schedule), _estimator_recipe(overrides))
+    return cache_dir() / f"estimator-{key}.pt"
+
+
+def cached_denoiser(spec: dict, schedule, overrides: dict | None = None, device="auto",
+                    progress: Callable[[dict], None] | None = None):
+    """A denoiser for built-in data under a recipe (the default's, changed by ``overrides``):
+    loaded from the cache, or trained and cached on first use. ``progress(info)`` receives
+    the training loop's per-step info ({"step", "steps", "loss"})."""
     from .data import load_data
     from .errors import CheckpointError
     from .models import load_model, save_model
     from .training import train_denoiser
 
-    path = default_model_path()
+    path = cached_denoiser_path(spec, schedule, overrides)
     if path.exists():
         try:
             return load_model(path, device=device)
         except CheckpointError:
             pass  # damaged or from an older layout: train afresh below
-    model = train_denoiser(load_data(DEFAULT_DATA), DEFAULT_SCHEDULE, device=device,
-                           on_step=progress, **DEFAULT_DENOISER)
-    model.info["source"] = "noiseshift default"
+    model = train_denoiser(load_data(spec), schedule, device=device, on_step=progress,
+                           **_denoiser_recipe(spec, overrides))
+    model.info["source"] = "noiseshift built-in"
     save_model(model, path)
     return model
+
+
+def cached_estimator(spec: dict, schedule, overrides: dict | None = None, device="auto",
+                     progress: Callable[[dict], None] | None = None):
+    """A learned estimator for built-in data: from the cache, or trained and cached (through
+    a temporary file and a rename) on first use."""
+    from .data import load_data
+    from .errors import CheckpointError
+    from .estimators import LearnedEstimator
+
+    path = cached_estimator_path(spec, schedule, overrides)
+    if path.exists():
+        try:
+            return LearnedEstimator.load(path, device=device)
+        except CheckpointError:
+            pass
+    est = LearnedEstimator(**_estimator_recipe(overrides), device=device)
+    est.fit(load_data(spec), schedule, progress=progress)
+    est.save(path)
+    return est
+
+
+def default_model_path() -> Path:
+    return cached_denoiser_path(DEFAULT_DATA, DEFAULT_SCHEDULE)
+
+
+def default_model(device="auto", progress: Callable[[dict], None] | None = None):
+    """The built-in default denoiser: loaded from the cache, or trained (and cached) on
+    first use; ``progress`` is not called when the cache has it."""
+    return cached_denoiser(DEFAULT_DATA, DEFAULT_SCHEDULE, device=device, progress=progress)
 
 
 def load_or_default(path=None, device="auto", progress: Callable[[dict], None] | None = None):
@@ -85,31 +149,16 @@ def load_or_default(path=None, device="auto", progress: Callable[[dict], None] |
     return load_model(path, device=device)
 
 
-# The estimator engineer adds DEFAULT_ESTIMATOR and default_estimator() below.
-
-# The built-in noise-level estimator for DEFAULT_DATA / DEFAULT_SCHEDULE: a 49k-parameter
-# conv posterior over 100 bins of t, 800 steps of 256 (held-out MAE of t ~0.02 on 16x16
-# digits, about as good as the subspace oracle); under a minute on 2 CPU cores.
-DEFAULT_ESTIMATOR = {"bins": 100, "steps": 800, "lr": 1e-2, "train_batch": 256,
-                     "ema_decay": 0.99, "seed": 0}
-
-
 def default_estimator_path() -> Path:
-    key = recipe_key(DEFAULT_DATA, DEFAULT_SCHEDULE, DEFAULT_ESTIMATOR)
-    return cache_dir() / f"estimator-{key}.pt"
+    return cached_estimator_path(DEFAULT_DATA, DEFAULT_SCHEDULE)
 
 
 def default_estimator(data_spec: dict | None = None, schedule=None, device="auto",
                       progress: Callable[[dict], None] | None = None):
-    """The built-in learned estimator for the default data and schedule: loaded from the
-    cache, or trained (and cached, via a temporary file and a rename) on first use.
-
-    Other data or schedules have no built-in estimator: a NoiseshiftError says how to train
-    one. ``progress(info)`` receives the training loop's per-step info.
-    """
-    from .data import load_data
-    from .errors import CheckpointError, NoiseshiftError
-    from .estimators import LearnedEstimator
+    """The built-in learned estimator for the default data and schedule, cached or trained on
+    first use. Other data or schedules have no built-in estimator: a NoiseshiftError says
+    how to train one."""
+    from .errors import NoiseshiftError
     from .schedules import get_schedule
 
     spec = DEFAULT_DATA if data_spec is None else data_spec
@@ -122,16 +171,7 @@ def default_estimator(data_spec: dict | None = None, schedule=None, device="auto
             f"{DEFAULT_DATA['side']}x{DEFAULT_DATA['side']} under {DEFAULT_SCHEDULE}); train "
             f"one with `noiseshift train-estimator --data {data_opt} --schedule {sch.name} "
             f"--out est.pt` and pass `--estimator est.pt`")
-    path = default_estimator_path()
-    if path.exists():
-        try:
-            return LearnedEstimator.load(path, device=device)
-        except CheckpointError:
-            pass  # damaged or from an older layout: train afresh below
-    est = LearnedEstimator(**DEFAULT_ESTIMATOR, device=device)
-    est.fit(load_data(DEFAULT_DATA), DEFAULT_SCHEDULE, progress=progress)
-    est.save(path)
-    return est
+    return cached_estimator(DEFAULT_DATA, DEFAULT_SCHEDULE, device=device, progress=progress)
 
 
 def _data_key(spec) -> str:
@@ -141,78 +181,3 @@ def _data_key(spec) -> str:
     if isinstance(spec, dict) and spec.get("name") == "digits":
         spec = {"side": DEFAULT_DATA["side"], **spec}
     return json.dumps(spec, sort_keys=True, default=str)
-
-
-# -- cached models for any built-in data (the demo's gmm variant, quick recipes) ---------------
-
-# The demo's mixture: 64-d, where the exact posterior of t is sharp enough to read a shift.
-DEMO_GMM = {"name": "gmm", "dim": 64, "components": 8, "std": 0.25, "seed": 0, "n": 4096}
-# The mixture's denoiser: an MLP, otherwise the default recipe.
-GMM_DENOISER = {**DEFAULT_DENOISER, "arch": "mlp", "channels": None}
-
-
-def _denoiser_recipe(spec: dict, overrides: dict) -> dict:
-    base = DEFAULT_DENOISER if spec.get("name") == "digits" else GMM_DENOISER
-    return {k: v for k, v in {**base, **overrides}.items() if v is not None}
-
-
-def cached_denoiser_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
-    if _data_key(spec) == _data_key(DEFAULT_DATA) and not overrides:
-        return default_model_path()
-    from .schedules import get_schedule
-
-    recipe = _denoiser_recipe(spec, overrides or {})
-    key = recipe_key(spec, get_schedule(schedule).to_dict(), recipe)
-    return cache_dir() / f"denoiser-{key}.pt"
-
-
-def cached_denoiser(spec: dict, schedule, overrides: dict | None = None, device="auto",
-                    progress: Callable[[dict], None] | None = None):
-    """A denoiser for built-in data under a recipe (the default's, changed by ``overrides``):
-    from the cache, or trained and cached."""
-    from .data import load_data
-    from .errors import CheckpointError
-    from .models import load_model, save_model
-    from .training import train_denoiser
-
-    path = cached_denoiser_path(spec, schedule, overrides)
-    if path.exists():
-        try:
-            return load_model(path, device=device)
-        except CheckpointError:
-            pass
-    model = train_denoiser(load_data(spec), schedule, device=device, on_step=progress,
-                           **_denoiser_recipe(spec, overrides or {}))
-    model.info["source"] = "noiseshift built-in"
-    save_model(model, path)
-    return model
-
-
-def cached_estimator_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
-    if _data_key(spec) == _data_key(DEFAULT_DATA) and not overrides and (
-            schedule == DEFAULT_SCHEDULE):
-        return default_estimator_path()
-    from .schedules import get_schedule
-
-    key = recipe_key(spec, get_schedule(schedule).to_dict(),
-                     {**DEFAULT_ESTIMATOR, **(overrides or {})})
-    return cache_dir() / f"estimator-{key}.pt"
-
-
-def cached_estimator(spec: dict, schedule, overrides: dict | None = None, device="auto",
-                     progress: Callable[[dict], None] | None = None):
-    """A learned estimator for built-in data: from the cache, or trained and cached."""
-    from .data import load_data
-    from .errors import CheckpointError
-    from .estimators import LearnedEstimator
-
-    path = cached_estimator_path(spec, schedule, overrides)
-    if path.exists():
-        try:
-            return LearnedEstimator.load(path, device=device)
-        except CheckpointError:
-            pass
-    est = LearnedEstimator(**{**DEFAULT_ESTIMATOR, **(overrides or {})}, device=device)
-    est.fit(load_data(spec), schedule, progress=progress)
-    est.save(path)
-    return est
