@@ -183,18 +183,6 @@ def bench_mixture(dims, n, steps, seed, modes, scales, intervals):
 BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
 
 
-def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two sets of feature vectors."""
-    import numpy as np
-    from scipy import linalg
-
-    a, b = a.double().numpy(), b.double().numpy()
-    ma, mb = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(ca @ cb).real
-    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
-
-
 def parse_setting(text: str) -> dict:
     """'unguided', 'estimator:1', 'cf:1.5@0.2-0.8', 'eps:1.005', 'ts:0.2-0.3'."""
     if text == "unguided":
@@ -212,24 +200,25 @@ def parse_setting(text: str) -> dict:
 def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int):
     """Every setting on the default digits model and sampler: mean delta per t band as read
     by the learned estimator (the one estimator-based modes are guided by) and by the
-    subspace oracle (an independent meter), and a provisional FD on the 8x8 (subspace)
-    coordinates of the samples against all digits."""
+    subspace oracle (an independent meter), FD in the digits classifier's features and its
+    change against the first setting with a paired bootstrap 95% CI (same seeds)."""
     from noiseshift.data import load_data
     from noiseshift.estimators import SubspaceOracle
+    from noiseshift.metrics import fd_difference, feature_space, frechet_distance
     from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 
     data = load_data(DEFAULT_DATA)
     model = default_model(device="cpu")
     learned = default_estimator(device="cpu")
     meter = SubspaceOracle().fit(data, model.schedule)
-    q = data.subspace.float()
-    feats_data = data.x.flatten(1) @ q
+    space = feature_space(data)
     head = "".join(f"{f't {lo:g}-{hi:g}':>15}" for lo, hi in BANDS)
     print(f"default digits model, euler-maruyama {steps} steps, n={n}; delta = learned / "
           f"subspace oracle per t band")
-    print(f"{'setting':<26}{'seed':>5}{'all steps':>17}{head}{'FD8x8':>8}")
+    print(f"{'setting':<26}{'seed':>5}{'all steps':>17}{head}{'FD':>7}  dFD [95% CI]")
     rows = []
     for seed in seeds:
+        base = None
         for text in settings:
             guided, desc = build_guidance(model, estimator=learned, **parse_setting(text))
             states: list = []
@@ -245,13 +234,17 @@ def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int):
                 sel = [(a, b) for t, a, b in per if lo < t <= hi or (lo == 0 and t == 0)]
                 bands.append(tuple(statistics.mean(v) for v in zip(*sel, strict=True)))
             overall = tuple(statistics.mean(v) for v in zip(*[p[1:] for p in per], strict=True))
-            fd = frechet(out.flatten(1).float() @ q, feats_data)
+            feats = space(out.float())
+            fd = frechet_distance(feats, space.reference)
+            base = feats if base is None else base
+            d = fd_difference(base, feats, space.reference)
             cells = "".join(f"{f'{a:+.3f}/{b:+.3f}':>15}" for a, b in bands)
             print(f"{desc['kind']:<26}{seed:>5}{f'{overall[0]:+.4f}/{overall[1]:+.4f}':>17}"
-                  f"{cells}{fd:>8.3f}")
+                  f"{cells}{fd:>7.2f}  {d:+.2f}")
             sys.stdout.flush()
             rows.append({"setting": desc["kind"], "seed": seed, "delta_learned": overall[0],
-                         "delta_oracle": overall[1], "bands": bands, "fd": fd})
+                         "delta_oracle": overall[1], "bands": bands, "fd": fd,
+                         "dfd": [d.value, d.lo, d.hi]})
     return rows
 
 

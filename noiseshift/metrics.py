@@ -50,6 +50,7 @@ __all__ = [
     "precision_recall_difference",
     "quality",
     "quality_difference",
+    "train_digits_classifier",
 ]
 
 

@@ -642,13 +642,19 @@ def _excl(p, key) -> bool:
 
 
 def _quality_warnings(rep) -> list[str]:
-    out = []
-    for _, p in rep.paired.iterrows():
-        if _has(p, "d_mean_abs_delta") and _has(p, "d_fd") and p.d_mean_abs_delta_hi < 0 \
-                and p.d_fd_lo > 0:
-            out.append(f"Less shift is not better samples here: {p.run!r} shrinks the shift "
-                       f"but its FD is worse than {p.baseline!r}'s.")
-    return out
+    worse = [p.run for _, p in rep.paired.iterrows()
+             if _has(p, "d_mean_abs_delta") and _has(p, "d_fd") and p.d_mean_abs_delta_hi < 0
+             and p.d_fd_lo > 0]
+    if not worse:
+        return []
+    return [f"Less shift is not better samples here: {_names(worse)} shrink"
+            f"{'s' if len(worse) == 1 else ''} the shift but "
+            f"{'its' if len(worse) == 1 else 'their'} FD is worse than that of {rep.baseline!r}."]
+
+
+def _names(names) -> str:
+    q = [repr(n) for n in names]
+    return q[0] if len(q) == 1 else ", ".join(q[:-1]) + " and " + q[-1]
 
 
 def _theory_sentences(rep) -> list[str]:
@@ -662,20 +668,26 @@ def _theory_sentences(rep) -> list[str]:
                    f"flat at t* = {', '.join(f'{f:.2f}' for f in flat)}: near it the "
                    f"second-moment prediction (route b) reads nothing, and on the far side it "
                    f"reads extra noise as a *cleaner* state (opposite sign).")
-    for _, th in rep.theory.iterrows():
-        fit = ("explains" if th.r2 >= 0.5 else "partly explains" if th.r2 > 0 else
-               "does not explain")
-        msg = (f"Route (b) {fit} the measured shift of {th.run!r} (R^2 = {th.r2:.2f}"
-               + (f", {th.r2_away:.2f} away from t*" if len(flat) else "")
-               + f"; mean predicted {th.mean_predicted:+.3f}, measured {th.mean_measured:+.3f}")
-        if np.isfinite(th.sign_agreement):
-            msg += f"; signs agree on {100 * th.sign_agreement:.0f}% of resolved steps"
-        where = "; ".join(
-            (f"t = {d['t_lo']:.2f}" if d["t_lo"] == d["t_hi"] else
-             f"t in [{d['t_lo']:.2f}, {d['t_hi']:.2f}]")
-            + f" (predicted {d['predicted']:+.3f}, measured {d['measured']:+.3f})"
-            for d in th.disagree[:3])
-        out.append(msg + (f"). They disagree most at {where}." if where else ")."))
+    th = rep.theory.set_index("run", drop=False)
+    r2 = ", ".join(f"{r.r2:.2f} ({r.run})" for r in th.itertuples())
+    best = th.r2.max()
+    fit = ("explains" if best >= 0.5 else "partly explains" if best > 0 else
+           "does not explain")
+    out.append(f"Route (b), the reference-free second-moment match, {fit} the measured "
+               f"per-step shift: R^2 = {r2}.")
+    focus = th.loc[rep.baseline] if rep.baseline in th.index else th.iloc[0]
+    msg = (f"For {focus.run!r}: mean predicted {focus.mean_predicted:+.3f}, measured "
+           f"{focus.mean_measured:+.3f}")
+    if len(flat):
+        msg += f", R^2 {focus.r2_away:.2f} away from t*"
+    if np.isfinite(focus.sign_agreement):
+        msg += f"; signs agree on {100 * focus.sign_agreement:.0f}% of resolved steps"
+    where = "; ".join(
+        (f"t = {d['t_lo']:.2f}" if d["t_lo"] == d["t_hi"] else
+         f"t in [{d['t_lo']:.2f}, {d['t_hi']:.2f}]")
+        + f" (predicted {d['predicted']:+.3f}, measured {d['measured']:+.3f})"
+        for d in focus.disagree[:3])
+    out.append(msg + (f". They disagree most at {where}." if where else "."))
     return out
 
 
@@ -743,7 +755,10 @@ def _markdown(rep: Report) -> str:
             ("fd", "FD", ".2f"), ("precision", "precision", ".3f"),
             ("recall", "recall", ".3f"), ("accuracy", "accuracy", ".3f"),
             ("log_likelihood", "log-lik", ".2f"), ("energy", "energy dist", ".4f")]
-    lines.append(_md_table(_ci_frame(rep.summary, keys, ["run", "guidance", "n", "steps"])))
+    redundant = all(g in (r, "none") for r, g in zip(rep.summary.run, rep.summary.guidance,
+                                                      strict=True))
+    first = ["run", "n", "steps"] if redundant else ["run", "guidance", "n", "steps"]
+    lines.append(_md_table(_ci_frame(rep.summary, keys, first)))
     if not rep.paired.empty:
         lines += [f"## Against the baseline ({rep.baseline}), paired by seed", ""]
         dkeys = [("d_mean_delta", "d mean delta", "+.4f"),
@@ -890,16 +905,21 @@ def _fig_delta(rep):
         ax.set(xlabel="scheduled t", ylabel="delta = t' - reference(t)", xlim=(0, 1),
                title=f"Shift read by {name}" + (" (independent)" if name != rep.main else ""))
         ax.legend(fontsize=7)
-        _clip_ylim(ax, st)
+        _clip_ylim(ax, st if name == rep.main else st.drop(columns="pred_b"))
     fig.tight_layout()
     return fig
 
 
 def _clip_ylim(ax, st) -> None:
-    """Keep the axis on the measured shift: route (b) can run off near a flat moment."""
+    """Keep the axis on the measured shift, with room for route (b) up to twice its range
+    (near a flat second moment route (b) runs off to infinity)."""
     lo = np.nanmin(st.ci_low) if len(st) else -0.05
     hi = np.nanmax(st.ci_high) if len(st) else 0.05
-    pad = 0.25 * max(hi - lo, 0.02)
+    span = max(abs(lo), abs(hi), 0.01)
+    if "pred_b" in st and st.pred_b.notna().any():
+        pred = st.pred_b.clip(-2 * span, 2 * span)
+        lo, hi = min(lo, np.nanmin(pred)), max(hi, np.nanmax(pred))
+    pad = 0.1 * max(hi - lo, 0.02)
     ax.set_ylim(min(lo, 0) - pad, max(hi, 0) + pad)
 
 
@@ -961,23 +981,36 @@ def _fig_quality_scale(rep):
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    paired = rep.paired.set_index("run") if not rep.paired.empty else pd.DataFrame()
+    use_d = "d_fd" in paired
     for members in fams.values():
         if base is not None and rep.baseline in s.index:
             members = [(0.0, base)] + [m for m in members if m[0] != 0.0]
         members.sort(key=lambda m: m[0])
         sc = [m[0] for m in members]
         label = _family_name(members[-1][1].guidance)
-        rows = [s.loc[m[1].name] for m in members]
-        for ax, key_, title in ((axes[0], "fd", "FD (digits-classifier features)"),
-                                (axes[1], "mean_abs_delta", f"mean |delta| ({rep.main})")):
-            v = np.array([r.get(key_, np.nan) for r in rows], dtype=float)
-            lo = np.array([r.get(f"{key_}_lo", np.nan) for r in rows], dtype=float)
-            hi = np.array([r.get(f"{key_}_hi", np.nan) for r in rows], dtype=float)
-            ax.errorbar(sc, v, yerr=[v - lo, hi - v], marker="o", capsize=3, label=label)
-            ax.set(xlabel="guidance scale", title=title)
+        if use_d:
+            rows = [paired.loc[m[1].name] if m[1].name in paired.index else
+                    pd.Series({"d_fd": 0.0, "d_fd_lo": 0.0, "d_fd_hi": 0.0}) for m in members]
+            _errorbar(axes[0], sc, rows, "d_fd", label)
+        else:
+            _errorbar(axes[0], sc, [s.loc[m[1].name] for m in members], "fd", label)
+        _errorbar(axes[1], sc, [s.loc[m[1].name] for m in members], "mean_abs_delta", label)
+    if use_d:
+        axes[0].axhline(0, color="0.4", lw=0.8)
+    axes[0].set(xlabel="guidance scale", title=(
+        f"FD - FD({rep.baseline}), paired 95% CI" if use_d else "FD (95% CI)"))
+    axes[1].set(xlabel="guidance scale", title=f"mean |delta| ({rep.main})")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _errorbar(ax, x, rows, key, label) -> None:
+    v = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+    lo = np.array([r.get(f"{key}_lo", np.nan) for r in rows], dtype=float)
+    hi = np.array([r.get(f"{key}_hi", np.nan) for r in rows], dtype=float)
+    ax.errorbar(x, v, yerr=[v - lo, hi - v], marker="o", capsize=3, label=label)
 
 
 def _tile(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:

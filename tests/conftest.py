@@ -1,9 +1,15 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 # Two cores: keep torch from oversubscribing; OMP_NUM_THREADS wins when set.
+# Tests never touch the user's cache of trained models. Set at import, before any fixture
+# (module-scoped ones included) can train and cache something; one cache per session, so
+# the digits classifier trains once.
+os.environ["NOISESHIFT_CACHE"] = tempfile.mkdtemp(prefix="noiseshift-test-cache-")
+
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
@@ -18,9 +24,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "fuzz" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests never touch the user's cache of trained default models."""
-    monkeypatch.setenv("NOISESHIFT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
