@@ -4,12 +4,12 @@ import tempfile
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing; OMP_NUM_THREADS wins when set.
 # Tests never touch the user's cache of trained models. Set at import, before any fixture
 # (module-scoped ones included) can train and cache something; one cache per session, so
 # the digits classifier trains once.
 os.environ["NOISESHIFT_CACHE"] = tempfile.mkdtemp(prefix="noiseshift-test-cache-")
 
+# Two cores: keep torch from oversubscribing; OMP_NUM_THREADS wins when set.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
