@@ -641,14 +641,19 @@ def _probe_cell(model, schedule, x, y, t, tp, rho, basis, c2, null):
     return row
 
 
-def _verdict(rows, kind, c2, null) -> ProbeResult:
+def _signal_fraction(rows, null) -> float:
+    """Measured CF-NAG signal over the ideal one, pooled over rows. Without a null-t branch
+    the conditional gain is placed between the two pure cases, 1 (trusts t) and an
+    x-reader's gain."""
     ideal = sum(r["ideal_signal"] for r in rows)
-    if null:
-        frac = sum(r["signal"] for r in rows) / ideal
-    else:
-        # Without a null-t branch, compare the conditional gain with the two pure cases:
-        # 1 (trusts t) and the gain of an x-reader, ideal_null.
-        frac = sum(r["gain_cond"] - r["ideal_null"] for r in rows) / ideal
+    got = sum(r["signal"] if null else r["gain_cond"] - r["ideal_null"] for r in rows)
+    return got / ideal
+
+
+def _verdict(rows, kind, c2, null) -> ProbeResult:
+    frac = _signal_fraction(rows, null)
+    by_t = {t: _signal_fraction([r for r in rows if r["t"] == t], null)
+            for t in sorted({r["t"] for r in rows})}
     pct = f"{100 * frac:.0f}%"
     if frac < 0.25:
         verdict = ("this model reads its noise level from x, not from t: classifier-free NAG "
@@ -660,9 +665,13 @@ def _verdict(rows, kind, c2, null) -> ProbeResult:
     else:
         verdict = ("this model trusts its t input: classifier-free NAG has a correcting signal "
                    f"to work with ({pct} of the ideal)")
+    if len(by_t) > 1:
+        verdict += " (by t: " + ", ".join(f"{t:g}: {100 * f:.0f}%" for t, f in by_t.items()) + ")"
     if not null:
         verdict += " (no null-t branch: measured on the conditional branch alone)"
-    return ProbeResult(rows, verdict, frac, kind, {"data_c2": c2, "null_t": null})
+    return ProbeResult(rows, verdict, frac, kind,
+                       {"data_c2": c2, "null_t": null,
+                        "trusts_t_by_t": {f"{t:g}": f for t, f in by_t.items()}})
 
 
 __all__ = [

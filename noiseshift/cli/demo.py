@@ -22,7 +22,7 @@ def demo_command(
                              "truth)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every run (runs share it, so their "
                              "samples pair up)."),
-    n: int = typer.Option(None, "--n", help="Samples per run (default 1000, quick 128)."),
+    n: int = typer.Option(None, "--n", help="Samples per run (default 512, quick 128)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):

@@ -60,15 +60,14 @@ def probe_command(
         print_json(res.to_dict())
         return
     null = "gain_null" in res.rows[0]
-    table = Table(title=f"Response gain on noise-only directions ({res.directions})")
-    for col in ("t", "rho", "t'", "cond gain (ideal 1)"):
+    table = Table(title=f"Response gain on noise-only directions ({res.directions})",
+                  caption="gain 1: the model trusts t; x-reader: the gain of a model that reads "
+                  "its noise level from x (t/t' for velocity under the linear schedule); "
+                  "CF-NAG's signal is cond - null-t")
+    cols = ["t", "rho", "t'", "cond"] + (["null-t"] if null else []) + ["x-reader"] + (
+        ["signal"] if null else []) + ["ideal signal"]
+    for col in cols:
         table.add_column(col, justify="right")
-    if null:
-        table.add_column("null-t gain", justify="right")
-    table.add_column("x-reader gain", justify="right")
-    if null:
-        table.add_column("CF-NAG signal", justify="right")
-    table.add_column("ideal signal", justify="right")
     for r in res.rows:
         cells = [f"{r['t']:.2f}", f"{r['rho']:.2f}", f"{r['t_true']:.3f}", f"{r['gain_cond']:.3f}"]
         if null:
