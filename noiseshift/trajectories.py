@@ -19,7 +19,10 @@ writer never lets a kill reach a structure that matters:
 * After that, recording step k writes the state rows into their pre-allocated chunks (raw
   data only, no metadata changes), flushes, then grows ``t`` by one (one object-header
   write) and flushes again. ``len(t)`` is the commit count: a state row is only ever counted
-  once it is on disk, and no chunk index or allocation changes while steps are recorded.
+  once it and the metadata locating it are on disk. When the number of steps is known up
+  front (``steps=`` or ``sampler["steps"]``) no chunk index or allocation changes at all while
+  steps are recorded; steps beyond it get rows allocated as they come, still committed by
+  the same two flushes.
 * ``samples`` is written, then ``complete`` is set to True in place, then flushed.
 
 So a SIGKILL at any moment leaves a file that opens with plain h5py, holds every committed step

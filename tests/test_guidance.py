@@ -190,6 +190,22 @@ def test_output_space_mixing_is_score_space_mixing_at_fixed_t(mix, name):
     assert not torch.allclose(got, _nag_reference(mix, sch, x, t, 2.0), rtol=1e-3, atol=1e-3)
 
 
+def test_projected_gradient_moves_only_along_the_predicted_noise(mix):
+    model = MixtureDenoiser(mix, LIN, "velocity")
+    est = ExactPosterior(mix, LIN)
+    x, t, _ = _states(mix, LIN, lo=0.1, hi=0.75)
+    w = 2.0
+    guided = EstimatorGradientNAG(model, est, scale=w, project=True)
+    change = (LIN.convert(guided(x, t), "velocity", "score", x, t)
+              - LIN.convert(model(x, t), "velocity", "score", x, t))
+    eps = LIN.convert(model(x, t), "velocity", "eps", x, t)
+    g = est.grad_log_posterior(x, t)
+    e_hat = eps / eps.norm(dim=1, keepdim=True)
+    along = (g * e_hat).sum(1, keepdim=True)
+    assert torch.allclose(change, w * along * e_hat, rtol=1e-6, atol=1e-8)
+    assert guided.describe()["nag"]["mode"] == "estimator-noise"
+
+
 def test_gradient_from_interpolated_log_posterior_matches_exact(mix):
     # On grid points the interpolation is exact, so autograd through log_posterior must
     # reproduce score(x|t) - score(x).

@@ -162,7 +162,9 @@ def sample_command(
     nag_scale: float = typer.Option(0.0, "--nag-scale", help="Noise-level guidance (NAG) "
                                     "scale w; 0 = off."),
     nag_mode: str = typer.Option("estimator", "--nag-mode", help="estimator: w * grad log "
-                                 "p(t|x) from a noise-level estimator (any model); cf: "
+                                 "p(t|x) from a noise-level estimator (any model); "
+                                 "estimator-noise: that gradient's part along the predicted "
+                                 "noise only; cf: "
                                  "classifier-free, (w+1) v(x|t) - w v(x|null t), as published "
                                  "(needs a model trained with --t-dropout); cf-read: the null-t "
                                  "branch read at the estimator's t'; cf-read-control: the "
