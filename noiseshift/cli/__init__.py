@@ -1,19 +1,21 @@
 """The `noiseshift` command line: a thin layer over the library.
 
-Each command lives in its own module in this package and registers itself on `app`.
+Each command lives in its own module in this package and registers itself on `app`;
+`COMMANDS` lists them.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
 from ..errors import NoiseshiftError
 from .common import app, err_console
 
-for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _m.name not in ("common",):
-        importlib.import_module(f"{__name__}.{_m.name}")
+# Registration order is the order `--help` lists them: the story's order.
+COMMANDS = ("demo", "train", "train_estimator", "sample", "estimate", "report", "inspect",
+            "probe")
+for _name in COMMANDS:
+    importlib.import_module(f"{__name__}.{_name}")
 
 
 def main() -> None:
