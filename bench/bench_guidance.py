@@ -91,9 +91,11 @@ def bench_cost(batch: int, repeats: int) -> dict:
         "unguided": model,
         "nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf")[0],
         "cfg+nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf", cfg_scale=1.0)[0],
-        "nag estimator": build_guidance(model, nag_scale=1.0, estimator=est)[0],
-        "cfg+nag estimator": build_guidance(model, nag_scale=1.0, cfg_scale=1.0,
-                                            estimator=est)[0],
+        "nag estimator": build_guidance(model, nag_scale=1.0, nag_mode="estimator",
+                                        estimator=est)[0],
+        "nag estimator-noise": build_guidance(model, nag_scale=1.0, estimator=est)[0],
+        "cfg+nag estimator-noise": build_guidance(model, nag_scale=1.0, cfg_scale=1.0,
+                                                  estimator=est)[0],
     }
     times = {k: [] for k in variants}
     with torch.no_grad():
@@ -108,9 +110,9 @@ def bench_cost(batch: int, repeats: int) -> dict:
     base = med["unguided"]
     print(f"model: {what}; estimator: {est_what}; batch {batch}, {repeats} repeats, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"{'variant':<20}{'ms/step':>10}{'x unguided':>12}")
+    print(f"{'variant':<26}{'ms/step':>10}{'x unguided':>12}")
     for k, v in med.items():
-        print(f"{k:<20}{1000 * v:>10.2f}{v / base:>12.2f}")
+        print(f"{k:<26}{1000 * v:>10.2f}{v / base:>12.2f}")
     print(f"targets: nag cf <= 2.0x -> {med['nag cf'] / base:.2f}x; "
           f"cfg+nag cf <= 3.0x -> {med['cfg+nag cf'] / base:.2f}x")
     return {k: v / base for k, v in med.items()}

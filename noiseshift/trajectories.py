@@ -106,6 +106,14 @@ def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=_json_default)
 
 
+def _set_str(obj, key: str, text: str) -> None:
+    """A fixed-length UTF-8 string attribute. Variable-length strings live in HDF5's global
+    heap, and a damaged heap can hang or crash the HDF5 library itself (3000 random byte
+    flips: 9 hangs or segfaults with variable-length attributes, none with fixed-length)."""
+    raw = text.encode("utf-8")
+    obj.attrs.create(key, np.array(raw, dtype=h5py.string_dtype("utf-8", max(1, len(raw)))))
+
+
 def _to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, possibly on the GPU
         x = x.detach().to("cpu").numpy()
@@ -820,21 +828,21 @@ class TrajectoryWriter:
 
     def _build(self, f: h5py.File, t, x, x0) -> None:
         if "runs" not in f:
-            f.attrs["format"] = FORMAT
+            _set_str(f, "format", FORMAT)
             f.attrs["version"] = np.int64(VERSION)
             from . import __version__
 
-            f.attrs["writer"] = f"noiseshift {__version__}"
+            _set_str(f, "writer", f"noiseshift {__version__}")
             f.create_group("runs")
         runs = f["runs"]
         if self.run in runs:
             del runs[self.run]
         g = runs.create_group(self.run)
         for key, text in self._attrs.items():
-            g.attrs[key] = text
+            _set_str(g, key, text)
         if self.seed is not None:
             g.attrs["seed"] = np.int64(self.seed)
-        g.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        _set_str(g, "created", datetime.now(timezone.utc).isoformat(timespec="microseconds"))
         g.attrs["complete"] = np.bool_(False)
         ds = self._ds
         ds["t"] = g.create_dataset("t", shape=(1,), maxshape=(None,), dtype="f8",
@@ -971,9 +979,9 @@ class EstimatesWriter:
     def __enter__(self) -> EstimatesWriter:
         self._tmp = _sibling_temp(self.path, "partial")
         self._f = h5py.File(self._tmp, "w")
-        self._f.attrs["format"] = ESTIMATES_FORMAT
+        _set_str(self._f, "format", ESTIMATES_FORMAT)
         self._f.attrs["version"] = np.int64(ESTIMATES_VERSION)
-        self._f.attrs["source"] = str(self.source)
+        _set_str(self._f, "source", str(self.source))
         self._f.create_group("runs")
         return self
 
@@ -982,7 +990,7 @@ class EstimatesWriter:
             r = self._src.run(run)
             self._meta[run] = r
             g = self._f["runs"].create_group(run)
-            g.attrs["fingerprint"] = r.fingerprint()
+            _set_str(g, "fingerprint", r.fingerprint())
             g.create_dataset("t", data=r.t, dtype="f8")
         return self._f["runs"][run]
 
@@ -998,8 +1006,8 @@ class EstimatesWriter:
             raise ValueError(f"reference has shape {ref.shape}; run {run!r} has "
                              f"{r.num_steps} steps")
         e = g.create_group(name)
-        e.attrs["estimator"] = _dumps(estimator)
-        e.attrs["calibration"] = _dumps(calibration)
+        _set_str(e, "estimator", _dumps(estimator))
+        _set_str(e, "calibration", _dumps(calibration))
         rows = max(1, min(r.num_steps, 2**18 // r.n))
         for key in ("t_hat", "t_std"):
             e.create_dataset(key, shape=(r.num_steps, r.n), dtype="f4", fillvalue=np.nan,

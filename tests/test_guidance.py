@@ -401,7 +401,9 @@ def test_build_guidance_composes_and_names(mix):
     model = ClassMixtureDenoiser(mix, labels, LIN)
     est = ExactPosterior(mix, LIN)
     _, d = build_guidance(model, nag_scale=1.5, estimator=est)
-    assert run_name(d) == d["kind"] == "nag-estimator-1.5"
+    assert run_name(d) == d["kind"] == "nag-estimator-noise-1.5"
+    _, d = build_guidance(model, nag_scale=1.5, nag_mode="estimator", estimator=est)
+    assert run_name(d) == "nag-estimator-1.5"
     assert d["nag"]["estimator"]["kind"] == "ExactPosterior"
     _, d = build_guidance(model, nag_scale=1, nag_mode="cf", cfg_scale=2)
     assert run_name(d) == "cfg-2+nag-cf-1"
@@ -426,7 +428,8 @@ def test_estimator_nag_with_cfg_adds_the_gradient_to_the_cfg_output(mix):
     est = ExactPosterior(mix, LIN)
     x, t, _ = _states(mix, LIN, lo=0.1, hi=0.7)
     y = torch.zeros(x.shape[0], dtype=torch.int64)
-    guided, _ = build_guidance(model, nag_scale=1.0, cfg_scale=1.0, estimator=est)
+    guided, _ = build_guidance(model, nag_scale=1.0, cfg_scale=1.0, estimator=est,
+                               nag_mode="estimator")
     cfg, _ = build_guidance(model, cfg_scale=1.0)
     expect = cfg(x, t, y) + est.grad_log_posterior(x, t)
     assert torch.allclose(guided(x, t, y), expect, atol=1e-9)

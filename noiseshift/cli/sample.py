@@ -161,10 +161,11 @@ def sample_command(
                                "default: labels drawn from the seed."),
     nag_scale: float = typer.Option(0.0, "--nag-scale", help="Noise-level guidance (NAG) "
                                     "scale w; 0 = off."),
-    nag_mode: str = typer.Option("estimator", "--nag-mode", help="estimator: w * grad log "
-                                 "p(t|x) from a noise-level estimator (any model); "
-                                 "estimator-noise: that gradient's part along the predicted "
-                                 "noise only; cf: "
+    nag_mode: str = typer.Option("estimator-noise", "--nag-mode", help="estimator-noise "
+                                 "(default): w times the part of grad log p(t|x), from a "
+                                 "noise-level estimator, along the predicted noise (any "
+                                 "model); estimator: the whole gradient (edits content too); "
+                                 "cf: "
                                  "classifier-free, (w+1) v(x|t) - w v(x|null t), as published "
                                  "(needs a model trained with --t-dropout); cf-read: the null-t "
                                  "branch read at the estimator's t'; cf-read-control: the "
