@@ -3,7 +3,10 @@
 Hypothesis builds HDF5 files with random structure, attributes, dtypes, shapes and values,
 mostly close to a valid file so that every check in the reader gets reached, and every reading
 entry point must either succeed or raise TrajectoryError - never anything else. The default
-run tries 100 files; `pytest --fuzz` tries 1500 of each kind.
+run tries 100 files of each kind; `pytest --fuzz` tries 1500. Files with bytes flipped at
+random are fuzzed too: those noiseshift wrote (a file from another writer, with
+variable-length string attributes, can hang or crash the HDF5 library itself; see
+docs/trajectory-format.md).
 """
 
 from __future__ import annotations
@@ -284,6 +287,58 @@ def check_truncated(cut):
         path = Path(d) / "cut.h5"
         path.write_bytes(data[: int(cut * len(data))])
         exercise(path)
+
+
+_OURS: dict[str, bytes] = {}
+
+
+def our_file() -> bytes:
+    """A file from noiseshift's own writer: a complete run and a killed one."""
+    if "bytes" not in _OURS:
+        from noiseshift.trajectories import TrajectoryWriter
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "ours.h5"
+            for run, steps in (("baseline", 5), ("nag", 3)):
+                with TrajectoryWriter(path, run, n=4, shape=(8,), schedule="linear",
+                                      sampler={"name": "euler", "steps": 5}, seed=0) as w:
+                    for i in range(steps):
+                        w.callback({"i": i, "t": 1 - i / 5, "x": np.full((4, 8), i, "f4"),
+                                    "x0_pred": np.ones((4, 8))})
+                    if steps == 5:
+                        w.finish(np.zeros((4, 8)))
+            _OURS["bytes"] = path.read_bytes()
+    return _OURS["bytes"]
+
+
+flips = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                 min_size=1, max_size=8)
+
+
+def check_flipped(changes):
+    """Random bytes overwritten anywhere in a file noiseshift wrote (bit rot, a bad copy).
+    Its string attributes are fixed-length, which keeps HDF5 itself from hanging or crashing
+    on a damaged global heap (see trajectories._set_str)."""
+    data = bytearray(our_file())
+    for where, value in changes:
+        data[int(where * len(data))] = value
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "flipped.h5"
+        path.write_bytes(bytes(data))
+        exercise(path)
+
+
+@FAST
+@given(flips)
+def test_flipped_bytes(changes):
+    check_flipped(changes)
+
+
+@pytest.mark.fuzz
+@LONG
+@given(flips)
+def test_flipped_bytes_long(changes):
+    check_flipped(changes)
 
 
 @FAST
