@@ -110,7 +110,7 @@ def _load(path: Path, est_path: Path, progress) -> tuple[list[RunData], list[str
                     done += 1
                     last = i
                     progress("reading states", done, total)
-            samples = None if run.samples is None else np.asarray(run.samples[()])
+            samples = run.read_samples()  # None when incomplete; NaN/Inf -> TrajectoryError
             if not run.complete:
                 notes.append(f"run {name!r} is incomplete (recording was interrupted): "
                              f"{run.num_steps} steps, no samples")

@@ -151,8 +151,10 @@ def _member(group, name: str, path, where: str, kind=h5py.Dataset):
     if link is None:
         return None
     if not isinstance(link, h5py.HardLink):
-        raise TrajectoryError(f"{where}{name} is a {type(link).__name__}; expected plain data",
-                              path)
+        kind_ = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}.get(
+            type(link), "a link")
+        raise TrajectoryError(f"{where}{name} is {kind_}; noiseshift reads plain datasets "
+                              f"only", path)
     obj = group[name]
     if not isinstance(obj, kind):
         want = "dataset" if kind is h5py.Dataset else "group"
@@ -390,6 +392,17 @@ class Run:
                     block = self.samples[lo:lo + per]
                 if not np.isfinite(block).all():
                     raise TrajectoryError(f"{self._where}samples contain NaN or Inf", self.path)
+
+    def read_samples(self) -> np.ndarray | None:
+        """The final samples as float32, checked for NaN and Inf (None for an incomplete
+        run)."""
+        if self.samples is None:
+            return None
+        with _guard(self.path, f"run {self.name!r} samples"):
+            a = np.asarray(self.samples[()], dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise TrajectoryError(f"{self._where}samples contain NaN or Inf", self.path)
+        return a
 
     def fingerprint(self) -> str:
         """A content hash identifying this run (metadata, t, first and last states, samples).
@@ -760,7 +773,7 @@ class TrajectoryWriter:
                                   f"will not write to it ({e.problem})", p) from None
         if exists and not self.overwrite:
             raise TrajectoryError(f"run {self.run!r} already exists; choose another run name "
-                                  f"or overwrite it (overwrite=True, --overwrite)", p)
+                                  f"or replace it (overwrite=True)", p)
         _refuse_if_being_written(p)
 
     # -- the sampler callback --------------------------------------------------------------
@@ -804,7 +817,8 @@ class TrajectoryWriter:
 
     # -- structure: built in a temporary copy, moved into place atomically ---------------------
     def _create(self, t: float, x: np.ndarray, x0: np.ndarray | None) -> None:
-        p = self.path
+        # A symlinked path: replace the file it points to, not the link.
+        p = self.path.resolve() if self.path.is_symlink() else self.path
         with _folder_lock(p.parent):
             existing = p.exists()
             if existing:

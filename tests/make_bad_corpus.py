@@ -165,6 +165,8 @@ def build(folder) -> dict[str, tuple[Path, Case]]:
         lambda p: write_good(p, mutate=_nan_at("states", (4, 0, 0), -np.inf)))
     add("nan_x0_pred", r"x0_pred contain NaN or Inf", "NaN in x0_pred",
         lambda p: write_good(p, mutate=_nan_at("x0_pred", (0, 0, 0), np.nan)))
+    add("nan_samples", r"samples contain NaN or Inf", "NaN in the final samples",
+        lambda p: write_good(p, mutate=_nan_at("samples", (1, 2), np.nan)))
     add("int_states", r"states have dtype int64", "integer states",
         lambda p: write_good(p, mutate=_set("states", lambda a: a["states"].astype(np.int64))))
     add("complex_states", r"states have dtype complex64", "complex states",
@@ -182,7 +184,7 @@ def build(folder) -> dict[str, tuple[Path, Case]]:
         lambda p: write_good(p, mutate=_set("samples", None)))
     add("float_labels", r"labels must be \(4,\) integers", "labels as floats",
         lambda p: write_good(p, mutate=_set("labels", lambda a: a["labels"] * 1.0)))
-    add("external_link", r"states is a ExternalLink", "states link to another file",
+    add("external_link", r"states is an external link", "states link to another file",
         lambda p: write_good(p, mutate=_external(folder)))
     add("shape_mismatch", None, "valid, but dim 9 while its model's data (and so the "
         "estimator) has dim 8", lambda p: write_good(p, dim=9, data_dim=8))
@@ -221,6 +223,19 @@ def checkpoints(folder) -> dict[str, Path]:
     out["not_checkpoint"] = folder / "not_checkpoint.pt"
     out["not_checkpoint"].write_text("weights: none\n")
     return out
+
+
+def tiny_model(folder, dim: int = 16) -> Path:
+    """A small MLP denoiser checkpoint for `dim`-vectors (seeded random weights: tests of
+    file handling need a model that runs, not a good one)."""
+    import torch
+
+    from noiseshift.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model({"kind": "mlp", "shape": [dim], "schedule": "linear", "width": 64,
+                         "depth": 2, "data": {"name": "gmm", "dim": dim}})
+    return save_model(model, Path(folder) / "tiny.pt")
 
 
 if __name__ == "__main__":

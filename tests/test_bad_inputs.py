@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from make_bad_corpus import build, checkpoints, write_good
+from make_bad_corpus import build, checkpoints, tiny_model, write_good
 from test_cli_inspect import cli
 
 from noiseshift.errors import TrajectoryError
@@ -26,10 +26,10 @@ NOISESHIFT = Path(sys.executable).with_name("noiseshift")
 BAD = ["not_hdf5", "empty", "truncated_superblock", "truncated_half", "truncated_tail",
        "plain_hdf5", "wrong_format", "future_version", "no_runs", "missing_t", "missing_states",
        "t_not_decreasing", "t_outside", "length_mismatch", "nan_states", "inf_states",
-       "nan_x0_pred", "int_states", "complex_states", "zero_samples", "bad_json",
+       "nan_x0_pred", "nan_samples", "int_states", "complex_states", "zero_samples", "bad_json",
        "unknown_schedule", "missing_complete", "no_samples", "float_labels", "external_link"]
-# estimate and report never read x0_pred, so a NaN there is only inspect's business.
-READ_STATES = [n for n in BAD if n != "nan_x0_pred"]
+# estimate never reads x0_pred or samples, report never x0_pred: a NaN there is not theirs.
+READ_STATES = [n for n in BAD if n not in ("nan_x0_pred", "nan_samples")]
 
 
 def digest(path) -> str:
@@ -96,7 +96,7 @@ def test_estimate(corpus, capsys, monkeypatch, tmp_path, name):
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
 
-@pytest.mark.parametrize("name", READ_STATES)
+@pytest.mark.parametrize("name", READ_STATES + ["nan_samples"])
 def test_report(corpus, capsys, monkeypatch, tmp_path, name):
     path, case = corpus["cases"][name]
     est = corpus["est"][name]
@@ -166,6 +166,15 @@ def test_model_checkpoint_that_is_not_one(corpus, capsys, monkeypatch, tmp_path)
                                       "--record", tmp_path / "t.h5"], [ckpt],
                 r"not a noiseshift checkpoint", ckpt)
     assert not (tmp_path / "t.h5").exists()
+
+
+def test_record_into_a_file_that_is_not_a_trajectory_file(tmp_path, capsys, monkeypatch):
+    notes = tmp_path / "notes.h5"
+    notes.write_text("my notes")
+    model = tiny_model(tmp_path)
+    run_checked(capsys, monkeypatch, ["sample", "--n", "2", "--steps", "1", "--record", notes,
+                                      "--model", model, "--run", "r"], [notes],
+                r"not an HDF5 file", notes)
 
 
 @pytest.mark.parametrize("command", ["inspect", "estimate", "report"])

@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from make_bad_corpus import tiny_model as make_tiny_model
 from make_bad_corpus import write_good
 from test_cli_inspect import cli
 
@@ -185,16 +186,7 @@ def test_writer_survives_many_sigkills(tmp_path, mode):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A small MLP denoiser for 16-d vectors (seeded random weights: a kill test needs a
-    model that runs, not a good one)."""
-    import torch
-
-    from noiseshift.models import build_model, save_model
-
-    torch.manual_seed(0)
-    model = build_model({"kind": "mlp", "shape": [16], "schedule": "linear", "width": 64,
-                         "depth": 2, "data": {"name": "gmm", "dim": 16}})
-    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+    return make_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def sample_cmd(model, path, steps=80, n=3000):

@@ -89,6 +89,7 @@ def test_round_trip(tmp_path):
         assert np.array_equal(r.states[:], xs) and np.array_equal(np.asarray(r.x0_pred), x0s)
         assert np.array_equal(r.labels, labels) and r.labels.dtype == np.int64
         assert np.array_equal(r.samples[()], samples.astype(np.float32))
+        assert np.array_equal(r.read_samples(), samples.astype(np.float32))
         assert r.attrs["schedule"] == {"name": "linear"}
         assert r.attrs["sampler"] == {"name": "euler", "steps": S}
         assert r.attrs["guidance"] == {"kind": "none"} and r.attrs["model"] == {"m": 1}
@@ -318,6 +319,18 @@ def test_writer_rejects_t_not_decreasing_and_finish_without_steps(tmp_path):
         TrajectoryWriter(tmp_path / "u.h5", "a/b", n=N, shape=SHAPE, schedule="linear")
     with pytest.raises(NoiseshiftError, match="unknown schedule"):
         TrajectoryWriter(tmp_path / "u.h5", "a", n=N, shape=SHAPE, schedule="cosine-ish")
+
+
+def test_symlinked_file_is_written_through_the_link(tmp_path):
+    real = tmp_path / "data" / "traj.h5"
+    real.parent.mkdir()
+    record(real, "a")
+    link = tmp_path / "link.h5"
+    link.symlink_to(real)
+    record(link, "b")
+    assert link.is_symlink()
+    with open_trajectories(real) as tf:
+        assert sorted(tf.runs) == ["a", "b"]
 
 
 def test_new_file_gets_default_permissions(tmp_path):

@@ -35,8 +35,7 @@ def demo_command(
     The first run trains and caches both networks (a few minutes on 2 cores); later runs
     reuse them.
     """
-    from ..demo import learned_vs_oracle, run_demo
-    from ..demo import DemoSettings
+    from ..demo import DemoSettings, learned_vs_oracle, run_demo
 
     settings = DemoSettings.make(data, quick, seed, n)
     with progress(json_out) as p:
@@ -71,10 +70,12 @@ def demo_command(
 def _print_summary(rep, result, gmm) -> None:
     table = Table(title=f"noise shift per run ({rep.main} meter"
                   + (f", independent: {rep.independent})" if rep.independent else ")"))
-    cols = [c for c in ("run", "mean_delta", "abs_delta", "abs_delta_late", "ind_abs_delta",
-                        "fd", "precision", "recall") if c in rep.summary.columns]
+    heads = {"run": "run", "mean_delta": "mean Δ", "mean_abs_delta": "mean |Δ|",
+             "mean_abs_delta_late": "late |Δ|", "ind_mean_abs_delta": f"|Δ| {rep.independent}",
+             "fd": "FD", "precision": "precision", "recall": "recall", "accuracy": "accuracy"}
+    cols = [c for c in heads if c in rep.summary.columns]
     for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c == "run" else "right")
+        table.add_column(heads[c], justify="left" if c == "run" else "right")
     for _, row in rep.summary.iterrows():
         table.add_row(*[_cell(row[c]) for c in cols])
     console.print(table)
@@ -95,5 +96,5 @@ def _print_summary(rep, result, gmm) -> None:
 
 def _cell(v) -> str:
     if isinstance(v, float):
-        return f"{v:+.4f}" if abs(v) < 10 else f"{v:.2f}"
+        return "-" if v != v else f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
     return str(v)
