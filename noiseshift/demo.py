@@ -158,14 +158,13 @@ def run_demo(out="demo-out", *, quick: bool = False, data: str = "digits", seed:
     for k, options in enumerate(settings.runs):
         guided, desc = build_guidance(model, estimator=est, data=dataset, **options)
         name = "unguided" if desc["kind"] == "none" else desc["kind"]
-        progress(f"sampling {name} ({k + 1}/{len(settings.runs)})", 0, settings.steps)
+        stage = f"sampling {name} ({k + 1}/{len(settings.runs)})"
+        progress(stage, 0, settings.steps)
         sample_and_record(
             guided, traj, name, settings.n, sampler=settings.sampler, steps=settings.steps,
             seed=settings.seed, guidance=desc, device=device, save_x0=False,
             model_info=_model_info(model),
-            callback=lambda info, name=name: progress(
-                f"sampling {name} ({k + 1}/{len(settings.runs)})", info["i"] + 1,
-                settings.steps))
+            callback=lambda info, stage=stage: progress(stage, info["i"] + 1, settings.steps))
     timings["sampling"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
