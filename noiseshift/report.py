@@ -145,12 +145,12 @@ def _paired(a: RunData, b: RunData) -> bool:
     return a.attrs.get("seed") == b.attrs.get("seed") and a.n == b.n and same_labels
 
 
-def _choose_baseline(runs: list[RunData], baseline: str | None) -> RunData | None:
+def _choose_baseline(runs: list[RunData], baseline: str | None, path=None) -> RunData | None:
     by_name = {r.name: r for r in runs}
     if baseline is not None:
         if baseline not in by_name:
             raise NoiseshiftError(f"no run {baseline!r} to use as baseline; the file has "
-                                  f"{', '.join(map(repr, by_name))}")
+                                  f"{', '.join(map(repr, by_name))}", path)
         return by_name[baseline]
     unguided = [r for r in runs if r.label == "none"]
     if not unguided:
@@ -305,7 +305,7 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     runs, notes = _load(path, est_path, progress)
     timings = {"read": time.perf_counter() - clock}
     main, independent, names = _choose_estimators(runs, estimator)
-    base = _choose_baseline(runs, baseline)
+    base = _choose_baseline(runs, baseline, path)
     runs.sort(key=lambda r: r is not base)  # baseline first, then the file's order
     if base is None:
         notes.append("no unguided run in the file: no paired differences (pick one with "

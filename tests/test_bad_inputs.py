@@ -123,8 +123,6 @@ def test_run_that_does_not_exist(corpus, capsys, monkeypatch, tmp_path):
                 r"no run 'nag' in this file; it has 'baseline'", good)
 
 
-@pytest.mark.xfail(strict=True, reason="report's --baseline error does not name the file yet "
-                   "(noiseshift/report.py _choose_baseline raises without a path)")
 def test_report_baseline_that_does_not_exist(corpus, capsys, monkeypatch, tmp_path):
     good = corpus["cases"]["good"][0]
     est = corpus["est"]["good"]
