@@ -72,10 +72,10 @@ def _print_summary(rep, result, gmm) -> None:
                   + (f", independent: {rep.independent})" if rep.independent else ")"))
     heads = {"run": "run", "mean_delta": "mean Δ", "mean_abs_delta": "mean |Δ|",
              "mean_abs_delta_late": "late |Δ|", "ind_mean_abs_delta": f"|Δ| {rep.independent}",
-             "fd": "FD", "precision": "precision", "recall": "recall", "accuracy": "accuracy"}
+             "fd": "FD", "accuracy": "accuracy"}  # precision, recall: in summary.csv
     cols = [c for c in heads if c in rep.summary.columns]
     for c in cols:
-        table.add_column(heads[c], justify="left" if c == "run" else "right")
+        table.add_column(heads[c], justify="left" if c == "run" else "right", no_wrap=True)
     for _, row in rep.summary.iterrows():
         table.add_row(*[_cell(row[c]) for c in cols])
     console.print(table)
