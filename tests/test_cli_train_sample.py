@@ -3,7 +3,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from noiseshift import pretrained
@@ -11,17 +10,9 @@ from noiseshift.cli import app
 from noiseshift.models import load_model
 from noiseshift.trajectories import open_trajectories, validate
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small models gain nothing from intra-op threads, and OpenMP spin-waits badly when the
-    # cores are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _run(*args):

@@ -22,6 +22,8 @@ from noiseshift.guidance import (
 )
 from noiseshift.schedules import get_schedule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LIN = get_schedule("linear")
 GRID = t_grid(48)  # coarse enough to keep the exact t-unconditional branch fast
 
@@ -125,15 +127,6 @@ class Counting(torch.nn.Module):
         self.calls += 1
         self.batch.append(x.shape[0])
         return self.inner(x, t, y, drop_t, drop_y)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small models gain nothing from intra-op threads on shared cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ import torch
 from noiseshift import metrics as M
 from noiseshift.data import GaussianMixture, load_digits, make_gmm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian(n, mean, cov, seed):

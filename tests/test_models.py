@@ -15,19 +15,10 @@ from noiseshift.models import (
 )
 from noiseshift.schedules import get_schedule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SCHEDULES = ["linear", "vp-cosine", "vp-linear", "ve"]
 PREDICTIONS = ["velocity", "eps", "x0", "score"]
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and OpenMP spin-waits badly when the
-    # cores are shared (20x slower under load with 2 threads).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def _unet(**kw):
     cfg = {"kind": "unet", "shape": [1, 16, 16], "schedule": "linear", "num_classes": 10,

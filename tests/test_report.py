@@ -19,6 +19,8 @@ from noiseshift.sampling import sample_and_record
 from noiseshift.schedules import get_schedule
 from noiseshift.trajectories import TrajectoryWriter
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
 STEPS, N = 8, 64
 NAG = {"mode": "estimator", "interval": [0.0, 0.8]}
@@ -27,14 +29,6 @@ RUNS = {  # name: (guidance, extra isotropic noise carried by the states and sam
     "nag-estimator-0.5": ({"kind": "nag-estimator-0.5", "nag": {**NAG, "scale": 0.5}}, 0.2),
     "nag-estimator-1": ({"kind": "nag-estimator-1", "nag": {**NAG, "scale": 1.0}}, 0.05),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

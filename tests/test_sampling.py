@@ -17,15 +17,7 @@ from noiseshift.sampling import (
 )
 from noiseshift.schedules import get_schedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small models gain nothing from intra-op threads, and OpenMP spin-waits badly when the
-    # cores are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

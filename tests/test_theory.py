@@ -17,18 +17,10 @@ from noiseshift.runtime import generator
 from noiseshift.sampling import sample_euler_maruyama, timesteps
 from noiseshift.schedules import SCHEDULES, get_schedule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ALL = sorted(SCHEDULES)
 T = np.linspace(0.2, 0.8, 13)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are many tiny tensor ops: on a shared 2-core machine a second torch thread only
-    adds contention (10x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(params=ALL)

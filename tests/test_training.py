@@ -16,17 +16,9 @@ from noiseshift.training import (
     train_loop,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = {"width": 64, "depth": 2, "batch_size": 64, "device": "cpu"}
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and OpenMP spin-waits badly when the
-    # cores are shared (20x slower under load with 2 threads).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 @pytest.fixture(scope="module")
