@@ -54,6 +54,12 @@ class Dataset:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def second_moment(self) -> float:
+        """E|x0|^2 per dimension (exact for a mixture)."""
+        if self.mixture is not None:
+            return self.mixture.second_moment()
+        return float(self.x.double().pow(2).mean())
+
     def split(self, held_out: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
         """A seeded (train, held-out) split."""
         g = torch.Generator().manual_seed(seed)

@@ -182,7 +182,7 @@ def digits_classifier(config: dict | None = None, progress=None) -> DigitsClassi
     """The feature network: loaded from `pretrained.cache_dir()`, or trained (seconds) and
     cached there on first use."""
     from .models import atomic_save, read_checkpoint
-    from .pretrained import cache_dir, recipe_key
+    from .defaults import cache_dir, recipe_key
 
     cfg = {**CLASSIFIER, **(config or {})}
     path = Path(cache_dir()) / f"digits-classifier-{recipe_key(cfg)}.pt"

@@ -7,59 +7,22 @@ changed recipe trains afresh instead of loading a stale file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-DEFAULT_DATA = {"name": "digits", "side": 16}
-DEFAULT_SCHEDULE = "linear"
-DEFAULT_SAMPLER = "euler-maruyama"
-DEFAULT_STEPS = 16
-
-# The built-in denoiser: a ~96k-parameter conv UNet (16/32 channels) on 16x16 digits,
-# class-conditional, with noise-condition dropout 0.3 (for classifier-free NAG) and class
-# dropout 0.1 (for CFG). Its training budget is sized to <= 3 minutes on 2 CPU cores; it
-# reaches FD 3.2 and 96% class accuracy (metrics.py's digits classifier) with
-# Euler-Maruyama at 16 steps.
-DEFAULT_DENOISER = {
-    "arch": "unet",
-    "channels": [16, 32],
-    "steps": 1500,
-    "batch_size": 64,
-    "lr": 2e-3,
-    "t_dropout": 0.3,
-    "class_dropout": 0.1,
-    "prediction": "velocity",
-    "ema_decay": 0.999,
-    "seed": 0,
-}
-
-
-def cache_dir() -> Path:
-    """``$NOISESHIFT_CACHE``, else ``~/.cache/noiseshift``."""
-    env = os.environ.get("NOISESHIFT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "noiseshift"
-
-
-def recipe_key(*parts) -> str:
-    """A short stable hash of JSON-able parts, for cache file names."""
-    blob = json.dumps(parts, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
-
-
-# The built-in noise-level estimator for DEFAULT_DATA / DEFAULT_SCHEDULE: a 49k-parameter
-# conv posterior over 100 bins of t, 800 steps of 256 (held-out MAE of t ~0.02 on 16x16
-# digits, about as good as the subspace oracle); under a minute on 2 CPU cores.
-DEFAULT_ESTIMATOR = {"bins": 100, "steps": 800, "lr": 1e-2, "train_batch": 256,
-                     "ema_decay": 0.99, "seed": 0}
-
-
-# The demo's mixture: 64-d, where the exact posterior of t is sharp enough to read a shift.
-DEMO_GMM = {"name": "gmm", "dim": 64, "components": 8, "std": 0.25, "seed": 0, "n": 4096}
-# The mixture's denoiser: an MLP, otherwise the default recipe.
-GMM_DENOISER = {**DEFAULT_DENOISER, "arch": "mlp", "channels": None}
+from .defaults import (  # noqa: F401  (re-exported: the defaults' public home was here)
+    DEFAULT_DATA,
+    DEFAULT_DENOISER,
+    DEFAULT_ESTIMATOR,
+    DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULE,
+    DEFAULT_STEPS,
+    DEMO_GMM,
+    GMM_DENOISER,
+    cache_dir,
+    recipe_key,
+)
 
 
 def _denoiser_recipe(spec: dict, overrides: dict | None) -> dict:

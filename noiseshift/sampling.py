@@ -24,7 +24,7 @@ import torch
 
 from . import runtime
 from .errors import NoiseshiftError
-from .pretrained import DEFAULT_SAMPLER, DEFAULT_STEPS
+from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
 def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
@@ -47,7 +47,10 @@ def _to(model, out, src: str, dst: str, x: torch.Tensor, t: float) -> torch.Tens
     return model.schedule.convert(out, src, dst, x, t).to(x.dtype)
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _noise(x: torch.Tensor, generator: torch.Generator | None, noise_sampler=None,
+           t: float | None = None, t_next: float | None = None) -> torch.Tensor:
+    if noise_sampler is not None:
+        return noise_sampler(t, t_next).to(device=x.device, dtype=x.dtype)
     if generator is None:
         return torch.randn_like(x)
     return runtime.randn(x.shape, generator, x.device, x.dtype)
@@ -102,10 +105,13 @@ def sample_heun(model, x, ts, *, y=None, callback=None, generator=None,
 
 @torch.no_grad()
 def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None,
-                          diffusion=2.0, final_denoise=True):
+                          diffusion=2.0, final_denoise=True, noise_sampler=None):
     """Euler-Maruyama on the reverse SDE dx = [v - g^2/2 score] dt + g dW with
-    g(t)^2 = diffusion * sigma(t) (2t under the linear schedule). Any g gives the
-    ODE's marginals for an exact model; a larger g corrects more and adds more noise."""
+    g(t)^2 = diffusion * sigma(t) (`Schedule.diffusion_g2`). Any g gives the ODE's marginals
+    for an exact model; a larger g corrects more and adds more noise. `noise_sampler(t,
+    t_next)` (k-diffusion's) supplies each step's standard normal draw, e.g. a given
+    Brownian path; by default it comes from `generator`."""
+    sch = model.schedule
     for i in range(len(ts) - 1):
         t, t_next = float(ts[i]), float(ts[i + 1])
         out, src = _call(model, x, t, y)
@@ -114,16 +120,15 @@ def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None
         if final_denoise and _last(i, ts):
             return x0
         h = t - t_next
-        g2 = diffusion * float(model.schedule.sigma(t))
-        drift = _to(model, out, src, "velocity", x, t) - 0.5 * g2 * _to(
-            model, out, src, "score", x, t)
-        x = x - h * drift + (g2 * h) ** 0.5 * _noise(x, generator)
+        g2 = float(sch.diffusion_g2(t, diffusion))
+        drift = sch.reverse_drift(out, src, x, t, diffusion)
+        x = x - h * drift + (g2 * h) ** 0.5 * _noise(x, generator, noise_sampler, t, t_next)
     return x
 
 
 @torch.no_grad()
 def sample_ddim(model, x, ts, *, y=None, callback=None, generator=None, eta=0.0,
-                final_denoise=True):
+                final_denoise=True, noise_sampler=None):
     """DDIM for any schedule: x_next = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z, with
     c = eta * sigma' * sqrt(1 - (sigma'/alpha')^2 / (sigma/alpha)^2), the DDPM posterior
     noise at eta = 1 (written so that alpha = 0 at t = 1 is fine). eta = 0 is
@@ -142,7 +147,7 @@ def sample_ddim(model, x, ts, *, y=None, callback=None, generator=None, eta=0.0,
         c = eta * s_n * max(0.0, 1.0 - ratio2) ** 0.5
         x = a_n * x0 + max(0.0, s_n**2 - c**2) ** 0.5 * eps
         if c > 0:
-            x = x + c * _noise(x, generator)
+            x = x + c * _noise(x, generator, noise_sampler, t, t_next)
     return x
 
 
@@ -203,11 +208,7 @@ def safe_t_max(model, t_max: float = 1.0) -> float:
     undefined, so those parametrisations cannot start there."""
     if model.prediction not in ("eps", "score") or float(model.schedule.alpha(t_max)) >= 1e-3:
         return t_max
-    lo, hi = 0.0, float(t_max)  # alpha decreases in t: bisect for alpha(t) = 1e-3
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(model.schedule.alpha(mid)) >= 1e-3 else (lo, mid)
-    return lo
+    return float(model.schedule.t_from_alpha(1e-3))
 
 
 def model_device(model, device="auto") -> torch.device:

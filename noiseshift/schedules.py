@@ -68,10 +68,84 @@ class Schedule:
         """The t at which sigma(t) = s; s outside sigma's range maps to the nearest end."""
         raise NotImplementedError
 
+    def t_from_alpha(self, a):
+        """The t at which alpha(t) = a (alpha decreases in t); a outside alpha's range maps
+        to the nearest end."""
+        raise NotImplementedError
+
+    # -- the path ---------------------------------------------------------------------------
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps, with t a scalar or per-sample (N,); the
+        coefficients are cast to x0's dtype (diffusers' `scheduler.add_noise`)."""
+        tt = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
+        return expand_like(self.alpha(tt), x0) * x0 + expand_like(self.sigma(tt), x0) * eps
+
+    def diffusion_g2(self, t, diffusion: float = 2.0):
+        """g(t)^2 of the reverse SDE used by the stochastic samplers: diffusion * sigma(t)
+        (2t under the linear schedule). Any g gives the ODE's marginals for an exact model."""
+        return diffusion * self.sigma(t)
+
+    def reverse_drift(self, out: torch.Tensor, src: str, x: torch.Tensor, t,
+                      diffusion: float = 2.0) -> torch.Tensor:
+        """The drift v - g^2/2 * score of the reverse SDE dx = [v - g^2/2 score] dt + g dW,
+        from a model output in parametrisation `src` at (x, t), scalar t; in x's dtype."""
+        g2 = float(self.diffusion_g2(float(t), diffusion))
+        v = self.convert(out, src, "velocity", x, t).to(x.dtype)
+        return v - 0.5 * g2 * self.convert(out, src, "score", x, t).to(x.dtype)
+
+    # -- second moments ---------------------------------------------------------------------
     def second_moment(self, t, m2):
         """E|x_t|^2 per dimension when the data have per-dimension second moment m2."""
         t = _as_array(t)
         return self.alpha(t) ** 2 * m2 + self.sigma(t) ** 2
+
+    def moment_slope(self, t, m2: float):
+        """d/dt of the marginal second moment alpha^2 m2 + sigma^2 (per dimension)."""
+        t = _as_array(t)
+        return 2.0 * (self.alpha(t) * self.d_alpha(t) * m2 + self.sigma(t) * self.d_sigma(t))
+
+    def moment_branches(self, m2: float, grid: int = 4097) -> np.ndarray:
+        """Edges [0, t1, ..., 1] of the intervals on which the second moment is monotone in t.
+
+        Under VP schedules and VE it is monotone (one branch) unless m2 == 1 under VP, where
+        it is flat and says nothing. Under the linear schedule it has a minimum at
+        t* = m2/(1+m2): below t* extra noise makes a state look *cleaner* by its moment.
+        """
+        tt = np.linspace(1e-9, 1.0, grid)  # VP-linear's sigma' is infinite at t = 0
+        g = self.moment_slope(tt, m2)
+        edges = [0.0]
+        for i in np.nonzero(np.sign(g[:-1]) * np.sign(g[1:]) < 0)[0]:
+            lo, hi = tt[i], tt[i + 1]
+            for _ in range(60):  # bisect the sign change of the slope
+                mid = 0.5 * (lo + hi)
+                if np.sign(self.moment_slope(mid, m2)) == np.sign(g[i]):
+                    lo = mid
+                else:
+                    hi = mid
+            edges.append(0.5 * (lo + hi))
+        return np.array(edges + [1.0])
+
+    def t_from_second_moment(self, m, m2: float, t_near=None, iters: int = 80) -> np.ndarray:
+        """The t at which the marginal second moment alpha^2 m2 + sigma^2 equals m (numpy).
+
+        Solved by bisection on the monotone branch that holds `t_near` (default: the single
+        branch, or the last one if there are several). An m beyond the branch's range maps
+        to the branch's end: under the linear schedule that end is the moment's minimum t*,
+        where the moment carries no information about t.
+        """
+        m = np.asarray(m, dtype=np.float64)
+        edges = self.moment_branches(m2)
+        near = np.full_like(m, edges[-2] if t_near is None else 0.5)
+        if t_near is not None:
+            near = np.broadcast_to(np.asarray(t_near, dtype=np.float64), m.shape)
+        k = np.clip(np.searchsorted(edges, near, side="right") - 1, 0, len(edges) - 2)
+        lo, hi = edges[k].copy(), edges[k + 1].copy()
+        rising = self.second_moment(hi, m2) >= self.second_moment(lo, m2)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            below = (self.second_moment(mid, m2) < m) == rising  # the root is above mid
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        return 0.5 * (lo + hi)
 
     # -- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -157,6 +231,9 @@ class LinearSchedule(Schedule):
         xp = _xp(s)
         return xp.clip(_as_array(s), 0.0, 1.0)
 
+    def t_from_alpha(self, a):
+        return 1.0 - _xp(a).clip(_as_array(a), 0.0, 1.0)
+
 
 class VPCosineSchedule(Schedule):
     """Variance preserving, alpha = cos(pi t / 2), sigma = sin(pi t / 2)."""
@@ -182,6 +259,10 @@ class VPCosineSchedule(Schedule):
     def t_from_sigma(self, s):
         xp = _xp(s)
         return (2.0 / math.pi) * xp.arcsin(xp.clip(_as_array(s), 0.0, 1.0))
+
+    def t_from_alpha(self, a):
+        xp = _xp(a)
+        return (2.0 / math.pi) * xp.arccos(xp.clip(_as_array(a), 0.0, 1.0))
 
 
 class VPLinearSchedule(Schedule):
@@ -232,6 +313,10 @@ class VPLinearSchedule(Schedule):
         s = xp.clip(_as_array(s), 0.0, float(self.sigma(1.0)))
         return self._t_from_log_alpha(0.5 * xp.log1p(-(s**2)))
 
+    def t_from_alpha(self, a):
+        xp = _xp(a)
+        return self._t_from_log_alpha(xp.log(xp.clip(_as_array(a), 1e-300, 1.0)))
+
 
 class VESchedule(Schedule):
     """Variance exploding (VE-SDE / EDM range): alpha = 1, sigma geometric from
@@ -265,6 +350,9 @@ class VESchedule(Schedule):
         xp = _xp(s)
         s = xp.clip(_as_array(s), self.sigma_min, self.sigma_max)
         return xp.log(s / self.sigma_min) / self._log_ratio
+
+    def t_from_alpha(self, a):
+        return _as_array(a) * 0.0  # alpha = 1 everywhere: every t fits; the data end
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

@@ -101,3 +101,57 @@ def test_get_schedule_round_trips_and_rejects():
         get_schedule({"name": "ve", "bogus": 1})
     with pytest.raises(NoiseshiftError):
         get_schedule("linear").convert(torch.zeros(1), "logits", "x0", torch.zeros(1), 0.5)
+
+
+@pytest.mark.parametrize("name", ["linear", "vp-cosine", "vp-linear"])
+def test_t_from_alpha_inverts_alpha(name):
+    s = get_schedule(name)
+    t = np.linspace(0.01, 0.99, 25)
+    np.testing.assert_allclose(s.t_from_alpha(s.alpha(t)), t, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["linear", "vp-cosine", "vp-linear", "ve"])
+def test_add_noise_is_the_path(name):
+    s = get_schedule(name)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8, 0.95], dtype=torch.float64)
+    want = (torch.as_tensor(s.alpha(t))[:, None] * x0.double()
+            + torch.as_tensor(s.sigma(t))[:, None] * eps.double())
+    torch.testing.assert_close(s.add_noise(x0, eps, t).double(), want, rtol=1e-6, atol=1e-6)
+    # a scalar t, and the velocity along the path: d/dt x_t = alpha' x0 + sigma' eps
+    h = 1e-6
+    v = (s.add_noise(x0.double(), eps.double(), 0.5 + h)
+         - s.add_noise(x0.double(), eps.double(), 0.5 - h)) / (2 * h)
+    want_v = s.from_x0_eps(x0.double(), eps.double(), "velocity", x0.double(), 0.5)
+    torch.testing.assert_close(v, want_v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,m2", [("linear", 0.3), ("vp-cosine", 0.3), ("vp-linear", 2.0),
+                                     ("ve", 0.5)])
+def test_t_from_second_moment_inverts_the_moment(name, m2):
+    s = get_schedule(name)
+    t = np.linspace(0.4, 0.95, 12)  # on the last monotone branch for every family here
+    np.testing.assert_allclose(s.t_from_second_moment(s.second_moment(t, m2), m2), t,
+                               atol=1e-7)
+
+
+def test_linear_moment_branches_split_at_t_star():
+    s = get_schedule("linear")
+    m2 = 0.3
+    edges = s.moment_branches(m2)
+    assert len(edges) == 3 and abs(edges[1] - m2 / (1 + m2)) < 1e-6
+
+
+def test_reverse_drift_for_an_exact_gaussian():
+    # data N(0, I) under the linear schedule: x_t ~ N(0, ((1-t)^2 + t^2) I),
+    # score = -x / var, v = E[x0' ...]; check drift = v - g^2/2 score with g^2 = 2 sigma.
+    s = get_schedule("linear")
+    t = 0.4
+    var = (1 - t) ** 2 + t**2
+    x = torch.randn(6, 4, dtype=torch.float64)
+    score = -x / var
+    v = s.convert(score, "score", "velocity", x, t)
+    drift = s.reverse_drift(score, "score", x, t, diffusion=2.0)
+    torch.testing.assert_close(drift, v - 0.5 * (2.0 * t) * score)
+    assert float(s.diffusion_g2(t, 2.0)) == pytest.approx(0.8)

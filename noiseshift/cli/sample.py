@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import NoiseshiftError
-from ..pretrained import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .common import app, console, err_console, print_json, progress
 
 DEFAULT_RECORD = "trajectories.h5"

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..errors import NoiseshiftError
-from ..pretrained import DEFAULT_DENOISER, DEFAULT_SCHEDULE
+from ..defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
 from .common import app, console, print_json, progress
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import NoiseshiftError
-from ..pretrained import DEFAULT_ESTIMATOR, DEFAULT_SCHEDULE
+from ..defaults import DEFAULT_ESTIMATOR, DEFAULT_SCHEDULE
 from .common import app, console, print_json, progress
 
 
