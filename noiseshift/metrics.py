@@ -181,8 +181,8 @@ def train_digits_classifier(config: dict | None = None, progress=None) -> Digits
 def digits_classifier(config: dict | None = None, progress=None) -> DigitsClassifier:
     """The feature network: loaded from `pretrained.cache_dir()`, or trained (seconds) and
     cached there on first use."""
-    from .models import atomic_save, read_checkpoint
     from .defaults import cache_dir, recipe_key
+    from .models import atomic_save, read_checkpoint
 
     cfg = {**CLASSIFIER, **(config or {})}
     path = Path(cache_dir()) / f"digits-classifier-{recipe_key(cfg)}.pt"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from . import runtime
-from .errors import NoiseshiftError
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from .errors import NoiseshiftError
 
 
 def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
@@ -165,17 +165,21 @@ def get_sampler(name: str) -> Callable:
     return SAMPLERS[name]
 
 
+# Arguments that carry objects for one call, not settings to record.
+_RUNTIME_ARGS = {"y", "callback", "generator", "noise_sampler"}
+
+
 def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
                      **kw) -> dict:
     """The full settings of a sampler call (its keyword defaults filled in), as written
     into a trajectory file's ``sampler`` attribute."""
     fn = get_sampler(name)
     params = inspect.signature(fn).parameters
-    unknown = set(kw) - set(params) - {"y", "callback", "generator"}
+    unknown = set(kw) - set(params) - _RUNTIME_ARGS
     if unknown:
         raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
     defaults = {k: p.default for k, p in params.items()
-                if p.kind is p.KEYWORD_ONLY and k not in ("y", "callback", "generator")}
+                if p.kind is p.KEYWORD_ONLY and k not in _RUNTIME_ARGS}
     return {"name": name, "steps": int(steps), "t_max": float(t_max), "t_min": float(t_min),
             **defaults, **kw}
 

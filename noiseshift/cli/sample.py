@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..errors import NoiseshiftError
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..errors import NoiseshiftError
 from .common import app, console, err_console, print_json, progress
 
 DEFAULT_RECORD = "trajectories.h5"
