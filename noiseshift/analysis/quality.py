@@ -1,0 +1,276 @@
+"""Sample quality, with bootstrap confidence intervals throughout.
+
+- Fréchet distance (FD) in the penultimate features of the digits classifier
+  (`classifier.digits_classifier`), or in raw/PCA features for other data.
+- Classifier accuracy against the requested class (`classifier.classifier_accuracy`).
+- k-NN precision and recall (Kynkäänniemi et al., 2019) in the same feature space.
+- For Gaussian mixtures: exact average log-likelihood, energy distance to fresh samples, mode
+  coverage.
+
+Every number comes as an `Estimate` (`statistics`). Runs that share seeds share their initial
+noise, so sample i of run A pairs with sample i of run B: the differences (`*_difference`)
+resample sample indices jointly, which is what makes a small improvement resolvable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import chi2
+from sklearn.decomposition import PCA
+from sklearn.metrics import pairwise_distances
+from sklearn.neighbors import NearestNeighbors
+
+from ..data import DATA_END
+from ..errors import NoiseshiftError
+from .classifier import apply_batched, classifier_accuracy, digits_classifier
+from .statistics import N_BOOT, Estimate, bootstrap, bootstrap_mean
+
+__all__ = [
+    "FeatureSpace",
+    "energy_distance",
+    "fd",
+    "fd_difference",
+    "feature_space",
+    "frechet_distance",
+    "gaussian_frechet",
+    "mixture_log_likelihood",
+    "mode_coverage",
+    "precision_recall",
+    "precision_recall_difference",
+    "quality",
+    "quality_difference",
+]
+
+
+# -- feature spaces ------------------------------------------------------------------------------
+
+class FeatureSpace:
+    """Maps samples to features and holds the reference (real data) features.
+
+    "digits": the classifier's penultimate layer. Otherwise: the raw values when d <= 64, else
+    the top 64 principal components of the reference data (sklearn PCA).
+    """
+
+    def __init__(self, reference, kind: str = "auto", classifier=None, dims: int = 64):
+        reference = torch.as_tensor(reference)
+        self.kind = kind
+        if kind == "digits":
+            self.net = classifier or digits_classifier()
+            self._fn = lambda x: apply_batched(self.net.features, x)
+        else:
+            flat = reference.reshape(len(reference), -1).double().numpy()
+            self._pca = None
+            if flat.shape[1] > dims:
+                self._pca = PCA(dims, random_state=0).fit(flat)
+            self._fn = self._raw
+        self.reference = self._fn(reference)
+        self._radii: dict[int, np.ndarray] = {}
+
+    def radii(self, k: int = 3) -> np.ndarray:
+        """k-NN radii of the reference features (computed once per k)."""
+        if k not in self._radii:
+            self._radii[k] = _knn_radii(self.reference, k)
+        return self._radii[k]
+
+    def _raw(self, x) -> np.ndarray:
+        flat = torch.as_tensor(x).reshape(len(x), -1).double().numpy()
+        return flat if self._pca is None else self._pca.transform(flat)
+
+    def __call__(self, x) -> np.ndarray:
+        return self._fn(x)
+
+
+def feature_space(data, **kw) -> FeatureSpace:
+    """The feature space for a `Dataset`: the digits classifier for digits, else raw/PCA."""
+    kind = "digits" if data.name == "digits" else "raw"
+    return FeatureSpace(data.x, kind, **kw)
+
+
+# -- Fréchet distance ----------------------------------------------------------------------------
+
+def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def gaussian_frechet(mu1, c1, mu2, c2) -> float:
+    """|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2): the closed form, through
+    symmetric eigendecompositions (stable for singular covariances)."""
+    s1 = _sqrtm_psd(c1)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(s1 @ c2 @ s1), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * cross)
+
+
+def _stats(f: np.ndarray):
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FD between two feature sets (N, k) and (M, k)."""
+    return gaussian_frechet(*_stats(f1), *_stats(f2))
+
+
+class _Reference:
+    """Moments of the real features and the square root of their covariance, computed once:
+    each bootstrap replicate then costs one covariance and one 64x64 eigendecomposition."""
+
+    def __init__(self, real: np.ndarray):
+        self.mu, self.cov = _stats(real)
+        self.sqrt_cov = _sqrtm_psd(self.cov)
+        self.trace = float(np.trace(self.cov))
+
+    def distance(self, fake: np.ndarray) -> float:
+        mu, cov = _stats(fake)
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(self.sqrt_cov @ cov @ self.sqrt_cov), 0,
+                                None)).sum()
+        return float(((mu - self.mu) ** 2).sum() + np.trace(cov) + self.trace - 2 * cross)
+
+
+def fd(fake: np.ndarray, real: np.ndarray, **kw) -> Estimate:
+    """FD of generated features to real ones. The CI resamples the generated samples; the
+    real statistics are the fixed yardstick (as FID's are)."""
+    ref = _Reference(real)
+    return bootstrap(lambda i: ref.distance(fake[i]), len(fake), **kw)
+
+
+def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw) -> Estimate:
+    """FD(b) - FD(a) with a paired CI: sample i of run a and of run b are resampled together
+    (same initial noise), both measured against the same real statistics."""
+    if len(fake_a) != len(fake_b):
+        raise NoiseshiftError(f"paired runs need the same number of samples, got "
+                              f"{len(fake_a)} and {len(fake_b)}")
+    ref = _Reference(real)
+    return bootstrap(lambda i: ref.distance(fake_b[i]) - ref.distance(fake_a[i]),
+                     len(fake_a), **kw)
+
+
+# -- precision and recall ------------------------------------------------------------------------
+
+def _knn_radii(f: np.ndarray, k: int) -> np.ndarray:
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(f).kneighbors(f)
+    return dist[:, k]  # column 0 is the point itself
+
+
+def _coverage(real: np.ndarray, fake: np.ndarray, k: int, real_radii=None):
+    """Boolean matrices: in_real[i, j] = fake i inside real j's k-NN ball;
+    in_fake[i, j] = real j inside fake i's k-NN ball."""
+    d = pairwise_distances(fake, real)
+    rr = _knn_radii(real, k) if real_radii is None else real_radii
+    return d <= rr[None, :], d <= _knn_radii(fake, k)[:, None]
+
+
+def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, real_radii=None,
+                     **kw) -> tuple[Estimate, Estimate]:
+    """Improved precision (share of generated samples inside the real manifold, the union of
+    k-NN balls) and recall (share of real samples inside the generated manifold).
+
+    CIs resample the generated set; the balls keep the radii of the full sets (a resample's
+    duplicates would shrink k-NN radii to zero). `real_radii` (from `FeatureSpace.radii`)
+    saves recomputing the real set's k-NN radii for every run."""
+    in_real, in_fake = _coverage(real, fake, k, real_radii)
+    precision = bootstrap_mean(in_real.any(1).astype(np.float64), **kw)
+    recall = bootstrap(lambda i: in_fake[np.unique(i)].any(0).mean(), len(fake), **kw)
+    return precision, recall
+
+
+def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=None,
+                                **kw) -> tuple[Estimate, Estimate]:
+    """Paired differences (b - a) of precision and recall, resampling sample indices
+    jointly."""
+    rr = _knn_radii(real, k) if real_radii is None else real_radii
+    ra, fa = _coverage(real, fake_a, k, rr)
+    rb, fb = _coverage(real, fake_b, k, rr)
+    dp = rb.any(1).astype(np.float64) - ra.any(1).astype(np.float64)
+    precision = bootstrap_mean(dp, **kw)
+    recall = bootstrap(lambda i: fb[np.unique(i)].any(0).mean() - fa[np.unique(i)].any(0).mean(),
+                       len(fake_a), **kw)
+    return precision, recall
+
+
+# -- Gaussian mixtures ---------------------------------------------------------------------------
+
+def _flat(x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    return x.reshape(len(x), -1).double()
+
+
+def mixture_log_likelihood(x, mixture, **kw) -> Estimate:
+    """Average exact log-density of the samples under the data mixture (nats per sample)."""
+    return bootstrap_mean(mixture.log_prob_data(x).numpy(), **kw)
+
+
+def energy_distance(x, mixture, n_ref: int = 2048, seed: int = 0, **kw) -> Estimate:
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| to fresh mixture samples Y
+    (U statistics: unbiased, 0 in expectation iff the distributions agree). CI from
+    resampling the samples X."""
+    y, _ = mixture.sample(n_ref, torch.Generator().manual_seed(seed + 12345))
+    xf, yf = _flat(x).numpy(), y.double().numpy()
+    dxy = pairwise_distances(xf, yf).mean(1)
+    dxx = pairwise_distances(xf)
+    yy = float(pairwise_distances(yf).sum()) / (n_ref * (n_ref - 1))
+    n = len(xf)
+
+    def stat(i):
+        return 2 * dxy[i].mean() - dxx[np.ix_(i, i)].sum() / (n * (n - 1)) - yy
+
+    return bootstrap(stat, n, seed=seed, **kw)
+
+
+def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) -> dict:
+    """Which mixture components the samples reach.
+
+    A sample lands on component k when k is its most likely component and it lies within
+    k's `quantile` ball (|x - mu_k|^2 / std_k^2 below the chi-square quantile). A mode is
+    covered when it holds at least `min_share` of its expected count (weight * N).
+    Returns {"covered": share of modes covered, "on_mode": share of samples on a mode,
+    "counts": samples per mode}.
+    """
+    xf = _flat(x)
+    d = xf.shape[1]
+    k = mixture.log_joint(xf, 0.0, DATA_END).argmax(1)
+    dist2 = ((xf - mixture.means[k]) ** 2).sum(1) / mixture.stds[k] ** 2
+    on = dist2 <= chi2.ppf(quantile, d)
+    counts = torch.bincount(k[on], minlength=len(mixture.weights)).numpy()
+    expected = mixture.weights.numpy() * len(xf)
+    return {"covered": float((counts >= min_share * expected).mean()),
+            "on_mode": float(on.double().mean()), "counts": counts.tolist()}
+
+
+# -- everything for one run, and paired differences ----------------------------------------------
+
+def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
+            n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """The sample-quality numbers for one run against a `Dataset`: FD, precision, recall
+    (always); accuracy for class-conditional digits; log-likelihood, energy distance and
+    mode coverage for mixtures. Values are `Estimate`s except mode coverage (dict)."""
+    space = space or feature_space(data)
+    kw = {"n_boot": n_boot, "seed": seed}
+    f = space(samples)
+    out = {"fd": fd(f, space.reference, **kw)}
+    out["precision"], out["recall"] = precision_recall(f, space.reference,
+                                                       real_radii=space.radii(), **kw)
+    if labels is not None and space.kind == "digits":
+        out["accuracy"] = classifier_accuracy(samples, labels, space.net, **kw)
+    if data.mixture is not None:
+        out["log_likelihood"] = mixture_log_likelihood(samples, data.mixture, **kw)
+        out["energy"] = energy_distance(samples, data.mixture, **kw)
+        out["modes"] = mode_coverage(samples, data.mixture)
+    return out
+
+
+def quality_difference(samples_a, samples_b, data, *, space: FeatureSpace | None = None,
+                       n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Paired differences b - a (same seeds: sample i pairs with sample i) of FD,
+    precision, recall and, for mixtures, log-likelihood."""
+    space = space or feature_space(data)
+    kw = {"n_boot": n_boot, "seed": seed}
+    fa, fb = space(samples_a), space(samples_b)
+    out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
+    out["precision"], out["recall"] = precision_recall_difference(
+        fa, fb, space.reference, real_radii=space.radii(), **kw)
+    if data.mixture is not None:
+        mix = data.mixture
+        ll = mix.log_prob_data(samples_b).numpy() - mix.log_prob_data(samples_a).numpy()
+        out["log_likelihood"] = bootstrap_mean(ll, **kw)
+    return out
