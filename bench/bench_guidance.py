@@ -205,9 +205,9 @@ def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
     by the learned estimator (the one estimator-based modes are guided by) and by the
     subspace oracle (an independent meter), FD in the digits classifier's features and its
     change against the first setting with a paired bootstrap 95% CI (same seeds)."""
+    from noiseshift.analysis.quality import fd_difference, feature_space, frechet_distance
     from noiseshift.data import load_data
     from noiseshift.estimators import SubspaceOracle
-    from noiseshift.metrics import fd_difference, feature_space, frechet_distance
     from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 
     data = load_data(DEFAULT_DATA)

@@ -19,6 +19,7 @@ from .errors import NoiseshiftError
 from .schedules import Schedule, expand_like, get_schedule
 
 DEFAULT_T_GRID = 256
+DATA_END = get_schedule("linear")  # at t = 0: alpha = 1, sigma = 0, x_t is the data
 
 
 def t_grid(n: int = DEFAULT_T_GRID) -> torch.Tensor:
@@ -153,20 +154,36 @@ class GaussianMixture:
         x = self.means[k] + self.stds[k, None] * z
         return x.float(), k
 
+    def _log_joint(self, xx, xm, a, s):
+        """log w_k + log N(x; a mu_k, (a^2 c_k^2 + s^2) I) and its variance v, from |x|^2,
+        x . mu_k and a, s, each already shaped to broadcast: the one place the mixture's
+        density is written."""
+        v = a**2 * self.stds**2 + s**2
+        dist2 = xx - 2 * a * xm + a**2 * (self.means**2).sum(-1)
+        logn = -0.5 * (dist2 / v + self.dim * torch.log(2 * math.pi * v))
+        return torch.log(self.weights) + logn, v
+
     def _resp(self, x: torch.Tensor, t, schedule: Schedule):
         x = x.reshape(x.shape[0], -1).double()
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
         a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]  # (N, 1)
-        v = a**2 * self.stds**2 + s**2  # (N, K)
-        dist2 = (x**2).sum(-1, keepdim=True) - 2 * a * (x @ self.means.T) + a**2 * (
-            self.means**2).sum(-1)
-        logn = -0.5 * (dist2 / v + self.dim * torch.log(2 * math.pi * v))
-        logj = torch.log(self.weights) + logn
-        return x, a, v, logj
+        logj, v = self._log_joint((x**2).sum(-1, keepdim=True), x @ self.means.T, a, s)
+        return x, a, v, logj  # v, logj: (N, K)
+
+    def log_joint(self, x: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+        """log w_k + log p_t(x | k), (N, K): the log-density of each component at t."""
+        return self._resp(x, t, schedule)[3]
 
     def log_prob(self, x: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
         """log p_t(x), (N,)."""
-        return torch.logsumexp(self._resp(x, t, schedule)[3], dim=-1)
+        return torch.logsumexp(self.log_joint(x, t, schedule), dim=-1)
+
+    def log_prob_data(self, x) -> torch.Tensor:
+        """log p(x) of the data distribution itself, (N,), for samples x (N, ...) as an array
+        or tensor: the linear schedule at t = 0 (alpha = 1, sigma = 0; under VE, t = 0 still
+        carries sigma_min of noise)."""
+        x = torch.as_tensor(x)
+        return self.log_prob(x.reshape(len(x), -1).double(), 0.0, DATA_END)
 
     def score(self, x: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
         """grad_x log p_t(x), same shape and dtype as x."""
@@ -195,13 +212,10 @@ class GaussianMixture:
         """log p(x | t) for each state and each t on the grid, (N, G)."""
         xf = x.reshape(x.shape[0], -1).double()
         a, s = schedule.alpha(grid), schedule.sigma(grid)  # (G,)
-        v = a[:, None] ** 2 * self.stds**2 + s[:, None] ** 2  # (G, K)
         xx = (xf**2).sum(-1)[:, None, None]  # (N, 1, 1)
         xm = (xf @ self.means.T)[:, None, :]  # (N, 1, K)
-        mm = (self.means**2).sum(-1)
-        dist2 = xx - 2 * a[None, :, None] * xm + (a**2)[None, :, None] * mm  # (N, G, K)
-        logn = -0.5 * (dist2 / v + self.dim * torch.log(2 * math.pi * v))
-        return torch.logsumexp(torch.log(self.weights) + logn, dim=-1)
+        logj, _ = self._log_joint(xx, xm, a[None, :, None], s[None, :, None])  # (N, G, K)
+        return torch.logsumexp(logj, dim=-1)
 
     def posterior_t(self, x: torch.Tensor, schedule: Schedule, grid: torch.Tensor | None = None):
         """Exact p(t | x) on a grid under a uniform prior on t: (grid (G,), probs (N, G))."""

@@ -18,7 +18,7 @@ DEFAULT_STEPS = 16
 # The built-in denoiser: a ~96k-parameter conv UNet (16/32 channels) on 16x16 digits,
 # class-conditional, with noise-condition dropout 0.3 (for classifier-free NAG) and class
 # dropout 0.1 (for CFG). Its training budget is sized to <= 3 minutes on 2 CPU cores; it
-# reaches FD 3.2 and 96% class accuracy (metrics.py's digits classifier) with
+# reaches FD 3.2 and 96% class accuracy (analysis/classifier.py's digits classifier) with
 # Euler-Maruyama at 16 steps.
 DEFAULT_DENOISER = {
     "arch": "unet",

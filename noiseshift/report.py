@@ -26,11 +26,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
-from . import theory
+from .analysis import theory
+from .analysis.classifier import classifier_accuracy, digits_classifier
+from .analysis.quality import (
+    FeatureSpace,
+    energy_distance,
+    fd,
+    fd_difference,
+    feature_space,
+    mixture_log_likelihood,
+    mode_coverage,
+    precision_recall,
+    precision_recall_difference,
+)
+from .analysis.statistics import N_BOOT, Estimate, bootstrap
 from .errors import NoiseshiftError
 from .estimators.apply import summarize
 from .estimators.base import in_zones
+from .schedules import get_schedule
 from .trajectories import estimates_path, open_estimates, open_trajectories
 
 LATE = 0.3  # "late" steps: t <= LATE
@@ -80,7 +93,7 @@ class RunData:
 
     @property
     def schedule(self):
-        return theory.get_schedule(self.attrs["schedule"])
+        return get_schedule(self.attrs["schedule"])
 
 
 def _load(path: Path, est_path: Path, progress) -> tuple[list[RunData], list[str]]:
@@ -197,14 +210,14 @@ def _shift_stats(rd: RunData, reading: Reading, n_boot: int, seed: int) -> dict:
     out = {}
     for key, lo, hi in (("", 0.0, 1.0), ("_late", 0.0, LATE)):
         mask = _step_mask(t, reading.blind_zones, lo, hi)
-        out["mean_delta" + key] = M.bootstrap(_signed_mean(d, mask), rd.n, n_boot=n_boot,
-                                              seed=seed)
-        out["mean_abs_delta" + key] = M.bootstrap(_abs_mean(d, mask), rd.n, n_boot=n_boot,
-                                                  seed=seed)
+        out["mean_delta" + key] = bootstrap(_signed_mean(d, mask), rd.n, n_boot=n_boot,
+                                            seed=seed)
+        out["mean_abs_delta" + key] = bootstrap(_abs_mean(d, mask), rd.n, n_boot=n_boot,
+                                                seed=seed)
     for lo, hi in BANDS:
         mask = _step_mask(t, reading.blind_zones, lo, hi) & (t > lo if lo > 0 else True)
-        out[f"band_{lo:g}-{hi:g}"] = M.bootstrap(_signed_mean(d, mask), rd.n, n_boot=n_boot,
-                                                 seed=seed)
+        out[f"band_{lo:g}-{hi:g}"] = bootstrap(_signed_mean(d, mask), rd.n, n_boot=n_boot,
+                                               seed=seed)
     return out
 
 
@@ -224,19 +237,19 @@ def _shift_difference(base: RunData, rd: RunData, name: str, n_boot: int, seed: 
     return out
 
 
-def _diff(stat, a: RunData, b: RunData, n_boot, seed, fa=None, fb=None) -> M.Estimate:
+def _diff(stat, a: RunData, b: RunData, n_boot, seed, fa=None, fb=None) -> Estimate:
     if _paired(a, b):
-        return M.bootstrap(stat, b.n, n_boot=n_boot, seed=seed)
+        return bootstrap(stat, b.n, n_boot=n_boot, seed=seed)
     # Different seeds: independent resamples, CIs combined in quadrature.
-    ea = M.bootstrap(fa, a.n, n_boot=n_boot, seed=seed)
-    eb = M.bootstrap(fb, b.n, n_boot=n_boot, seed=seed + 1)
+    ea = bootstrap(fa, a.n, n_boot=n_boot, seed=seed)
+    eb = bootstrap(fb, b.n, n_boot=n_boot, seed=seed + 1)
     return _unpaired(ea, eb)
 
 
-def _unpaired(ea: M.Estimate, eb: M.Estimate) -> M.Estimate:
+def _unpaired(ea: Estimate, eb: Estimate) -> Estimate:
     half = math.hypot((ea.hi - ea.lo) / 2, (eb.hi - eb.lo) / 2)
     v = eb.value - ea.value
-    return M.Estimate(v, v - half, v + half)
+    return Estimate(v, v - half, v + half)
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -283,7 +296,7 @@ class Report:
 
 
 def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None = None,
-                 estimator: str | None = None, quality: bool = True, n_boot: int = M.N_BOOT,
+                 estimator: str | None = None, quality: bool = True, n_boot: int = N_BOOT,
                  seed: int = 0, data=None,
                  progress: Callable[[str, int, int], None] | None = None) -> Report:
     """Read a trajectory file and its estimates and build every table.
@@ -402,24 +415,24 @@ def _quality(runs, base, data, n_boot, seed, notes, progress):
                          f"{data.shape}; no quality metrics")
     if not usable:
         return {}, {}
-    space = M.feature_space(data, classifier=None) if data.name != "digits" else \
-        M.FeatureSpace(data.x, "digits", classifier=M.digits_classifier(
+    space = feature_space(data, classifier=None) if data.name != "digits" else \
+        FeatureSpace(data.x, "digits", classifier=digits_classifier(
             progress=None if progress is None else
             lambda d, t, m: progress("training the digits classifier (first use)", d, t)))
     feats, qual, qdiff = {}, {}, {}
     kw = {"n_boot": n_boot, "seed": seed}
     for k, r in enumerate(usable):
         feats[r.name] = f = space(r.samples)
-        q = {"fd": M.fd(f, space.reference, **kw)}
-        q["precision"], q["recall"] = M.precision_recall(f, space.reference,
-                                                         real_radii=space.radii(), **kw)
+        q = {"fd": fd(f, space.reference, **kw)}
+        q["precision"], q["recall"] = precision_recall(f, space.reference,
+                                                       real_radii=space.radii(), **kw)
         conditional = int((r.attrs.get("model") or {}).get("num_classes", 0) or 0) > 0
         if r.labels is not None and conditional and space.kind == "digits":
-            q["accuracy"] = M.classifier_accuracy(r.samples, r.labels, space.net, **kw)
+            q["accuracy"] = classifier_accuracy(r.samples, r.labels, space.net, **kw)
         if data.mixture is not None:
-            q["log_likelihood"] = M.mixture_log_likelihood(r.samples, data.mixture, **kw)
-            q["energy"] = M.energy_distance(r.samples, data.mixture, **kw)
-            q["modes"] = M.mode_coverage(r.samples, data.mixture)["covered"]
+            q["log_likelihood"] = mixture_log_likelihood(r.samples, data.mixture, **kw)
+            q["energy"] = energy_distance(r.samples, data.mixture, **kw)
+            q["modes"] = mode_coverage(r.samples, data.mixture)["covered"]
         qual[r.name] = q
         if progress is not None:
             progress("sample quality", k + 1, len(usable))
@@ -430,8 +443,8 @@ def _quality(runs, base, data, n_boot, seed, notes, progress):
                 continue
             fb = feats[r.name]
             if _paired(base, r):
-                d = {"fd": M.fd_difference(fa, fb, space.reference, **kw)}
-                d["precision"], d["recall"] = M.precision_recall_difference(
+                d = {"fd": fd_difference(fa, fb, space.reference, **kw)}
+                d["precision"], d["recall"] = precision_recall_difference(
                     fa, fb, space.reference, real_radii=space.radii(), **kw)
             else:
                 d = {k: _unpaired(qual[base.name][k], qual[r.name][k])
@@ -445,15 +458,15 @@ def _quality(runs, base, data, n_boot, seed, notes, progress):
     return qual, qdiff
 
 
-def _paired_mean(base, r, key, data, space, kw) -> M.Estimate:
+def _paired_mean(base, r, key, data, space, kw) -> Estimate:
     if key == "accuracy":
         pa = _hits(base, space)
         pb = _hits(r, space)
     else:
-        pa = M._data_log_prob(base.samples, data.mixture)
-        pb = M._data_log_prob(r.samples, data.mixture)
+        pa = data.mixture.log_prob_data(base.samples).numpy()
+        pb = data.mixture.log_prob_data(r.samples).numpy()
     diff = pb - pa
-    return M.bootstrap(lambda i: diff[i].mean(), len(diff), **kw)
+    return bootstrap(lambda i: diff[i].mean(), len(diff), **kw)
 
 
 def _hits(r, space) -> np.ndarray:
@@ -464,7 +477,7 @@ def _hits(r, space) -> np.ndarray:
     return (pred == r.labels).astype(np.float64)
 
 
-def _est_cols(prefix: str, e: M.Estimate | None) -> dict:
+def _est_cols(prefix: str, e: Estimate | None) -> dict:
     if e is None:
         return {}
     return {prefix: e.value, f"{prefix}_lo": e.lo, f"{prefix}_hi": e.hi}
@@ -487,7 +500,7 @@ def _summary(runs, main, independent, qual, n_boot, seed):
                 bands.append({"run": rd.name, "estimator": name, "band": f"{lo:g}-{hi:g}",
                               "delta": e.value, "lo": e.lo, "hi": e.hi})
         for key, e in qual.get(rd.name, {}).items():
-            if isinstance(e, M.Estimate):
+            if isinstance(e, Estimate):
                 row.update(_est_cols(key, e))
             else:
                 row[key] = e
@@ -516,7 +529,7 @@ def _paired_table(runs, base, main, independent, qdiff, n_boot, seed) -> pd.Data
 
 def _flat_points(m2, schedule) -> np.ndarray:
     """Interior t where the schedule's marginal second moment is flat (route (b) blind)."""
-    return theory.moment_branches(m2, schedule)[1:-1] if m2 is not None else np.zeros(0)
+    return schedule.moment_branches(m2)[1:-1] if m2 is not None else np.zeros(0)
 
 
 def _theory_table(runs, steps: pd.DataFrame, main: str, m2) -> pd.DataFrame:

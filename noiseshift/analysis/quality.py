@@ -1,43 +1,33 @@
 """Sample quality, with bootstrap confidence intervals throughout.
 
-- Fréchet distance (FD) in the penultimate features of a small digits classifier that the
-  package trains itself (seeded, seconds on a CPU) and caches: no Inception, no download.
-  Images of any side are resized to the classifier's side.
-- Classifier accuracy against the requested class.
+- Fréchet distance (FD) in the penultimate features of the digits classifier
+  (`classifier.digits_classifier`), or in raw/PCA features for other data.
+- Classifier accuracy against the requested class (`classifier.classifier_accuracy`).
 - k-NN precision and recall (Kynkäänniemi et al., 2019) in the same feature space.
 - For Gaussian mixtures: exact average log-likelihood, energy distance to fresh samples, mode
   coverage.
 
-Every number comes as an `Estimate` (value and percentile-bootstrap CI). Runs that share
-seeds share their initial noise, so sample i of run A pairs with sample i of run B: the
-differences (`*_difference`) resample sample indices jointly, which is what makes a small
-improvement resolvable.
+Every number comes as an `Estimate` (`statistics`). Runs that share seeds share their initial
+noise, so sample i of run A pairs with sample i of run B: the differences (`*_difference`)
+resample sample indices jointly, which is what makes a small improvement resolvable.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
+from scipy.stats import chi2
+from sklearn.decomposition import PCA
+from sklearn.metrics import pairwise_distances
+from sklearn.neighbors import NearestNeighbors
 
-from .errors import NoiseshiftError
-
-N_BOOT = 200
-LEVEL = 0.95
+from ..data import DATA_END
+from ..errors import NoiseshiftError
+from .classifier import apply_batched, classifier_accuracy, digits_classifier
+from .statistics import N_BOOT, Estimate, bootstrap, bootstrap_mean
 
 __all__ = [
-    "DigitsClassifier",
-    "Estimate",
     "FeatureSpace",
-    "bootstrap",
-    "classifier_accuracy",
-    "digits_classifier",
     "energy_distance",
     "fd",
     "fd_difference",
@@ -50,176 +40,7 @@ __all__ = [
     "precision_recall_difference",
     "quality",
     "quality_difference",
-    "train_digits_classifier",
 ]
-
-
-# -- bootstrap ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Estimate:
-    """A statistic with a percentile-bootstrap confidence interval."""
-
-    value: float
-    lo: float
-    hi: float
-    level: float = LEVEL
-
-    def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __format__(self, spec: str) -> str:
-        spec = spec or ".3g"
-        return f"{self.value:{spec}} [{self.lo:{spec}}, {self.hi:{spec}}]"
-
-
-def bootstrap(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = N_BOOT,
-              seed: int = 0, level: float = LEVEL) -> Estimate:
-    """Bootstrap CI of stat(indices) over n samples: the value at all indices, and the
-    percentile interval of n_boot resamples (with replacement) re-centred on that value.
-
-    Re-centring removes what resampling itself adds: duplicated samples inflate FD (by
-    several units in 64-d features) and cut recall, so a plain percentile interval would
-    miss the value it is meant to bracket. For paired statistics of two runs, let stat apply
-    the same indices to both."""
-    value = float(stat(np.arange(n)))
-    rng = np.random.default_rng(seed)
-    reps = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return Estimate(value, math.nan, math.nan, level)
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]) - (np.median(reps) - value)
-    return Estimate(value, float(lo), float(hi), level)
-
-
-def _mean(values: np.ndarray, **kw) -> Estimate:
-    values = np.asarray(values, dtype=np.float64)
-    return bootstrap(lambda i: values[i].mean(), len(values), **kw)
-
-
-# -- the digits classifier -----------------------------------------------------------------------
-
-CLASSIFIER = {"side": 16, "channels": [16, 32], "features": 64, "steps": 400,
-              "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0}
-CLASSIFIER_FORMAT = "noiseshift.classifier"
-
-
-class DigitsClassifier(nn.Module):
-    """Two conv blocks and a 64-d penultimate layer. `features(x)` is what FD and
-    precision/recall read; images of any side are resized to `side` first."""
-
-    def __init__(self, side: int = 16, channels=(32, 64), features: int = 64,
-                 classes: int = 10):
-        super().__init__()
-        c1, c2 = channels
-        self.side = side
-        self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * (side // 4) ** 2, features),
-        )
-        # Features are read before this ReLU: after it, dead units leave the covariance
-        # singular and hide whatever moves them below zero.
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(features, classes))
-
-    def resize(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if x.ndim == 3:
-            x = x.unsqueeze(1)
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise NoiseshiftError(f"the digits classifier reads (N, 1, H, W) images, got "
-                                  f"{tuple(x.shape)}")
-        if x.shape[-2:] != (self.side, self.side):
-            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear",
-                              align_corners=False, antialias=x.shape[-1] > self.side)
-        return x
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.resize(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def _shifted(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to one pixel (padding with the background value -1)."""
-    pad = F.pad(x, (1, 1, 1, 1), value=-1.0)
-    dy, dx = torch.randint(0, 3, (2,), generator=gen).tolist()
-    return pad[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
-
-
-def train_digits_classifier(config: dict | None = None, progress=None) -> DigitsClassifier:
-    """Train the classifier on the training split of the digits (seeded; the held-out split
-    of `Dataset.split(0.2, seed=0)` is never seen)."""
-    from .data import load_digits
-
-    cfg = {**CLASSIFIER, **(config or {})}
-    train, _ = load_digits(cfg["side"]).split(0.2, seed=0)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg["seed"])
-        net = DigitsClassifier(cfg["side"], cfg["channels"], cfg["features"])
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
-    net.train()
-    for step in range(cfg["steps"]):
-        idx = torch.randint(len(train), (cfg["batch_size"],), generator=gen)
-        loss = F.cross_entropy(net(_shifted(train.x[idx], gen)), train.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(step + 1, cfg["steps"], "training the digits classifier")
-    net.info = {"config": cfg}
-    return net.eval()
-
-
-def digits_classifier(config: dict | None = None, progress=None) -> DigitsClassifier:
-    """The feature network: loaded from `pretrained.cache_dir()`, or trained (seconds) and
-    cached there on first use."""
-    from .defaults import cache_dir, recipe_key
-    from .models import atomic_save, read_checkpoint
-
-    cfg = {**CLASSIFIER, **(config or {})}
-    path = Path(cache_dir()) / f"digits-classifier-{recipe_key(cfg)}.pt"
-    if path.exists():
-        try:
-            ckpt = read_checkpoint(path, CLASSIFIER_FORMAT)
-            net = DigitsClassifier(cfg["side"], cfg["channels"], cfg["features"])
-            net.load_state_dict(ckpt["state_dict"])
-            net.info = {"config": cfg}
-            return net.eval()
-        except (NoiseshiftError, RuntimeError, KeyError):
-            pass  # damaged or stale: train afresh
-    net = train_digits_classifier(cfg, progress)
-    atomic_save({"format": CLASSIFIER_FORMAT, "version": 1, "config": _json(cfg),
-                 "state_dict": net.state_dict()}, path)
-    return net
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True)
-
-
-@torch.no_grad()
-def _apply(fn, x, batch_size: int = 1024) -> np.ndarray:
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    return torch.cat([fn(xb.float().cpu()) for xb in x.split(batch_size)]).double().numpy()
-
-
-def classifier_accuracy(x, labels, classifier: DigitsClassifier | None = None,
-                        **kw) -> Estimate:
-    """Share of samples the classifier assigns to their requested class, with a CI."""
-    net = classifier or digits_classifier()
-    pred = _apply(lambda b: net(b).argmax(1).double(), x)
-    hit = (pred == np.asarray(labels).reshape(-1)).astype(np.float64)
-    return _mean(hit, **kw)
 
 
 # -- feature spaces ------------------------------------------------------------------------------
@@ -236,13 +57,11 @@ class FeatureSpace:
         self.kind = kind
         if kind == "digits":
             self.net = classifier or digits_classifier()
-            self._fn = lambda x: _apply(self.net.features, x)
+            self._fn = lambda x: apply_batched(self.net.features, x)
         else:
             flat = reference.reshape(len(reference), -1).double().numpy()
             self._pca = None
             if flat.shape[1] > dims:
-                from sklearn.decomposition import PCA
-
                 self._pca = PCA(dims, random_state=0).fit(flat)
             self._fn = self._raw
         self.reference = self._fn(reference)
@@ -329,8 +148,6 @@ def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw
 # -- precision and recall ------------------------------------------------------------------------
 
 def _knn_radii(f: np.ndarray, k: int) -> np.ndarray:
-    from sklearn.neighbors import NearestNeighbors
-
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(f).kneighbors(f)
     return dist[:, k]  # column 0 is the point itself
 
@@ -338,8 +155,6 @@ def _knn_radii(f: np.ndarray, k: int) -> np.ndarray:
 def _coverage(real: np.ndarray, fake: np.ndarray, k: int, real_radii=None):
     """Boolean matrices: in_real[i, j] = fake i inside real j's k-NN ball;
     in_fake[i, j] = real j inside fake i's k-NN ball."""
-    from sklearn.metrics import pairwise_distances
-
     d = pairwise_distances(fake, real)
     rr = _knn_radii(real, k) if real_radii is None else real_radii
     return d <= rr[None, :], d <= _knn_radii(fake, k)[:, None]
@@ -354,7 +169,7 @@ def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, real_radii=
     duplicates would shrink k-NN radii to zero). `real_radii` (from `FeatureSpace.radii`)
     saves recomputing the real set's k-NN radii for every run."""
     in_real, in_fake = _coverage(real, fake, k, real_radii)
-    precision = _mean(in_real.any(1).astype(np.float64), **kw)
+    precision = bootstrap_mean(in_real.any(1).astype(np.float64), **kw)
     recall = bootstrap(lambda i: in_fake[np.unique(i)].any(0).mean(), len(fake), **kw)
     return precision, recall
 
@@ -367,7 +182,7 @@ def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=Non
     ra, fa = _coverage(real, fake_a, k, rr)
     rb, fb = _coverage(real, fake_b, k, rr)
     dp = rb.any(1).astype(np.float64) - ra.any(1).astype(np.float64)
-    precision = _mean(dp, **kw)
+    precision = bootstrap_mean(dp, **kw)
     recall = bootstrap(lambda i: fb[np.unique(i)].any(0).mean() - fa[np.unique(i)].any(0).mean(),
                        len(fake_a), **kw)
     return precision, recall
@@ -380,25 +195,15 @@ def _flat(x) -> torch.Tensor:
     return x.reshape(len(x), -1).double()
 
 
-def _data_log_prob(x, mixture) -> np.ndarray:
-    from .schedules import get_schedule
-
-    # The linear schedule at t = 0 has alpha = 1, sigma = 0: p_0 is the data density itself
-    # (under VE, t = 0 still carries sigma_min of noise).
-    return mixture.log_prob(_flat(x), 0.0, get_schedule("linear")).numpy()
-
-
 def mixture_log_likelihood(x, mixture, **kw) -> Estimate:
     """Average exact log-density of the samples under the data mixture (nats per sample)."""
-    return _mean(_data_log_prob(x, mixture), **kw)
+    return bootstrap_mean(mixture.log_prob_data(x).numpy(), **kw)
 
 
 def energy_distance(x, mixture, n_ref: int = 2048, seed: int = 0, **kw) -> Estimate:
     """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| to fresh mixture samples Y
     (U statistics: unbiased, 0 in expectation iff the distributions agree). CI from
     resampling the samples X."""
-    from sklearn.metrics import pairwise_distances
-
     y, _ = mixture.sample(n_ref, torch.Generator().manual_seed(seed + 12345))
     xf, yf = _flat(x).numpy(), y.double().numpy()
     dxy = pairwise_distances(xf, yf).mean(1)
@@ -421,14 +226,9 @@ def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) 
     Returns {"covered": share of modes covered, "on_mode": share of samples on a mode,
     "counts": samples per mode}.
     """
-    from scipy.stats import chi2
-
     xf = _flat(x)
     d = xf.shape[1]
-    logj = torch.log(mixture.weights) + torch.stack([
-        -0.5 * (((xf - mu) ** 2).sum(1) / s**2 + d * math.log(2 * math.pi * s**2))
-        for mu, s in zip(mixture.means, mixture.stds, strict=True)], 1)
-    k = logj.argmax(1)
+    k = mixture.log_joint(xf, 0.0, DATA_END).argmax(1)
     dist2 = ((xf - mixture.means[k]) ** 2).sum(1) / mixture.stds[k] ** 2
     on = dist2 <= chi2.ppf(quantile, d)
     counts = torch.bincount(k[on], minlength=len(mixture.weights)).numpy()
@@ -470,6 +270,7 @@ def quality_difference(samples_a, samples_b, data, *, space: FeatureSpace | None
     out["precision"], out["recall"] = precision_recall_difference(
         fa, fb, space.reference, real_radii=space.radii(), **kw)
     if data.mixture is not None:
-        ll = _data_log_prob(samples_b, data.mixture) - _data_log_prob(samples_a, data.mixture)
-        out["log_likelihood"] = _mean(ll, **kw)
+        mix = data.mixture
+        ll = mix.log_prob_data(samples_b).numpy() - mix.log_prob_data(samples_a).numpy()
+        out["log_likelihood"] = bootstrap_mean(ll, **kw)
     return out
