@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from . import pretrained
+from .analysis.probe import probe
 from .data import load_data
 from .errors import NoiseshiftError
 from .estimators import get_estimator
 from .estimators.apply import estimate_file
-from .guidance import build_guidance, probe
+from .guidance import build_guidance
 from .report import build_report, write_report
 from .sampling import sample_and_record
 

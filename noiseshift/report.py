@@ -363,9 +363,7 @@ def _data_for(runs, data, notes):
             notes.append("the runs do not say which data their model learned: no quality "
                          "metrics, and route (b) uses the baseline's samples for E|x0|^2")
     if data is not None:
-        from .guidance import data_second_moment
-
-        m2 = data_second_moment(data)
+        m2 = data.second_moment()
     else:
         with_samples = [r for r in runs if r.samples is not None]
         m2 = float(np.mean(np.square(with_samples[0].samples, dtype=np.float64))) \

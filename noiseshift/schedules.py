@@ -147,6 +147,14 @@ class Schedule:
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         return 0.5 * (lo + hi)
 
+    def nearest_second_moment_t(self, m: torch.Tensor, candidates: torch.Tensor,
+                                m2: float) -> torch.Tensor:
+        """Of each row's candidate times (N, K), the one whose marginal second moment
+        alpha^2 m2 + sigma^2 is nearest that row's m (N,): a search over a window of t, as
+        time-shift sampling (Li et al., 2024) does, where `t_from_second_moment` solves."""
+        err = torch.as_tensor(self.second_moment(candidates, m2)) - m[:, None]
+        return candidates.gather(1, err.abs().argmin(1, keepdim=True)).squeeze(1)
+
     # -- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"name": self.name, **self._params()}

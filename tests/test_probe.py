@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from noiseshift.analysis.probe import noise_directions, probe
 from noiseshift.cli import app
 from noiseshift.data import Dataset, GaussianMixture, MixtureDenoiser, t_grid
 from noiseshift.errors import NoiseshiftError
-from noiseshift.guidance import noise_directions, probe
 from noiseshift.schedules import get_schedule
 
 LIN = get_schedule("linear")

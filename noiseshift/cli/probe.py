@@ -43,8 +43,8 @@ def probe_command(
     branch can only read x. Classifier-free NAG corrects in proportion to the difference
     of the two gains, so if they are equal it has nothing to correct with.
     """
+    from ..analysis.probe import probe
     from ..data import load_data
-    from ..guidance import probe
 
     net = load_denoiser(model, device, quiet=json_out)
     spec = data or net.config.get("data")

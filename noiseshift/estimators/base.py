@@ -61,6 +61,30 @@ def posterior_moments(grid: torch.Tensor, logp: torch.Tensor):
     return mean, (p @ grid**2 - mean**2).clamp_min(0.0).sqrt()
 
 
+def interpolate_log_posterior(grid: torch.Tensor, logp: torch.Tensor, t: torch.Tensor):
+    """log p(t|x) at per-row t, linear in t between grid points (clamped at the ends)."""
+    grid = grid.to(device=logp.device, dtype=logp.dtype)
+    t = t.to(device=logp.device, dtype=logp.dtype)
+    hi = torch.searchsorted(grid, t.contiguous()).clamp(1, grid.numel() - 1)
+    lo = hi - 1
+    w = ((t - grid[lo]) / (grid[hi] - grid[lo])).clamp(0.0, 1.0)
+    rows = torch.arange(logp.shape[0], device=logp.device)
+    return (1 - w) * logp[rows, lo] + w * logp[rows, hi]
+
+
+def log_posterior_grad(log_posterior, x: torch.Tensor, t) -> torch.Tensor:
+    """grad_x log p(t|x) at scheduled t ((N,) or scalar) from ``log_posterior(x) -> (grid,
+    log p (N, G))``, with log p interpolated linearly between grid points. In x's dtype;
+    works inside a sampler's no-grad or inference-mode context."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        grid, logp = log_posterior(xg)
+        tt = torch.as_tensor(t, dtype=logp.dtype, device=logp.device).detach().clone()
+        lp = interpolate_log_posterior(torch.as_tensor(grid), logp, tt.expand(len(xg)))
+        (grad,) = torch.autograd.grad(lp.sum(), xg)
+    return grad
+
+
 def _as_batch(x) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -247,16 +271,7 @@ class NoiseLevelEstimator(BaseEstimator):
     def grad_log_posterior(self, x: torch.Tensor, t) -> torch.Tensor:
         """grad_x log p(t | x) at scheduled t ((N,) or scalar), interpolating log p linearly
         between grid points. Same shape as x."""
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            grid, logp = self.log_posterior(xg)
-            tt = torch.as_tensor(t, dtype=logp.dtype, device=logp.device).expand(len(xg))
-            grid = grid.to(logp)
-            i = torch.searchsorted(grid, tt.contiguous()).clamp(1, len(grid) - 1)
-            w = ((tt - grid[i - 1]) / (grid[i] - grid[i - 1])).clamp(0.0, 1.0)
-            rows = torch.arange(len(xg), device=logp.device)
-            lp = (1 - w) * logp[rows, i - 1] + w * logp[rows, i]
-            (grad,) = torch.autograd.grad(lp.sum(), xg)
+        grad = log_posterior_grad(self.log_posterior, x, t)
         return grad.to(device=x.device, dtype=x.dtype)
 
     # -- identity and persistence -------------------------------------------------------------

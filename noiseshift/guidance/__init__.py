@@ -1,0 +1,41 @@
+"""Guidance: wrappers that turn a denoiser into a guided denoiser.
+
+Every wrapper is itself a denoiser (same call, same attributes; see docs/architecture.md), so
+every sampler runs every guidance and wrappers compose:
+
+- `ClassifierFreeGuidance` (classifier_free.py): CFG on the class axis and classifier-free
+  NAG (Zhong et al., 2025) on the noise axis,
+  ``v(x|t,c) + w_cfg [v(x|t,c) - v(x|t,0c)] + w_nag [v(x|t,c) - v(x|0t,c)]``, all branches in
+  one batched forward pass; ``cf-read`` turns the NAG branch into a score at an estimator's
+  reading t' of the state, ``cf-read-control`` reads the conditional output there.
+- `EstimatorGradientNAG` (estimator.py): ``score(x|t) + w grad_x log p(t|x)`` from a
+  noise-level estimator's posterior; works on any denoiser.
+- `EpsScaling` (Ning et al., ICLR 2024) and `TimeShift` (Li et al., ICLR 2024) (peers.py).
+- `build_guidance` builds any combination from CLI-style options; `run_name` names the run
+  (build.py).
+- `Guided`, the shared constants and `GuidanceWarning` live in base.py.
+
+Outputs are mixed and converted only through ``Schedule.convert`` (in float64). The probe of
+whether a model trusts its t input is `noiseshift.analysis.probe`.
+"""
+
+from .base import (
+    DEFAULT_INTERVAL,
+    DEFAULT_NAG_MODE,
+    FULL_INTERVAL,
+    LOW_DIM,
+    NAG_MODES,
+    GuidanceWarning,
+    Guided,
+)
+from .build import build_guidance, describe_estimator, low_dim_warning, run_name
+from .classifier_free import NO_NULL_T, ClassifierFreeGuidance
+from .estimator import EstimatorGradientNAG, grad_log_posterior, interpolate_log_posterior, read_t
+from .peers import EpsScaling, TimeShift
+
+__all__ = [
+    "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL", "LOW_DIM", "NAG_MODES", "NO_NULL_T",
+    "ClassifierFreeGuidance", "EpsScaling", "EstimatorGradientNAG", "Guided", "GuidanceWarning",
+    "TimeShift", "build_guidance", "describe_estimator", "grad_log_posterior",
+    "interpolate_log_posterior", "low_dim_warning", "read_t", "run_name",
+]

@@ -1,0 +1,124 @@
+"""What every guidance wrapper shares: the `Guided` base, the constants, the row helpers.
+
+A wrapper is itself a denoiser (same call, same attributes; see docs/architecture.md), so
+every sampler runs every guidance and wrappers compose. Outputs are mixed and converted only
+through ``Schedule.convert`` (in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import NoiseshiftError
+from ..schedules import Schedule
+
+# NAG applies for t in this interval unless told otherwise. Near t = 1 the score -> velocity
+# factor t / (1 - t) is singular and p(t|x) is biased at the boundary: guiding t > 0.8 added
+# +0.007 to +0.011 of spurious shift there on the default digits model, and at d = 64 on the
+# exact mixture it cut the shift less (-49% against -64% at w = 2). Skipping t < 0.2 as well
+# kept mixture samples better dispersed but lost the FD gain on digits, whose largest shift
+# is at small t. Measured by bench/bench_guidance.py (--mixture, --digits).
+DEFAULT_INTERVAL = (0.0, 0.8)
+FULL_INTERVAL = (0.0, 1.0)
+LOW_DIM = 16
+NAG_MODES = ("estimator", "estimator-noise", "cf", "cf-read", "cf-read-control")
+# The mode that helped on the default digits model: the shift shrinks (as the independent
+# subspace oracle reads it) and FD improves a little; plain "estimator" shrinks the shift as
+# much but its content-editing gradient makes FD much worse (bench/bench_guidance.py --digits).
+DEFAULT_NAG_MODE = "estimator-noise"
+
+
+class GuidanceWarning(UserWarning):
+    """Guidance that runs but is likely to hurt (e.g. NAG on low-dimensional data)."""
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def _rows(t, x: torch.Tensor) -> torch.Tensor:
+    """A per-row (N,) time tensor; keeps a tensor's dtype, makes floats float64."""
+    t = torch.as_tensor(t, device=x.device)
+    if not t.is_floating_point():
+        t = t.double()
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def _mask(m, n: int, device) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.bool, device=device) if m is None else m.bool()
+
+
+def _in_interval(t: torch.Tensor, interval) -> torch.Tensor:
+    # Samplers pass float32 t: 0.8 arrives as 0.80000001, which must still count as 0.8.
+    lo, hi = interval
+    t = t.double()
+    return (t >= lo - 1e-6) & (t <= hi + 1e-6)
+
+
+def _interval(interval, default) -> tuple[float, float]:
+    if interval is None:
+        return tuple(default)
+    lo, hi = (float(v) for v in interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise NoiseshiftError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {lo},{hi}")
+    return lo, hi
+
+
+def _regular(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """Rows where alpha and sigma are both non-zero: elsewhere a score <-> output conversion
+    is singular (the linear schedule's velocity at t = 1, any score at t = 0)."""
+    t = t.double()
+    a = torch.as_tensor(schedule.alpha(t)).abs()
+    s = torch.as_tensor(schedule.sigma(t)).abs()
+    return (a > 1e-12) & (s > 1e-12)
+
+
+def _index(v, idx):
+    return None if v is None else v[idx]
+
+
+def _take(y, n: int, device):
+    """Class labels as an (n,) int64 tensor, or None."""
+    if y is None:
+        return None
+    y = torch.as_tensor(y, dtype=torch.int64, device=device)
+    return y.expand(n) if y.ndim == 0 else y
+
+
+class Guided(torch.nn.Module):
+    """Base for wrappers: the wrapped denoiser's attributes pass through."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @property
+    def prediction(self) -> str:
+        return self.model.prediction
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.model.schedule
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def supports_null_t(self) -> bool:
+        return self.model.supports_null_t
+
+    @property
+    def mixture(self):
+        return getattr(self.model, "mixture", None)
+
+    @property
+    def config(self) -> dict:
+        """The wrapped model's config (so its shape and data still read off it) plus the
+        guidance that wraps it."""
+        return {**(getattr(self.model, "config", None) or {}), "guidance": self.describe()}
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def convert(self, out, src, dst, x, t):
+        """Schedule.convert in float64: t / (1 - t) and 1 / sigma lose digits in float32."""
+        return self.schedule.convert(out.double(), src, dst, x.double(), t)
