@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import NoiseshiftError
+from .io.checkpoints import read_checkpoint, save_checkpoint
 
 N_BOOT = 200
 LEVEL = 0.95
@@ -181,7 +182,6 @@ def train_digits_classifier(config: dict | None = None, progress=None) -> Digits
 def digits_classifier(config: dict | None = None, progress=None) -> DigitsClassifier:
     """The feature network: loaded from `pretrained.cache_dir()`, or trained (seconds) and
     cached there on first use."""
-    from .models import atomic_save, read_checkpoint
     from .defaults import cache_dir, recipe_key
 
     cfg = {**CLASSIFIER, **(config or {})}
@@ -196,8 +196,8 @@ def digits_classifier(config: dict | None = None, progress=None) -> DigitsClassi
         except (NoiseshiftError, RuntimeError, KeyError):
             pass  # damaged or stale: train afresh
     net = train_digits_classifier(cfg, progress)
-    atomic_save({"format": CLASSIFIER_FORMAT, "version": 1, "config": _json(cfg),
-                 "state_dict": net.state_dict()}, path)
+    save_checkpoint(path, CLASSIFIER_FORMAT, {"config": _json(cfg),
+                                              "state_dict": net.state_dict()})
     return net
 
 
