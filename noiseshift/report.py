@@ -31,7 +31,7 @@ from . import theory
 from .errors import NoiseshiftError
 from .estimators.apply import summarize
 from .estimators.base import in_zones
-from .trajectories import estimates_path, open_estimates, open_trajectories
+from .io import estimates_path, open_estimates, open_trajectories
 
 LATE = 0.3  # "late" steps: t <= LATE
 BANDS = ((0.0, 0.3), (0.3, 0.7), (0.7, 1.0))

@@ -497,7 +497,7 @@ def _cli(*args):
 def test_sample_records_guided_runs_beside_their_baseline(tiny_models, tmp_path):
     import json
 
-    from noiseshift.trajectories import open_trajectories
+    from noiseshift.io import open_trajectories
 
     f = tmp_path / "t.h5"
     common = ["--model", tiny_models["nag"], "--n", 8, "--steps", 3, "--record", f, "--json"]
