@@ -34,9 +34,9 @@ import torch
 
 from noiseshift.data import load_digits
 from noiseshift.estimators import LearnedEstimator, estimate_file
+from noiseshift.io import TrajectoryWriter
 from noiseshift.runtime import generator, resolve_device
 from noiseshift.schedules import get_schedule
-from noiseshift.trajectories import TrajectoryWriter
 
 SPEC = {"name": "digits", "side": 16}
 
@@ -159,7 +159,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = make_file(folder / "traj.h5", args.steps, args.n)
-        from noiseshift.trajectories import open_trajectories
+        from noiseshift.io import open_trajectories
 
         with open_trajectories(path) as tf:
             states = np.asarray(tf.run("bench").states[()])

@@ -9,7 +9,7 @@ spec: root attributes, one group per run under /runs, JSON attributes, `t` and t
 chunked one step per chunk, each state on disk before `t` grows to include it, and
 `complete = true` set last.
 
-Then noiseshift takes over: `trajectories.validate` checks the file, and the exact oracle
+Then noiseshift takes over: `noiseshift.io.validate` checks the file, and the exact oracle
 (the mixture's true p(t | x), from `estimators.get_estimator("oracle", ...)`) reads the noise
 level of every recorded state, giving the sampler's noise shift per step.
 
@@ -30,7 +30,7 @@ import torch
 
 from noiseshift.data import MixtureDenoiser, make_gmm
 from noiseshift.estimators import estimate_file, get_estimator
-from noiseshift.trajectories import validate
+from noiseshift.io import validate
 
 
 def euler_sample(model, n: int, dim: int, steps: int, seed: int, on_step):

@@ -43,8 +43,8 @@ from .analysis.statistics import N_BOOT, Estimate, bootstrap
 from .errors import NoiseshiftError
 from .estimators.apply import summarize
 from .estimators.base import in_zones
+from .io import estimates_path, open_estimates, open_trajectories
 from .schedules import get_schedule
-from .trajectories import estimates_path, open_estimates, open_trajectories
 
 LATE = 0.3  # "late" steps: t <= LATE
 BANDS = ((0.0, 0.3), (0.3, 0.7), (0.7, 1.0))

@@ -4,7 +4,7 @@ Each sampler is ``fn(model, x, ts, *, y=None, callback=None, generator=None,
 final_denoise=True, ...)``: it integrates from ``ts[0]`` down to ``ts[-1]`` and calls
 ``callback(info)`` once per step, *before* the update, with
 ``info = {"i": i, "t": float ts[i], "x": state fed to the model, "x0_pred": model's x0}``.
-Recording is just such a callback (`trajectories.TrajectoryWriter.callback`).
+Recording is just such a callback (`io.TrajectoryWriter.callback`).
 
 Model outputs are converted only through ``model.schedule.convert``: samplers never
 re-derive the schedule's math. With ``final_denoise`` the last step returns the model's x0
@@ -294,8 +294,8 @@ def sample_and_record(model, path, run: str, n: int, *, sampler: str = DEFAULT_S
     """`sample`, recording every step into run ``run`` of the HDF5 trajectory file ``path``
     (format v1). ``guidance`` is the run's guidance dict ({"kind": "none"} when empty);
     ``model_info`` defaults to `models.describe(model)`. Returns the samples."""
+    from .io import TrajectoryWriter
     from .models import describe, model_shape
-    from .trajectories import TrajectoryWriter
 
     t_max = safe_t_max(model, t_max)
     settings = sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)

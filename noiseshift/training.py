@@ -22,7 +22,8 @@ from torch import nn
 
 from .data import Dataset
 from .errors import CheckpointError
-from .models import atomic_save, build_model, num_params, read_checkpoint
+from .io.checkpoints import read_checkpoint, save_checkpoint
+from .models import build_model, num_params
 from .runtime import generator, resolve_device
 from .schedules import Schedule, expand_like, get_schedule
 
@@ -160,9 +161,7 @@ def _to(batch, dev):
 
 
 def _save_state(path, step, module, opt, ema, gen, hist, meta_json) -> None:
-    atomic_save({
-        "format": STATE_FORMAT,
-        "version": 1,
+    save_checkpoint(path, STATE_FORMAT, {
         "step": step,
         "module": module.state_dict(),
         "optimizer": opt.state_dict(),
@@ -171,7 +170,7 @@ def _save_state(path, step, module, opt, ema, gen, hist, meta_json) -> None:
         "rng": gen.get_state(),
         "losses": torch.tensor(hist.losses, dtype=torch.float64),
         "meta": meta_json,
-    }, path)
+    })
 
 
 def _restore(path, module, opt, ema, gen, hist, meta_json, dev) -> int:

@@ -20,7 +20,7 @@ from make_bad_corpus import build, checkpoints, tiny_model, write_good
 from test_cli_inspect import cli
 
 from noiseshift.errors import TrajectoryError
-from noiseshift.trajectories import open_trajectories, write_estimates
+from noiseshift.io import open_trajectories, write_estimates
 
 NOISESHIFT = Path(sys.executable).with_name("noiseshift")
 BAD = ["not_hdf5", "empty", "truncated_superblock", "truncated_half", "truncated_tail",

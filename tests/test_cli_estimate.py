@@ -17,9 +17,9 @@ from noiseshift.estimators import (
     forward_noise,
     summarize_estimates,
 )
+from noiseshift.io import TrajectoryWriter, open_estimates
 from noiseshift.runtime import generator
 from noiseshift.schedules import get_schedule
-from noiseshift.trajectories import TrajectoryWriter, open_estimates
 
 TS = [0.9, 0.7, 0.5, 0.3, 0.1]
 DIGITS = {"name": "digits", "side": 16}

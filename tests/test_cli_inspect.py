@@ -9,7 +9,7 @@ import numpy as np
 from make_bad_corpus import write_good
 
 from noiseshift.cli import main
-from noiseshift.trajectories import TrajectoryWriter, estimates_path, write_estimates
+from noiseshift.io import TrajectoryWriter, estimates_path, write_estimates
 
 
 def cli(capsys, monkeypatch, *args):

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from noiseshift import pretrained
 from noiseshift.cli import app
+from noiseshift.io import open_trajectories, validate
 from noiseshift.models import load_model
-from noiseshift.trajectories import open_trajectories, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

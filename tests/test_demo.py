@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from noiseshift.cli import app
 from noiseshift.demo import QUICK_RUNS, DemoSettings
 from noiseshift.errors import NoiseshiftError
-from noiseshift.trajectories import open_estimates, open_trajectories, validate
+from noiseshift.io import open_estimates, open_trajectories, validate
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from noiseshift.trajectories import open_estimates, validate
+from noiseshift.io import open_estimates, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"[+-]?\d+\.\d+"

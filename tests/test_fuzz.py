@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 from make_bad_corpus import write_good
 
 from noiseshift.errors import TrajectoryError
-from noiseshift.trajectories import (
+from noiseshift.io import (
     ESTIMATES_FORMAT,
     FORMAT,
     open_estimates,
@@ -295,7 +295,7 @@ _OURS: dict[str, bytes] = {}
 def our_file() -> bytes:
     """A file from noiseshift's own writer: a complete run and a killed one."""
     if "bytes" not in _OURS:
-        from noiseshift.trajectories import TrajectoryWriter
+        from noiseshift.io import TrajectoryWriter
 
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "ours.h5"
@@ -318,7 +318,7 @@ flips = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255
 def check_flipped(changes):
     """Random bytes overwritten anywhere in a file noiseshift wrote (bit rot, a bad copy).
     Its string attributes are fixed-length, which keeps HDF5 itself from hanging or crashing
-    on a damaged global heap (see trajectories._set_str)."""
+    on a damaged global heap (see noiseshift.io.h5.set_str)."""
     data = bytearray(our_file())
     for where, value in changes:
         data[int(where * len(data))] = value

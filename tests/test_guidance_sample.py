@@ -11,7 +11,7 @@ from noiseshift.data import make_gmm
 from noiseshift.errors import NoiseshiftError
 from noiseshift.models import save_model
 from noiseshift.training import train_denoiser
-from noiseshift.trajectories import open_trajectories
+from noiseshift.io import open_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -26,7 +26,7 @@ from make_bad_corpus import tiny_model as make_tiny_model
 from make_bad_corpus import write_good
 from test_cli_inspect import cli
 
-from noiseshift.trajectories import TrajectoryWriter, open_trajectories, validate
+from noiseshift.io import TrajectoryWriter, open_trajectories, validate
 
 STEPS, N, DIM = 120, 8, 32
 NOISESHIFT = Path(sys.executable).with_name("noiseshift")

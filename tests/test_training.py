@@ -4,7 +4,8 @@ from torch import nn
 
 from noiseshift.data import MixtureDenoiser, load_digits, make_gmm
 from noiseshift.errors import CheckpointError
-from noiseshift.models import build_model, read_checkpoint
+from noiseshift.io import read_checkpoint
+from noiseshift.models import build_model
 from noiseshift.schedules import get_schedule
 from noiseshift.training import (
     EMA,

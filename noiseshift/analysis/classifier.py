@@ -18,7 +18,7 @@ from torch import nn
 from ..data import load_digits
 from ..defaults import cache_dir, recipe_key
 from ..errors import NoiseshiftError
-from ..models import atomic_save, read_checkpoint
+from ..io.checkpoints import read_checkpoint, save_checkpoint
 from .statistics import Estimate, bootstrap_mean
 
 __all__ = [
@@ -119,9 +119,8 @@ def digits_classifier(config: dict | None = None, progress=None) -> DigitsClassi
         except (NoiseshiftError, RuntimeError, KeyError):
             pass  # damaged or stale: train afresh
     net = train_digits_classifier(cfg, progress)
-    atomic_save({"format": CLASSIFIER_FORMAT, "version": 1,
-                 "config": json.dumps(cfg, sort_keys=True), "state_dict": net.state_dict()},
-                path)
+    save_checkpoint(path, CLASSIFIER_FORMAT, {"config": json.dumps(cfg, sort_keys=True),
+                                              "state_dict": net.state_dict()})
     return net
 
 

@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 
 from ..errors import NoiseshiftError
-from ..trajectories import validate
+from ..io import validate
 from .common import app, console, err_console, fail, print_json, progress
 
 # Below this size a scan is quick enough that a progress bar would only flicker.

@@ -99,7 +99,7 @@ def find_baseline(path: Path, *, sampler: dict, seed: int, n: int, labels,
 
     import numpy as np
 
-    from ..trajectories import open_trajectories
+    from ..io import open_trajectories
 
     same = json.loads(json.dumps(sampler)), json.loads(json.dumps(model_info))
     with open_trajectories(path) as f:
@@ -140,7 +140,7 @@ def run_exists(path: Path, run: str) -> bool:
     """Whether ``path`` already holds run ``run`` (False for a missing file)."""
     if not path.exists():
         return False
-    from ..trajectories import open_trajectories
+    from ..io import open_trajectories
 
     with open_trajectories(path) as f:
         return run in f.runs

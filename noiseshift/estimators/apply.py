@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import NoiseshiftError, TrajectoryError
-from ..trajectories import (
+from ..io import (
     DEFAULT_MAX_BYTES,
     EstimatesWriter,
     Run,
@@ -82,7 +82,7 @@ def summarize(t, reference, t_hat, blind_zones: Sequence[Sequence[float]] = (),
 
 
 def summarize_estimates(est) -> list[dict]:
-    """Per-step records from one `trajectories.Estimates` entry of an estimates file."""
+    """Per-step records from one `io.Estimates` entry of an estimates file."""
     zones = (est.calibration or {}).get("blind_zones", [])
     return summarize(est.t, est.reference, est.t_hat, zones, est.t_std)
 

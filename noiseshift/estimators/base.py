@@ -13,10 +13,8 @@ true t, fitted on held-out forward-noised states. The same held-out pass gives
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,12 +23,21 @@ from sklearn.isotonic import IsotonicRegression
 
 from ..data import Dataset
 from ..errors import CheckpointError, NoiseshiftError
+from ..io.checkpoints import Wording, json_entry, read_checkpoint, save_checkpoint
 from ..runtime import generator, resolve_device
 from ..schedules import Schedule, expand_like, get_schedule
 
 FORMAT = "noiseshift.estimator"
 VERSION = 1
 BLIND_SLOPE = 0.3
+CHECKPOINT_WORDING = Wording(
+    missing="no such estimator file",
+    folder="no such estimator file",
+    unreadable="not a noiseshift estimator checkpoint ({error})",
+    untagged="not a noiseshift estimator checkpoint (format is not {fmt!r})",
+    other_format="not a noiseshift estimator checkpoint (format is not {fmt!r})",
+    version="estimator checkpoint version {found!r}; this noiseshift reads version {version}",
+)
 
 #: name -> estimator class; filled in by subclassing, read by `load`.
 ESTIMATORS: dict[str, type[NoiseLevelEstimator]] = {}
@@ -303,31 +310,15 @@ class NoiseLevelEstimator(BaseEstimator):
     def save(self, path: str | Path) -> Path:
         """torch.save of {format, version, config (JSON), state_dict}, via a temp file and a
         rename so a crash never leaves half a checkpoint."""
-        path = Path(path)
-        payload = {"format": FORMAT, "version": VERSION, "config": json.dumps(self.config()),
-                   "state_dict": {k: v.detach().cpu() for k, v in self._state().items()}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        fields = {"config": json.dumps(self.config()),
+                  "state_dict": {k: v.detach().cpu() for k, v in self._state().items()}}
+        return save_checkpoint(path, FORMAT, fields, VERSION)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> NoiseLevelEstimator:
         """Load any estimator checkpoint (or only this class's, when called on a subclass)."""
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError("no such estimator file", path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for a file that is not a checkpoint
-            raise CheckpointError(f"not a noiseshift estimator checkpoint ({type(e).__name__})",
-                                  path) from e
+        payload = read_checkpoint(path, FORMAT, version=VERSION, wording=CHECKPOINT_WORDING)
         config = _checked_config(payload, path)
         kind = ESTIMATORS.get(config.get("name"))
         if kind is None:
@@ -358,15 +349,9 @@ def in_zones(t, zones) -> np.ndarray:
     return flag
 
 
-def _checked_config(payload: Any, path: Path) -> dict:
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"not a noiseshift estimator checkpoint (format is not {FORMAT!r})",
-                              path)
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"estimator checkpoint version {payload.get('version')!r}; this "
-                              f"noiseshift reads version {VERSION}", path)
+def _checked_config(payload: dict, path: Path) -> dict:
     try:
-        config = json.loads(payload["config"])
+        config = json_entry(payload, "config")
         state = payload["state_dict"]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError("damaged estimator checkpoint (bad config)", path) from e

@@ -13,13 +13,12 @@ config travels as a JSON string.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, NoiseshiftError
+from ..io.checkpoints import json_entry, read_checkpoint, save_checkpoint
 from ..runtime import resolve_device
 from ..schedules import get_schedule
 from .base import PREDICTIONS, Denoiser, TimeEmbedding
@@ -103,71 +102,25 @@ def save_model(model: Denoiser, path, ema_state: dict | None = None,
     ``extra`` (JSON-able; default ``model.info``) carries e.g. the training summary.
     ``ema_state``, when given, is stored beside the raw weights and preferred by `load_model`.
     """
-    path = Path(path)
     extra = getattr(model, "info", {}) if extra is None else extra
-    ckpt = {
-        "format": FORMAT,
-        "version": VERSION,
+    fields = {
         "config": json.dumps(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": json.dumps(extra),
     }
     if ema_state is not None:
-        ckpt["ema_state"] = {k: v.detach().cpu() for k, v in ema_state.items()}
-    atomic_save(ckpt, path)
-    return path
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # not mkstemp: its files are 0600, and the umask should decide
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_checkpoint(path, fmt: str, device="cpu") -> dict:
-    """Load a checkpoint dict safely and check its format and version; CheckpointError
-    otherwise. Shared by model and estimator checkpoints."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError("no such file", path)
-    if path.is_dir():
-        raise CheckpointError("is a folder, not a checkpoint", path)
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(f"not a noiseshift checkpoint ({type(e).__name__})", path) from e
-    if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("noiseshift."):
-        raise CheckpointError("not a noiseshift checkpoint (no format tag)", path)
-    if ckpt["format"] != fmt:
-        raise CheckpointError(f"this is a {ckpt['format']!r} checkpoint, expected {fmt!r}",
-                              path)
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"unsupported checkpoint version {ckpt.get('version')!r} "
-                              f"(this noiseshift reads version {VERSION})", path)
-    return ckpt
+        fields["ema_state"] = {k: v.detach().cpu() for k, v in ema_state.items()}
+    return save_checkpoint(path, FORMAT, fields, VERSION)
 
 
 def load_model(path, device="cpu", ema: bool = True) -> Denoiser:
     """A denoiser from a checkpoint, in eval mode on ``device`` ("auto" picks CUDA when
     there is one). With ``ema`` the EMA weights are used when the file has them."""
     dev = resolve_device(device)
-    ckpt = read_checkpoint(path, FORMAT)
+    ckpt = read_checkpoint(path, FORMAT, version=VERSION)
     try:
-        config = json.loads(ckpt["config"])
-        extra = json.loads(ckpt.get("extra", "{}"))
+        config = json_entry(ckpt, "config")
+        extra = json_entry(ckpt, "extra", "{}")
         model = build_model(config)
         state = ckpt.get("ema_state") if ema and "ema_state" in ckpt else ckpt["state_dict"]
         model.load_state_dict(state)
@@ -179,6 +132,5 @@ def load_model(path, device="cpu", ema: bool = True) -> Denoiser:
 
 __all__ = [
     "DEFAULTS", "Denoiser", "KINDS", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser",
-    "atomic_save", "build_model", "describe", "load_model", "model_shape", "num_params",
-    "read_checkpoint", "save_model",
+    "build_model", "describe", "load_model", "model_shape", "num_params", "save_model",
 ]
