@@ -29,7 +29,7 @@ import pandas as pd
 from . import metrics as M
 from . import theory
 from .errors import NoiseshiftError
-from .estimators.apply import summarize
+from .estimation import summarize
 from .estimators.base import in_zones
 from .trajectories import estimates_path, open_estimates, open_trajectories
 

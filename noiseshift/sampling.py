@@ -4,7 +4,8 @@ Each sampler is ``fn(model, x, ts, *, y=None, callback=None, generator=None,
 final_denoise=True, ...)``: it integrates from ``ts[0]`` down to ``ts[-1]`` and calls
 ``callback(info)`` once per step, *before* the update, with
 ``info = {"i": i, "t": float ts[i], "x": state fed to the model, "x0_pred": model's x0}``.
-Recording is just such a callback (`trajectories.TrajectoryWriter.callback`).
+Recording is just such a callback (`trajectories.TrajectoryWriter.callback`; see
+`recording.sample_and_record`).
 
 Model outputs are converted only through ``model.schedule.convert``: samplers never
 re-derive the schedule's math. With ``final_denoise`` the last step returns the model's x0
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from . import runtime
-from .errors import NoiseshiftError
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from .errors import NoiseshiftError
+from .models import model_shape
 
 
 def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
@@ -239,8 +241,6 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)  # validates the options
     dev = model_device(model, device)
     if shape is None:
-        from .models import model_shape
-
         shape = model_shape(model)
     gen = runtime.generator(seed)
     if model.num_classes:
@@ -279,36 +279,6 @@ def chain(*callbacks) -> Callable | None:
             c(info)
 
     return call
-
-
-def sample_and_record(model, path, run: str, n: int, *, sampler: str = DEFAULT_SAMPLER,
-                      steps: int = DEFAULT_STEPS, seed: int = 0, y=None, callback=None,
-                      device="auto", guidance: dict | None = None,
-                      model_info: dict | None = None, save_x0: bool = True,
-                      overwrite: bool = True, t_max: float = 1.0, t_min: float = 0.0,
-                      **sampler_kw) -> torch.Tensor:
-    """`sample`, recording every step into run ``run`` of the HDF5 trajectory file ``path``
-    (format v1). ``guidance`` is the run's guidance dict ({"kind": "none"} when empty);
-    ``model_info`` defaults to `models.describe(model)`. Returns the samples."""
-    from .models import describe, model_shape
-    from .trajectories import TrajectoryWriter
-
-    t_max = safe_t_max(model, t_max)
-    settings = sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)
-    shape = model_shape(model)
-    labels = draw_labels(model.num_classes, n, seed, y)
-    with TrajectoryWriter(
-        path, run, n=n, shape=shape, schedule=model.schedule.to_dict(), sampler=settings,
-        guidance=guidance or {"kind": "none"},
-        model=describe(model) if model_info is None else model_info, seed=int(seed),
-        labels=None if labels is None else labels.numpy(), save_x0=save_x0,
-        overwrite=overwrite,
-    ) as w:
-        out = sample(model, n, sampler=sampler, steps=steps, seed=seed, y=labels,
-                     callback=chain(w.callback, callback), device=device, shape=shape,
-                     t_max=t_max, t_min=t_min, **sampler_kw)
-        w.finish(out)
-    return out
 
 
 def save_grid(images, path, nrow: int | None = None, labels=None) -> None:

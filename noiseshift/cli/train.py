@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..errors import NoiseshiftError
 from ..defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
+from ..errors import NoiseshiftError
 from .common import app, console, print_json, progress
 
 

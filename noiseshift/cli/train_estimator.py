@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..errors import NoiseshiftError
 from ..defaults import DEFAULT_ESTIMATOR, DEFAULT_SCHEDULE
+from ..errors import NoiseshiftError
 from .common import app, console, print_json, progress
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import NoiseshiftError, TrajectoryError
-from ..trajectories import (
+from .errors import NoiseshiftError, TrajectoryError
+from .estimators import NoiseLevelEstimator, in_zones
+from .pretrained import NAMES, get_estimator
+from .trajectories import (
     DEFAULT_MAX_BYTES,
     EstimatesWriter,
     Run,
@@ -26,7 +28,6 @@ from ..trajectories import (
     open_estimates,
     open_trajectories,
 )
-from .base import NoiseLevelEstimator, in_zones
 
 Z95 = 1.959963984540054
 
@@ -131,8 +132,6 @@ class EstimatorCache:
         self._cache: dict[str, NoiseLevelEstimator] = {}
 
     def get(self, name_or_path, run: Run) -> NoiseLevelEstimator:
-        from . import NAMES, get_estimator
-
         named = str(name_or_path) in NAMES
         spec = run_data_spec(run) if named else None
         if named and spec is None:
