@@ -218,7 +218,7 @@ def denoising_loss(model, x0, t, eps, y=None, drop_t=None, drop_y=None) -> torch
     residual has unit scale at every t; under the linear schedule with velocity this is
     close to the plain rectified-flow loss)."""
     sch: Schedule = model.schedule
-    xt = expand_like(sch.alpha(t), x0) * x0 + expand_like(sch.sigma(t), x0) * eps
+    xt = sch.add_noise(x0, eps, t)
     target = sch.from_x0_eps(x0, eps, model.prediction, xt, t)
     out = model(xt, t, y=y, drop_t=drop_t, drop_y=drop_y)
     scale = expand_like(model.loss_scale(t, drop_t), out).to(out.dtype)
