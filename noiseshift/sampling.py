@@ -63,6 +63,16 @@ def _step_info(i, t, x, x0, callback) -> None:
         callback({"i": i, "t": t, "x": x, "x0_pred": x0})
 
 
+def _begin_step(model, x, ts, i: int, y, callback):
+    """What every step starts with: the model's output at (x, ts[i]), its x0 prediction,
+    and the callback. Returns (t, t_next, out, src, x0)."""
+    t, t_next = float(ts[i]), float(ts[i + 1])
+    out, src = _call(model, x, t, y)
+    x0 = _to(model, out, src, "x0", x, t)
+    _step_info(i, t, x, x0, callback)
+    return t, t_next, out, src, x0
+
+
 def _last(i: int, ts: torch.Tensor) -> bool:
     return i == len(ts) - 2
 
@@ -72,10 +82,7 @@ def sample_euler(model, x, ts, *, y=None, callback=None, generator=None,
                  final_denoise=True):
     """Euler on the probability-flow ODE dx/dt = v(x, t)."""
     for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        out, src = _call(model, x, t, y)
-        x0 = _to(model, out, src, "x0", x, t)
-        _step_info(i, t, x, x0, callback)
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
         x = x + (t_next - t) * _to(model, out, src, "velocity", x, t)
@@ -88,10 +95,7 @@ def sample_heun(model, x, ts, *, y=None, callback=None, generator=None,
     """Heun's second-order method on the ODE (two model calls a step; the last step, which
     ends at ts[-1], is a plain Euler step as in k-diffusion)."""
     for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        out, src = _call(model, x, t, y)
-        x0 = _to(model, out, src, "x0", x, t)
-        _step_info(i, t, x, x0, callback)
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
         v = _to(model, out, src, "velocity", x, t)
@@ -115,10 +119,7 @@ def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None
     Brownian path; by default it comes from `generator`."""
     sch = model.schedule
     for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        out, src = _call(model, x, t, y)
-        x0 = _to(model, out, src, "x0", x, t)
-        _step_info(i, t, x, x0, callback)
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
         h = t - t_next
@@ -167,19 +168,23 @@ def get_sampler(name: str) -> Callable:
     return SAMPLERS[name]
 
 
+#: Sampler keywords that are the call's plumbing, not its settings: never recorded.
+RUNTIME_KEYWORDS = frozenset({"y", "callback", "generator", "noise_sampler"})
+
+
 def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
                      **kw) -> dict:
     """The full settings of a sampler call (its keyword defaults filled in), as written
-    into a trajectory file's ``sampler`` attribute."""
+    into a trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out)."""
     fn = get_sampler(name)
     params = inspect.signature(fn).parameters
     unknown = set(kw) - set(params) - {"y", "callback", "generator"}
     if unknown:
         raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
-    defaults = {k: p.default for k, p in params.items()
-                if p.kind is p.KEYWORD_ONLY and k not in ("y", "callback", "generator")}
+    settings = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    settings.update(kw)
     return {"name": name, "steps": int(steps), "t_max": float(t_max), "t_min": float(t_min),
-            **defaults, **kw}
+            **{k: v for k, v in settings.items() if k not in RUNTIME_KEYWORDS}}
 
 
 # -- drawing and running ----------------------------------------------------------------------
