@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from noiseshift.data import load_digits
-from noiseshift.estimators import LearnedEstimator, estimate_file
+from noiseshift.estimation import estimate_file
+from noiseshift.estimators import LearnedEstimator
 from noiseshift.io import TrajectoryWriter
 from noiseshift.runtime import generator, resolve_device
 from noiseshift.schedules import get_schedule

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from noiseshift.models import load_model
-from noiseshift.sampling import sample, sample_and_record
+from noiseshift.recording import sample_and_record
+from noiseshift.sampling import sample
 
 
 def bench_model(spec: str):

@@ -27,11 +27,12 @@ import numpy as np
 
 from noiseshift.data import make_gmm
 from noiseshift.errors import NoiseshiftError
-from noiseshift.estimators import LearnedEstimator, estimate_file, get_estimator
-from noiseshift.estimators.apply import overall
+from noiseshift.estimation import estimate_file, overall
+from noiseshift.estimators import LearnedEstimator
 from noiseshift.guidance import build_guidance
 from noiseshift.models import describe
-from noiseshift.sampling import sample_and_record
+from noiseshift.pretrained import get_estimator
+from noiseshift.recording import sample_and_record
 from noiseshift.schedules import get_schedule
 from noiseshift.training import train_denoiser
 

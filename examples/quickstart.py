@@ -24,11 +24,11 @@ from rich.table import Table
 
 from noiseshift import pretrained
 from noiseshift.data import load_data
-from noiseshift.estimators import estimate_file
+from noiseshift.estimation import estimate_file
 from noiseshift.guidance import build_guidance
 from noiseshift.models import describe
+from noiseshift.recording import sample_and_record
 from noiseshift.report import build_report, write_report
-from noiseshift.sampling import sample_and_record
 
 TINY_DENOISER = {"steps": 30, "channels": [4, 8]}
 TINY_ESTIMATOR = {"steps": 30}

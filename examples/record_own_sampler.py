@@ -10,7 +10,7 @@ chunked one step per chunk, each state on disk before `t` grows to include it, a
 `complete = true` set last.
 
 Then noiseshift takes over: `noiseshift.io.validate` checks the file, and the exact oracle
-(the mixture's true p(t | x), from `estimators.get_estimator("oracle", ...)`) reads the noise
+(the mixture's true p(t | x), from `pretrained.get_estimator("oracle", ...)`) reads the noise
 level of every recorded state, giving the sampler's noise shift per step.
 
     python examples/record_own_sampler.py --out own-sampler-out
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from noiseshift.data import MixtureDenoiser, make_gmm
-from noiseshift.estimators import estimate_file, get_estimator
+from noiseshift.estimation import estimate_file
 from noiseshift.io import validate
+from noiseshift.pretrained import get_estimator
 
 
 def euler_sample(model, n: int, dim: int, steps: int, seed: int, on_step):

@@ -10,6 +10,7 @@ The CLI (`noiseshift demo`) only adds progress bars and the final table.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -23,11 +24,12 @@ from . import pretrained
 from .analysis.probe import probe
 from .data import load_data
 from .errors import NoiseshiftError
-from .estimators import get_estimator
-from .estimators.apply import estimate_file
+from .estimation import estimate_file
+from .estimators.accuracy import heldout_states, mae_by_band
 from .guidance import build_guidance
+from .pretrained import get_estimator
+from .recording import record_with_baseline, run_name
 from .report import build_report, write_report
-from .sampling import sample_and_record
 
 # The runs, all with the same seed and sampler: the default NAG (estimator-noise) at two
 # scales, the other NAG modes at scale 1, and the two peers at their best settings on the
@@ -99,8 +101,6 @@ def _data_spec(name: str) -> dict:
 def _train_estimator_child(spec, schedule, recipe, cache):
     """Runs in a separate process (spawned): one torch thread, so the parent's denoiser
     training keeps the other core."""
-    import os
-
     os.environ["NOISESHIFT_CACHE"] = cache
     torch.set_num_threads(1)
     pretrained.cached_estimator(spec, schedule, recipe, device="cpu")
@@ -158,14 +158,12 @@ def run_demo(out="demo-out", *, quick: bool = False, data: str = "digits", seed:
     t0 = time.perf_counter()
     for k, options in enumerate(settings.runs):
         guided, desc = build_guidance(model, estimator=est, data=dataset, **options)
-        name = "unguided" if desc["kind"] == "none" else desc["kind"]
-        stage = f"sampling {name} ({k + 1}/{len(settings.runs)})"
-        progress(stage, 0, settings.steps)
-        sample_and_record(
-            guided, traj, name, settings.n, sampler=settings.sampler, steps=settings.steps,
-            seed=settings.seed, guidance=desc, device=device, save_x0=False,
-            model_info=_model_info(model),
-            callback=lambda info, stage=stage: progress(stage, info["i"] + 1, settings.steps))
+        stage = f"sampling {run_name(desc)} ({k + 1}/{len(settings.runs)})"
+        record_with_baseline(
+            model, traj, guided=guided, guidance=desc, n=settings.n, sampler=settings.sampler,
+            steps=settings.steps, seed=settings.seed, device=device, save_x0=False,
+            callback=_stage(progress, stage, settings.steps),
+            on_baseline=lambda base: _stage(progress, f"sampling {base}", settings.steps))
     timings["sampling"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -192,10 +190,10 @@ def run_demo(out="demo-out", *, quick: bool = False, data: str = "digits", seed:
     return DemoResult(out, traj, res.path, md, rep, pr, timings)
 
 
-def _model_info(model) -> dict:
-    from .models import describe
-
-    return describe(model)
+def _stage(progress: Progress, stage: str, steps: int):
+    """Open ``stage`` at 0 of ``steps`` and return the sampler callback that advances it."""
+    progress(stage, 0, steps)
+    return lambda info: progress(stage, info["i"] + 1, steps)
 
 
 def learned_vs_oracle(settings: DemoSettings, device="auto", n: int = 4096) -> dict | None:
@@ -208,7 +206,5 @@ def learned_vs_oracle(settings: DemoSettings, device="auto", n: int = 4096) -> d
     est = pretrained.cached_estimator(spec, pretrained.DEFAULT_SCHEDULE, settings.estimator,
                                       device=device)
     oracle = get_estimator("oracle", data, pretrained.DEFAULT_SCHEDULE, device=device)
-    from .estimators.accuracy import heldout_states, mae_by_band
-
     x, t = heldout_states(data, pretrained.DEFAULT_SCHEDULE, n=n, seed=settings.seed + 7)
     return mae_by_band({"learned": est, "oracle": oracle}, x, t)

@@ -1,8 +1,11 @@
-"""The defaults, in one place, and the built-in models: trained on first use, then cached.
+"""The built-in models, trained on first use and then cached, and `get_estimator`.
 
-Everything a command uses when the user names no model, data, schedule or sampler comes
-from here. Cached models live in `cache_dir()` under a name that hashes their recipe, so a
-changed recipe trains afresh instead of loading a stale file.
+Everything a command uses when the user names no model or estimator comes from here (the
+default settings themselves live in the leaf `defaults`). Cached models live in `cache_dir()`
+under a name that hashes their recipe, so a changed recipe trains afresh instead of loading a
+stale file. `get_estimator(name_or_path, data, schedule)` gives any estimator: a checkpoint
+path, or one of `NAMES`; it lives here, above `estimators/`, because `learned` is the cached
+built-in one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from .data import Dataset, load_data
 from .defaults import (  # noqa: F401  (re-exported: the defaults' public home was here)
     DEFAULT_DATA,
     DEFAULT_DENOISER,
@@ -23,6 +27,14 @@ from .defaults import (  # noqa: F401  (re-exported: the defaults' public home w
     cache_dir,
     recipe_key,
 )
+from .errors import CheckpointError, NoiseshiftError
+from .estimators import ESTIMATORS, LearnedEstimator, NoiseLevelEstimator
+from .models import load_model, save_model
+from .schedules import Schedule, get_schedule
+from .training import train_denoiser
+
+#: The estimators `get_estimator` knows by name.
+NAMES = ("learned", "variance", "wavelet", "oracle", "subspace")
 
 
 def _denoiser_recipe(spec: dict, overrides: dict | None) -> dict:
@@ -35,8 +47,6 @@ def _estimator_recipe(overrides: dict | None) -> dict:
 
 
 def _schedule_key(schedule):
-    from .schedules import get_schedule
-
     return get_schedule(schedule).to_dict()
 
 
@@ -55,11 +65,6 @@ def cached_denoiser(spec: dict, schedule, overrides: dict | None = None, device=
     """A denoiser for built-in data under a recipe (the default's, changed by ``overrides``):
     loaded from the cache, or trained and cached on first use. ``progress(info)`` receives
     the training loop's per-step info ({"step", "steps", "loss"})."""
-    from .data import load_data
-    from .errors import CheckpointError
-    from .models import load_model, save_model
-    from .training import train_denoiser
-
     path = cached_denoiser_path(spec, schedule, overrides)
     if path.exists():
         try:
@@ -77,10 +82,6 @@ def cached_estimator(spec: dict, schedule, overrides: dict | None = None, device
                      progress: Callable[[dict], None] | None = None):
     """A learned estimator for built-in data: from the cache, or trained and cached (through
     a temporary file and a rename) on first use."""
-    from .data import load_data
-    from .errors import CheckpointError
-    from .estimators import LearnedEstimator
-
     path = cached_estimator_path(spec, schedule, overrides)
     if path.exists():
         try:
@@ -107,8 +108,6 @@ def load_or_default(path=None, device="auto", progress: Callable[[dict], None] |
     """The denoiser checkpoint at ``path``, or the built-in default when ``path`` is None."""
     if path is None:
         return default_model(device=device, progress=progress)
-    from .models import load_model
-
     return load_model(path, device=device)
 
 
@@ -121,9 +120,6 @@ def default_estimator(data_spec: dict | None = None, schedule=None, device="auto
     """The built-in learned estimator for the default data and schedule, cached or trained on
     first use. Other data or schedules have no built-in estimator: a NoiseshiftError says
     how to train one."""
-    from .errors import NoiseshiftError
-    from .schedules import get_schedule
-
     spec = DEFAULT_DATA if data_spec is None else data_spec
     sch = get_schedule(DEFAULT_SCHEDULE if schedule is None else schedule)
     if _data_key(spec) != _data_key(DEFAULT_DATA) or sch != get_schedule(DEFAULT_SCHEDULE):
@@ -144,3 +140,37 @@ def _data_key(spec) -> str:
     if isinstance(spec, dict) and spec.get("name") == "digits":
         spec = {"side": DEFAULT_DATA["side"], **spec}
     return json.dumps(spec, sort_keys=True, default=str)
+
+
+def get_estimator(name_or_path: str | Path, data: Dataset | dict | str | None = None,
+                  schedule: Schedule | str | dict | None = None, *, device: str = "auto",
+                  progress=None) -> NoiseLevelEstimator:
+    """An estimator by checkpoint path or by name (one of `NAMES`).
+
+    Named estimators are fitted on `data` (a Dataset or a data spec) for `schedule`; `learned`
+    is the built-in default estimator (cached, or trained on first use), which exists only for
+    the built-in default data and schedule.
+    """
+    key = str(name_or_path)
+    if key not in NAMES:
+        path = Path(key)
+        if path.exists() or path.suffix:
+            return NoiseLevelEstimator.load(path, device=device)
+        raise NoiseshiftError(f"unknown estimator {key!r}: give a checkpoint file or one of "
+                              f"{', '.join(NAMES)}")
+    if data is None or schedule is None:
+        raise NoiseshiftError(f"the {key} estimator needs the data and schedule it reads")
+    spec = data.spec if isinstance(data, Dataset) else data
+    if key == "learned":
+        return default_estimator(spec, schedule, device=device, progress=progress)
+    dataset = data if isinstance(data, Dataset) else load_data(data)
+    return ESTIMATORS[key](device=device).fit(dataset, get_schedule(schedule), progress)
+
+
+def estimator_for(model, name_or_path: str | Path | None = None, *, device: str = "auto",
+                  progress=None) -> NoiseLevelEstimator:
+    """The noise-level estimator that guides ``model``: ``name_or_path`` (default `learned`,
+    the built-in one) for the data named in the model's config, under its schedule."""
+    data = (getattr(model, "config", None) or {}).get("data")
+    return get_estimator(name_or_path or "learned", data, model.schedule, device=device,
+                         progress=progress)

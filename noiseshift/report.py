@@ -41,7 +41,7 @@ from .analysis.quality import (
 )
 from .analysis.statistics import N_BOOT, Estimate, bootstrap
 from .errors import NoiseshiftError
-from .estimators.apply import summarize
+from .estimation import summarize
 from .estimators.base import in_zones
 from .io import estimates_path, open_estimates, open_trajectories
 from .schedules import get_schedule

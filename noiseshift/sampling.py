@@ -4,7 +4,8 @@ Each sampler is ``fn(model, x, ts, *, y=None, callback=None, generator=None,
 final_denoise=True, ...)``: it integrates from ``ts[0]`` down to ``ts[-1]`` and calls
 ``callback(info)`` once per step, *before* the update, with
 ``info = {"i": i, "t": float ts[i], "x": state fed to the model, "x0_pred": model's x0}``.
-Recording is just such a callback (`io.TrajectoryWriter.callback`).
+Recording is just such a callback (`io.TrajectoryWriter.callback`; see
+`recording.sample_and_record`).
 
 Model outputs are converted only through ``model.schedule.convert``: samplers never
 re-derive the schedule's math. With ``final_denoise`` the last step returns the model's x0
@@ -25,6 +26,7 @@ import torch
 from . import runtime
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import NoiseshiftError
+from .models import model_shape
 
 
 def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
@@ -61,6 +63,16 @@ def _step_info(i, t, x, x0, callback) -> None:
         callback({"i": i, "t": t, "x": x, "x0_pred": x0})
 
 
+def _begin_step(model, x, ts, i: int, y, callback):
+    """What every step starts with: the model's output at (x, ts[i]), its x0 prediction,
+    and the callback. Returns (t, t_next, out, src, x0)."""
+    t, t_next = float(ts[i]), float(ts[i + 1])
+    out, src = _call(model, x, t, y)
+    x0 = _to(model, out, src, "x0", x, t)
+    _step_info(i, t, x, x0, callback)
+    return t, t_next, out, src, x0
+
+
 def _last(i: int, ts: torch.Tensor) -> bool:
     return i == len(ts) - 2
 
@@ -70,10 +82,7 @@ def sample_euler(model, x, ts, *, y=None, callback=None, generator=None,
                  final_denoise=True):
     """Euler on the probability-flow ODE dx/dt = v(x, t)."""
     for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        out, src = _call(model, x, t, y)
-        x0 = _to(model, out, src, "x0", x, t)
-        _step_info(i, t, x, x0, callback)
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
         x = x + (t_next - t) * _to(model, out, src, "velocity", x, t)
@@ -86,10 +95,7 @@ def sample_heun(model, x, ts, *, y=None, callback=None, generator=None,
     """Heun's second-order method on the ODE (two model calls a step; the last step, which
     ends at ts[-1], is a plain Euler step as in k-diffusion)."""
     for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        out, src = _call(model, x, t, y)
-        x0 = _to(model, out, src, "x0", x, t)
-        _step_info(i, t, x, x0, callback)
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
         v = _to(model, out, src, "velocity", x, t)
@@ -113,10 +119,7 @@ def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None
     Brownian path; by default it comes from `generator`."""
     sch = model.schedule
     for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        out, src = _call(model, x, t, y)
-        x0 = _to(model, out, src, "x0", x, t)
-        _step_info(i, t, x, x0, callback)
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
         h = t - t_next
@@ -165,23 +168,23 @@ def get_sampler(name: str) -> Callable:
     return SAMPLERS[name]
 
 
-# Arguments that carry objects for one call, not settings to record.
-_RUNTIME_ARGS = {"y", "callback", "generator", "noise_sampler"}
+#: Sampler keywords that are the call's plumbing, not its settings: never recorded.
+RUNTIME_KEYWORDS = frozenset({"y", "callback", "generator", "noise_sampler"})
 
 
 def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
                      **kw) -> dict:
     """The full settings of a sampler call (its keyword defaults filled in), as written
-    into a trajectory file's ``sampler`` attribute."""
+    into a trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out)."""
     fn = get_sampler(name)
     params = inspect.signature(fn).parameters
-    unknown = set(kw) - set(params) - _RUNTIME_ARGS
+    unknown = set(kw) - set(params) - {"y", "callback", "generator"}
     if unknown:
         raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
-    defaults = {k: p.default for k, p in params.items()
-                if p.kind is p.KEYWORD_ONLY and k not in _RUNTIME_ARGS}
+    settings = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    settings.update(kw)
     return {"name": name, "steps": int(steps), "t_max": float(t_max), "t_min": float(t_min),
-            **defaults, **kw}
+            **{k: v for k, v in settings.items() if k not in RUNTIME_KEYWORDS}}
 
 
 # -- drawing and running ----------------------------------------------------------------------
@@ -243,8 +246,6 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)  # validates the options
     dev = model_device(model, device)
     if shape is None:
-        from .models import model_shape
-
         shape = model_shape(model)
     gen = runtime.generator(seed)
     if model.num_classes:
@@ -283,36 +284,6 @@ def chain(*callbacks) -> Callable | None:
             c(info)
 
     return call
-
-
-def sample_and_record(model, path, run: str, n: int, *, sampler: str = DEFAULT_SAMPLER,
-                      steps: int = DEFAULT_STEPS, seed: int = 0, y=None, callback=None,
-                      device="auto", guidance: dict | None = None,
-                      model_info: dict | None = None, save_x0: bool = True,
-                      overwrite: bool = True, t_max: float = 1.0, t_min: float = 0.0,
-                      **sampler_kw) -> torch.Tensor:
-    """`sample`, recording every step into run ``run`` of the HDF5 trajectory file ``path``
-    (format v1). ``guidance`` is the run's guidance dict ({"kind": "none"} when empty);
-    ``model_info`` defaults to `models.describe(model)`. Returns the samples."""
-    from .io import TrajectoryWriter
-    from .models import describe, model_shape
-
-    t_max = safe_t_max(model, t_max)
-    settings = sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)
-    shape = model_shape(model)
-    labels = draw_labels(model.num_classes, n, seed, y)
-    with TrajectoryWriter(
-        path, run, n=n, shape=shape, schedule=model.schedule.to_dict(), sampler=settings,
-        guidance=guidance or {"kind": "none"},
-        model=describe(model) if model_info is None else model_info, seed=int(seed),
-        labels=None if labels is None else labels.numpy(), save_x0=save_x0,
-        overwrite=overwrite,
-    ) as w:
-        out = sample(model, n, sampler=sampler, steps=steps, seed=seed, y=labels,
-                     callback=chain(w.callback, callback), device=device, shape=shape,
-                     t_max=t_max, t_min=t_min, **sampler_kw)
-        w.finish(out)
-    return out
 
 
 def save_grid(images, path, nrow: int | None = None, labels=None) -> None:

@@ -117,8 +117,7 @@ def train_loop(
     module.to(dev).train()
     gen = generator(seed)
     # foreach: one fused update over all tensors, not a Python loop per parameter.
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay,
-                            foreach=True)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     ema = EMA(module, ema_decay) if ema_decay else None
     hist = TrainHistory(ema=None if ema is None else ema.module)
     meta_json = json.dumps(meta or {}, sort_keys=True)
@@ -126,28 +125,33 @@ def train_loop(
         hist.start_step = _restore(checkpoint, module, opt, ema, gen, hist, meta_json, dev)
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
     t0 = time.perf_counter()
-    step = hist.start_step
     for step in range(hist.start_step, steps):
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, steps, warmup)
         loss = loss_fn(module, _to(sample_batch(gen), dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-        opt.step()
-        if ema is not None:
-            ema.update(module)
-        hist.losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step({"step": step + 1, "steps": steps, "loss": hist.losses[-1]})
+        hist.losses.append(_optimizer_step(module, opt, ema, loss, grad_clip))
         done = step + 1
+        if on_step is not None:
+            on_step({"step": done, "steps": steps, "loss": hist.losses[-1]})
         if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
             _save_state(checkpoint, done, module, opt, ema, gen, hist, meta_json)
     hist.steps = max(steps, hist.start_step)
     hist.seconds = time.perf_counter() - t0
     module.eval()
     return hist
+
+
+def _optimizer_step(module: nn.Module, opt, ema: EMA | None, loss: torch.Tensor,
+                    grad_clip: float | None) -> float:
+    """Backward, clip, step, then the EMA follows; returns the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
+    if ema is not None:
+        ema.update(module)
+    return float(loss.detach())
 
 
 def _to(batch, dev):
@@ -217,11 +221,34 @@ def denoising_loss(model, x0, t, eps, y=None, drop_t=None, drop_y=None) -> torch
     residual has unit scale at every t; under the linear schedule with velocity this is
     close to the plain rectified-flow loss)."""
     sch: Schedule = model.schedule
-    xt = expand_like(sch.alpha(t), x0) * x0 + expand_like(sch.sigma(t), x0) * eps
+    xt = sch.add_noise(x0, eps, t)
     target = sch.from_x0_eps(x0, eps, model.prediction, xt, t)
     out = model(xt, t, y=y, drop_t=drop_t, drop_y=drop_y)
     scale = expand_like(model.loss_scale(t, drop_t), out).to(out.dtype)
     return ((out - target) / scale).flatten(1).pow(2).mean(1).mean()
+
+
+def _denoising_task(data: Dataset, x: torch.Tensor, labels: torch.Tensor | None,
+                    batch_size: int, t_dropout: float, class_dropout: float):
+    """(sample_batch, loss_fn) for `train_loop`: rows of ``x`` (on the device) at
+    t ~ U[1e-5, 1] with fresh noise, and the dropout masks; ``labels`` None trains
+    unconditionally."""
+
+    def sample_batch(gen):
+        idx = torch.randint(len(data), (batch_size,), generator=gen)
+        t = torch.rand(batch_size, generator=gen, dtype=torch.float64).clamp(1e-5, 1.0)
+        eps = torch.randn(batch_size, *data.shape, generator=gen)
+        drop_t = torch.rand(batch_size, generator=gen) < t_dropout
+        drop_y = torch.rand(batch_size, generator=gen) < class_dropout
+        return idx, t, eps, drop_t, drop_y
+
+    def loss_fn(model, batch):
+        idx, t, eps, drop_t, drop_y = batch
+        y = None if labels is None else labels[idx]
+        return denoising_loss(model, x[idx], t, eps, y, drop_t if t_dropout else None,
+                              drop_y if labels is not None else None)
+
+    return sample_batch, loss_fn
 
 
 def train_denoiser(
@@ -265,23 +292,9 @@ def train_denoiser(
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(seed)
         model = build_model(config)
-    x = data.x.to(dev)
     labels = data.labels.to(dev) if config["num_classes"] else None
-
-    def sample_batch(gen):
-        idx = torch.randint(len(data), (batch_size,), generator=gen)
-        t = torch.rand(batch_size, generator=gen, dtype=torch.float64).clamp(1e-5, 1.0)
-        eps = torch.randn(batch_size, *data.shape, generator=gen)
-        drop_t = torch.rand(batch_size, generator=gen) < t_dropout
-        drop_y = torch.rand(batch_size, generator=gen) < class_dropout
-        return idx, t, eps, drop_t, drop_y
-
-    def loss_fn(model, batch):
-        idx, t, eps, drop_t, drop_y = batch
-        y = None if labels is None else labels[idx]
-        return denoising_loss(model, x[idx], t, eps, y, drop_t if t_dropout else None,
-                              drop_y if labels is not None else None)
-
+    sample_batch, loss_fn = _denoising_task(data, data.x.to(dev), labels, batch_size,
+                                            t_dropout, class_dropout)
     meta = {"config": config, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
             "seed": seed}
     hist = train_loop(model, loss_fn, sample_batch, steps=steps, lr=lr, ema_decay=ema_decay,

@@ -212,7 +212,7 @@ def _zero_samples(g, a):
 def checkpoints(folder) -> dict[str, Path]:
     """Estimator checkpoints for the corpus's data: `oracle` (fits every good file),
     `other_schedule` (the same data under vp-cosine), and `not_checkpoint` (a text file)."""
-    from noiseshift.estimators import get_estimator
+    from noiseshift.pretrained import get_estimator
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,12 @@ import torch
 from noiseshift import pretrained
 from noiseshift.cli import main
 from noiseshift.data import load_digits, make_gmm
+from noiseshift.estimation import estimate_file, summarize_estimates
 from noiseshift.estimators import (
     ExactOracle,
     LearnedEstimator,
     NoiseLevelEstimator,
-    estimate_file,
     forward_noise,
-    summarize_estimates,
 )
 from noiseshift.io import TrajectoryWriter, open_estimates
 from noiseshift.runtime import generator

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from noiseshift.models import build_model
-from noiseshift.sampling import SAMPLERS, sample_and_record
+from noiseshift.recording import sample_and_record
+from noiseshift.sampling import SAMPLERS
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 from noiseshift import pretrained
 from noiseshift.data import Dataset, GaussianMixture, load_digits, make_gmm, t_grid
 from noiseshift.errors import CheckpointError, NoiseshiftError
+from noiseshift.estimation import summarize
 from noiseshift.estimators import (
     ExactOracle,
     LearnedEstimator,
@@ -15,12 +16,11 @@ from noiseshift.estimators import (
     VarianceMatching,
     WaveletMAD,
     forward_noise,
-    get_estimator,
     haar_detail,
     interp,
-    summarize,
 )
 from noiseshift.estimators.accuracy import compare, heldout_states, mae_by_band
+from noiseshift.pretrained import get_estimator
 from noiseshift.runtime import generator
 from noiseshift.schedules import get_schedule
 

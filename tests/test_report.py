@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from noiseshift.cli import app
 from noiseshift.data import MixtureDenoiser, load_digits, make_gmm
-from noiseshift.estimators.apply import estimate_file
+from noiseshift.estimation import estimate_file
 from noiseshift.io import TrajectoryWriter
+from noiseshift.recording import sample_and_record
 from noiseshift.report import build_report, write_report
 from noiseshift.runtime import generator
-from noiseshift.sampling import sample_and_record
 from noiseshift.schedules import get_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,5 @@
-"""What every command shares: the typer app, consoles, progress bars and one-line errors."""
+"""What every command shares: the typer app, consoles, progress bars, one-line errors and
+loading the denoiser with a bar while the default one trains."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from contextlib import contextmanager
 from typing import NoReturn
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -18,6 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from ..recording import load_denoiser, needs_training
 
 app = typer.Typer(
     name="noiseshift",
@@ -47,8 +51,6 @@ def print_json(obj) -> None:
 
 
 def _json_default(o):
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -75,3 +77,20 @@ def progress(quiet: bool = False):
     )
     with p:
         yield p
+
+
+@contextmanager
+def training_bar(quiet: bool, description: str):
+    """A progress bar fed by a training loop's ``on_step(info)`` ({"step", "steps"}): yields
+    that callback."""
+    with progress(quiet) as p:
+        task = p.add_task(description, total=None)
+        yield lambda info: p.update(task, completed=info.get("step"), total=info.get("steps"))
+
+
+def denoiser_with_progress(path: str | None, device: str = "auto", quiet: bool = False):
+    """`recording.load_denoiser`, with a progress bar when the default model trains."""
+    if not needs_training(path):
+        return load_denoiser(path, device)
+    with training_bar(quiet, "training the default model (first use only)") as on_step:
+        return load_denoiser(None, device, progress=on_step)

@@ -8,6 +8,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
+from ..demo import DemoSettings, learned_vs_oracle, run_demo
 from .common import app, console, print_json, progress
 
 
@@ -35,8 +36,6 @@ def demo_command(
     The first run trains and caches both networks (a few minutes on 2 cores); later runs
     reuse them.
     """
-    from ..demo import DemoSettings, learned_vs_oracle, run_demo
-
     settings = DemoSettings.make(data, quick, seed, n)
     with progress(json_out) as p:
         tasks: dict[str, int] = {}

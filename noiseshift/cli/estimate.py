@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..estimation import estimate_file, overall
 from .common import app, console, print_json, progress
 
 
@@ -46,8 +47,6 @@ def estimate_command(
 
     Example: `noiseshift estimate trajectories.h5 -e learned -e subspace`.
     """
-    from ..estimators.apply import estimate_file
-
     # The bar opens on the first report, so a mistake found up front stays one line.
     with ExitStack() as stack:
         bars: dict = {}
@@ -81,8 +80,6 @@ def estimate_command(
 
 
 def _print_run(r) -> None:
-    from ..estimators.apply import overall
-
     table = Table(title=f"run {r.run!r}: {r.estimator} estimator", title_justify="left")
     for col in ("step", "t", "mean t'", "delta", "95% CI", "blind"):
         table.add_column(col, justify="left" if col == "blind" else "right")

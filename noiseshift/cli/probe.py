@@ -5,9 +5,10 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from ..analysis.probe import probe
+from ..data import load_data
 from ..errors import NoiseshiftError
-from .common import app, console, print_json
-from .sample import load_denoiser
+from .common import app, console, denoiser_with_progress, print_json
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -43,10 +44,7 @@ def probe_command(
     branch can only read x. Classifier-free NAG corrects in proportion to the difference
     of the two gains, so if they are equal it has nothing to correct with.
     """
-    from ..analysis.probe import probe
-    from ..data import load_data
-
-    net = load_denoiser(model, device, quiet=json_out)
+    net = denoiser_with_progress(model, device, quiet=json_out)
     spec = data or net.config.get("data")
     if spec is None:
         raise NoiseshiftError("the model does not say what data it was trained on; pass --data")

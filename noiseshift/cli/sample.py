@@ -1,8 +1,13 @@
-"""`noiseshift sample`: draw samples and record every step to an HDF5 trajectory file."""
+"""`noiseshift sample`: draw samples and record every step to an HDF5 trajectory file.
+
+The recording, and the unguided baseline a guided run is recorded beside, are
+`recording.record_with_baseline`; this module parses the options and prints.
+"""
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import typer
@@ -10,38 +15,26 @@ from rich.table import Table
 
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..errors import NoiseshiftError
-from .common import app, console, err_console, print_json, progress
+from ..guidance import GuidanceWarning, build_guidance
+from ..pretrained import estimator_for
+from ..recording import describe_model, record_with_baseline, run_exists, run_name
+from ..sampling import draw_labels, sample, sampler_settings, save_grid
+from .common import (
+    app,
+    console,
+    denoiser_with_progress,
+    err_console,
+    print_json,
+    progress,
+    training_bar,
+)
 
 DEFAULT_RECORD = "trajectories.h5"
 
 
-def load_denoiser(path: str | None, device: str = "auto", quiet: bool = False):
-    """The model at ``path``, or the built-in default (trained and cached on first use,
-    with a progress bar)."""
-    from ..pretrained import default_model_path, load_or_default
-
-    if path is not None or default_model_path().exists():
-        return load_or_default(path, device=device)
-    with progress(quiet) as p:
-        task = p.add_task("training the default model (first use only)", total=None)
-
-        def on_step(info):
-            p.update(task, completed=info["step"], total=info["steps"])
-
-        return load_or_default(None, device=device, progress=on_step)
-
-
 def guided_model(model, **options):
-    """The model to sample and the run's ``guidance`` dict.
-
-    The hook where guidance plugs in: options from the command line go in, a wrapped model
-    (or the model itself) and a JSON-able description come out. Unguided, the description
-    is {"kind": "none"}. Guidance warnings print as one line each.
-    """
-    import warnings
-
-    from ..guidance import GuidanceWarning, build_guidance
-
+    """The model to sample and the run's ``guidance`` dict (`guidance.build_guidance`), with
+    each guidance warning printed as one line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GuidanceWarning)
         out = build_guidance(model, **options)
@@ -76,54 +69,13 @@ def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, 
                 time_shift=_numbers(time_shift, "--time-shift"),
                 interval=_numbers(interval, "--guidance-interval"))
     if nag_scale and nag_mode != "cf":
-        from ..estimators import get_estimator
-
-        with progress(quiet) as p:
-            task = p.add_task("noise-level estimator (trained on first use only)", total=None)
-
-            def on_step(info):
-                p.update(task, completed=info.get("step"), total=info.get("steps"))
-
-            opts["estimator"] = get_estimator(estimator or "learned", net.config.get("data"),
-                                              net.schedule, device=device, progress=on_step)
+        with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
+            opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar)
     return opts
 
 
-def find_baseline(path: Path, *, sampler: dict, seed: int, n: int, labels,
-                  model_info: dict) -> str | None:
-    """The name of a complete unguided run in ``path`` with the same model, sampler
-    settings, seed, n and labels (the baseline a guided run is compared with), or None."""
-    if not path.exists():
-        return None
-    import json
-
-    import numpy as np
-
-    from ..io import open_trajectories
-
-    same = json.loads(json.dumps(sampler)), json.loads(json.dumps(model_info))
-    with open_trajectories(path) as f:
-        for run in f:
-            a = run.attrs
-            if (run.complete and a["guidance"].get("kind", "none") == "none"
-                    and (a["sampler"], a["model"]) == same and a["seed"] == seed and run.n == n
-                    and (labels is None) == (run.labels is None)
-                    and (labels is None or np.array_equal(run.labels, np.asarray(labels)))):
-                return run.name
-    return None
-
-
-def baseline_name(path: Path, sampler: str, steps: int, seed: int, n: int) -> str:
-    """'unguided', or a name with the settings when 'unguided' is taken by other settings."""
-    return "unguided" if not run_exists(path, "unguided") else (
-        f"unguided-{sampler}-{steps}-seed{seed}-n{n}")
-
-
-def run_name_for(guidance: dict) -> str:
-    return "unguided" if guidance.get("kind") == "none" else str(guidance.get("kind"))
-
-
 def sampler_options(sampler: str, diffusion: float | None, eta: float | None) -> dict:
+    """The sampler's keywords from --diffusion and --eta, each only for its sampler."""
     kw = {}
     if diffusion is not None:
         if sampler != "euler-maruyama":
@@ -134,16 +86,6 @@ def sampler_options(sampler: str, diffusion: float | None, eta: float | None) ->
             raise NoiseshiftError("--eta applies to --sampler ddim only")
         kw["eta"] = eta
     return kw
-
-
-def run_exists(path: Path, run: str) -> bool:
-    """Whether ``path`` already holds run ``run`` (False for a missing file)."""
-    if not path.exists():
-        return False
-    from ..io import open_trajectories
-
-    with open_trajectories(path) as f:
-        return run in f.runs
 
 
 @app.command("sample")
@@ -211,46 +153,35 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
-    from ..sampling import chain, sample, sample_and_record, sampler_settings, save_grid
-
     sampler_kw = sampler_options(sampler, diffusion, eta)
     sampler_settings(sampler, steps, **sampler_kw)  # bad options fail before any work
     if grid is not None and grid.suffix.lower() != ".png":
         raise NoiseshiftError("--grid needs a .png file name", grid)
-    net = load_denoiser(model, device, quiet=json_out)
-    from ..sampling import draw_labels
-
+    net = denoiser_with_progress(model, device, quiet=json_out)
     labels = draw_labels(net.num_classes, n, seed, class_)  # a bad --class fails early
     guided, guidance = guided_model(net, **guidance_options(
         net, nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale, eps_scale=eps_scale,
         time_shift=time_shift, interval=guidance_interval, estimator=estimator,
         device=device, quiet=json_out))
     path = None if no_record else Path(record or DEFAULT_RECORD)
-    name = run or run_name_for(guidance)
+    name = run or run_name(guidance)
     overwrote = path is not None and run_exists(path, name)
     if overwrote and not json_out:
         console.print(f"run [bold]{name}[/] exists in {path}; overwriting it")
-    baseline = None
-    if path is not None and guidance.get("kind") != "none":
-        baseline = _record_baseline(net, model, path, name, sampler=sampler, steps=steps, n=n,
-                                    seed=seed, class_=class_, sampler_kw=sampler_kw,
-                                    quiet=json_out)
     t0 = time.perf_counter()
+    common = dict(sampler=sampler, steps=steps, seed=seed, y=class_, device="auto",
+                  **sampler_kw)
     with progress(json_out) as p:
-        task = p.add_task(f"{sampler}, {steps} steps, n={n}", total=steps)
-
-        def advance(info):
-            p.update(task, completed=info["i"] + 1)
-
-        common = dict(sampler=sampler, steps=steps, seed=seed, y=class_, device="auto",
-                      **sampler_kw)
+        bars = _Bars(p, f"{sampler}, {steps} steps, n={n}", steps, path, quiet=json_out)
         if path is None:
-            samples = sample(guided, n, callback=chain(advance), **common)
+            samples, baseline = sample(guided, n, callback=bars.advance, **common), None
+            seconds = time.perf_counter() - t0
         else:
-            samples = sample_and_record(guided, path, name, n, callback=advance,
-                                        guidance=guidance, model_info=_model_info(net, model),
-                                        **common)
-    seconds = time.perf_counter() - t0
+            rec = record_with_baseline(net, path, name, guided=guided, guidance=guidance, n=n,
+                                       model_info=describe_model(net, model),
+                                       callback=bars.advance, on_baseline=bars.baseline,
+                                       **common)
+            samples, baseline, seconds = rec.samples, rec.baseline, rec.seconds
     samples = samples.float().cpu()
     if grid is not None:
         if samples.ndim != 4:
@@ -268,50 +199,42 @@ def sample_command(
     if json_out:
         print_json(summary)
         return
+    _print_summary(summary, path, name)
+
+
+class _Bars:
+    """One progress bar per recording: the baseline's (when one is recorded first), then
+    the run's, each opened on its first step."""
+
+    def __init__(self, p, label: str, steps: int, path, quiet: bool):
+        self.p, self.label, self.steps, self.path, self.quiet = p, label, steps, path, quiet
+        self.task = None
+
+    def advance(self, info) -> None:
+        if self.task is None:
+            self.task = self.p.add_task(self.label, total=self.steps)
+        self.p.update(self.task, completed=info["i"] + 1)
+
+    def baseline(self, name: str):
+        if not self.quiet:
+            console.print(f"no unguided run with these settings in {self.path}; recording "
+                          f"one first as [bold]{name}[/]")
+        task = self.p.add_task(f"baseline: {self.label}", total=self.steps)
+        return lambda info: self.p.update(task, completed=info["i"] + 1)
+
+
+def _print_summary(summary: dict, path, name: str) -> None:
+    s = summary
     table = Table(title="Samples", show_header=False)
     for k, v in [
-        ("model", summary["model"]), ("sampler", f"{sampler}, {steps} steps"),
-        ("samples", f"{n} x {summary['shape']}, seed {seed}"),
-        ("mean / std", f"{summary['sample_mean']:.3f} / {summary['sample_std']:.3f}"),
-        ("time", f"{seconds:.1f} s"),
+        ("model", s["model"]),
+        ("sampler", f"{s['sampler']['name']}, {s['sampler']['steps']} steps"),
+        ("samples", f"{s['n']} x {s['shape']}, seed {s['seed']}"),
+        ("mean / std", f"{s['sample_mean']:.3f} / {s['sample_std']:.3f}"),
+        ("time", f"{s['seconds']:.1f} s"),
         ("recorded to", "-" if path is None else f"{path} (run {name})"),
-        ("baseline run", baseline or "-"),
-        ("grid", summary["grid"] or "-"),
+        ("baseline run", s["baseline"] or "-"),
+        ("grid", s["grid"] or "-"),
     ]:
         table.add_row(k, str(v))
     console.print(table)
-
-
-def _record_baseline(net, model, path: Path, name: str, *, sampler, steps, n, seed, class_,
-                     sampler_kw, quiet) -> str:
-    """Make sure ``path`` holds the unguided run a guided run is compared with; record one
-    (same model, sampler, steps, seed, n, labels) when it does not. Returns its name."""
-    from ..sampling import draw_labels, sample_and_record, sampler_settings
-
-    info = _model_info(net, model)
-    settings = sampler_settings(sampler, steps, **sampler_kw)
-    labels = draw_labels(net.num_classes, n, seed, class_)
-    found = find_baseline(path, sampler=settings, seed=seed, n=n, labels=labels,
-                          model_info=info)
-    if found is not None:
-        return found
-    base = baseline_name(path, sampler, steps, seed, n)
-    if base == name:
-        raise NoiseshiftError(f"--run {name} is the name the unguided baseline needs; "
-                              f"choose another")
-    if not quiet:
-        console.print(f"no unguided run with these settings in {path}; recording one first "
-                      f"as [bold]{base}[/]")
-    with progress(quiet) as p:
-        task = p.add_task(f"baseline: {sampler}, {steps} steps, n={n}", total=steps)
-        sample_and_record(net, path, base, n, sampler=sampler, steps=steps, seed=seed,
-                          y=class_, guidance={"kind": "none"}, model_info=info,
-                          callback=lambda i: p.update(task, completed=i["i"] + 1),
-                          **sampler_kw)
-    return base
-
-
-def _model_info(net, path: str | None) -> dict:
-    from ..models import describe
-
-    return {**describe(net), "path": path or "default"}

@@ -7,8 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..data import load_data
 from ..defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
 from ..errors import NoiseshiftError
+from ..models import describe, save_model
+from ..runtime import resolve_device
+from ..training import train_denoiser
 from .common import app, console, print_json, progress
 
 
@@ -68,11 +72,6 @@ def train_command(
     Example: `noiseshift train --data digits --out model.pt`, then
     `noiseshift sample --model model.pt`.
     """
-    from ..data import load_data
-    from ..models import describe, save_model
-    from ..runtime import resolve_device
-    from ..training import train_denoiser
-
     if data in ("digits", "gmm"):
         dataset = load_data(data, side=side) if data == "digits" else load_data(data, dim=dim)
     else:

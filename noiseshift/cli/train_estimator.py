@@ -8,8 +8,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..data import load_data
 from ..defaults import DEFAULT_ESTIMATOR, DEFAULT_SCHEDULE
 from ..errors import NoiseshiftError
+from ..estimators import LearnedEstimator
+from ..estimators.accuracy import compare
+from ..runtime import resolve_device
 from .common import app, console, print_json, progress
 
 
@@ -51,11 +55,6 @@ def train_estimator_command(
     Example: `noiseshift train-estimator --data digits --out est.pt`, then
     `noiseshift estimate trajectories.h5 --estimator est.pt`.
     """
-    from ..data import load_data
-    from ..estimators import LearnedEstimator
-    from ..estimators.accuracy import compare
-    from ..runtime import resolve_device
-
     if data == "digits":
         dataset = load_data(data, side=side)
     elif data == "gmm":

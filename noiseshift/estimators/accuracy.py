@@ -10,7 +10,7 @@ import torch
 from ..data import Dataset
 from ..runtime import generator
 from ..schedules import Schedule, get_schedule
-from .base import NoiseLevelEstimator, forward_noise
+from .base import ESTIMATORS, NoiseLevelEstimator, forward_noise
 
 
 def heldout_states(data: Dataset, schedule: Schedule | str, n: int = 4096, seed: int = 1,
@@ -59,8 +59,6 @@ def compare(learned: NoiseLevelEstimator, data: Dataset, n: int = 4096, seed: in
     """Fit the applicable baselines on `data` for `learned`'s schedule (with its split and
     calibration settings) and measure all of them with `learned` on the same held-out states
     (see `mae_by_band`)."""
-    from . import ESTIMATORS
-
     schedule = learned.schedule_
     names = baseline_names(data) if baselines is None else baselines
     ests = {learned.name: learned}

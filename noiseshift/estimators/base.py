@@ -25,7 +25,7 @@ from ..data import Dataset
 from ..errors import CheckpointError, NoiseshiftError
 from ..io.checkpoints import Wording, json_entry, read_checkpoint, save_checkpoint
 from ..runtime import generator, resolve_device
-from ..schedules import Schedule, expand_like, get_schedule
+from ..schedules import Schedule, get_schedule
 
 FORMAT = "noiseshift.estimator"
 VERSION = 1
@@ -56,9 +56,7 @@ def forward_noise(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule,
                   gen: torch.Generator) -> torch.Tensor:
     """True states x_t = alpha(t) x0 + sigma(t) eps, float32, noise from the CPU generator."""
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device)
-    t = t.to(device=x0.device, dtype=torch.float64)
-    a, s = expand_like(schedule.alpha(t), x0), expand_like(schedule.sigma(t), x0)
-    return a * x0 + s * eps
+    return schedule.add_noise(x0, eps, t.to(device=x0.device, dtype=torch.float64))
 
 
 def posterior_moments(grid: torch.Tensor, logp: torch.Tensor):

@@ -6,6 +6,7 @@ calibration, so their t' and reference curves are read the same way as the learn
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..data import Dataset
@@ -27,28 +28,30 @@ class VarianceMatching(NoiseLevelEstimator):
     """
 
     name = "variance"
-    grid_points = 2001
 
     def _fit(self, train: Dataset, progress) -> None:
         self.m2_ = torch.as_tensor(float((train.x.double() ** 2).mean()), dtype=torch.float64)
 
-    def _moment_curve(self):
-        grid = torch.linspace(0.0, 1.0, self.grid_points, dtype=torch.float64)
-        return grid, self.schedule_.second_moment(grid, self.m2_)
-
     def _raw(self, x):
         ms = (x.reshape(len(x), -1).double() ** 2).mean(1)
-        grid, sm = (v.to(x.device) for v in self._moment_curve())
-        above = sm[None, :] > ms[:, None]  # (N, G)
-        cross = above[:, 1:] != above[:, :-1]
-        j = torch.arange(1, len(grid), device=x.device)
-        last = (cross * j).amax(1)  # index after the last crossing, 0 if none
-        # Crossing: interpolate in the bracketing interval; none: the closest moment.
-        lo, hi = (last - 1).clamp_min(0), last
-        w = ((ms - sm[lo]) / (sm[hi] - sm[lo]).where(hi > lo, torch.ones_like(ms)))
-        t_cross = grid[lo] + w.clamp(0, 1) * (grid[hi] - grid[lo])
-        t_near = grid[(sm[None, :] - ms[:, None]).abs().argmin(1)]
-        return torch.where(last > 0, t_cross, t_near), None
+        t = self.t_from_moment(ms.cpu().numpy())
+        return torch.as_tensor(t, dtype=torch.float64, device=x.device), None
+
+    def t_from_moment(self, ms: np.ndarray) -> np.ndarray:
+        """The largest t whose marginal second moment is ``ms`` (`Schedule.t_from_second_moment`
+        on each monotone branch, the last branch whose range holds ``ms``), or where none
+        does, the t of the closest moment."""
+        sch, m2 = self.schedule_, float(self.m2_)
+        edges = sch.moment_branches(m2)
+        cands = np.stack([sch.t_from_second_moment(ms, m2, t_near=0.5 * (lo + hi))
+                          for lo, hi in zip(edges[:-1], edges[1:], strict=True)])  # (B, N)
+        ends = sch.second_moment(edges, m2)
+        low, high = np.minimum(ends[:-1], ends[1:]), np.maximum(ends[:-1], ends[1:])
+        inside = (ms[None, :] >= low[:, None]) & (ms[None, :] <= high[:, None])
+        last = len(edges) - 2 - np.argmax(inside[::-1], axis=0)
+        closest = np.abs(sch.second_moment(cands, m2) - ms[None, :]).argmin(0)
+        k = np.where(inside.any(0), last, closest)
+        return cands[k, np.arange(len(ms))]
 
     def _state(self):
         return {**super()._state(), "m2": self.m2_}

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import NoiseshiftError
+from ..training import train_loop
 from .base import NoiseLevelEstimator, forward_noise, posterior_moments
 
 
@@ -124,8 +125,6 @@ class LearnedEstimator(NoiseLevelEstimator):
         return sample_batch
 
     def _fit(self, train: Dataset, progress) -> None:
-        from ..training import train_loop
-
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
             torch.manual_seed(self.seed)
             net = self._build()

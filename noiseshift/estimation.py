@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import NoiseshiftError, TrajectoryError
-from ..io import (
+from .errors import NoiseshiftError, TrajectoryError
+from .estimators import NoiseLevelEstimator, in_zones
+from .io import (
     DEFAULT_MAX_BYTES,
     EstimatesWriter,
     Run,
@@ -26,7 +27,7 @@ from ..io import (
     open_estimates,
     open_trajectories,
 )
-from .base import NoiseLevelEstimator, in_zones
+from .pretrained import NAMES, get_estimator
 
 Z95 = 1.959963984540054
 
@@ -82,7 +83,7 @@ def summarize(t, reference, t_hat, blind_zones: Sequence[Sequence[float]] = (),
 
 
 def summarize_estimates(est) -> list[dict]:
-    """Per-step records from one `io.Estimates` entry of an estimates file."""
+    """Per-step records from one `trajectories.Estimates` entry of an estimates file."""
     zones = (est.calibration or {}).get("blind_zones", [])
     return summarize(est.t, est.reference, est.t_hat, zones, est.t_std)
 
@@ -131,8 +132,6 @@ class EstimatorCache:
         self._cache: dict[str, NoiseLevelEstimator] = {}
 
     def get(self, name_or_path, run: Run) -> NoiseLevelEstimator:
-        from . import NAMES, get_estimator
-
         named = str(name_or_path) in NAMES
         spec = run_data_spec(run) if named else None
         if named and spec is None:
