@@ -216,10 +216,13 @@ def _apply(fn, x, batch_size: int = 1024) -> np.ndarray:
 def classifier_accuracy(x, labels, classifier: DigitsClassifier | None = None,
                         **kw) -> Estimate:
     """Share of samples the classifier assigns to their requested class, with a CI."""
-    net = classifier or digits_classifier()
+    return _mean(_hits(x, labels, classifier or digits_classifier()), **kw)
+
+
+def _hits(x, labels, net: DigitsClassifier) -> np.ndarray:
+    """1.0 where the classifier assigns a sample to its requested class, else 0.0."""
     pred = _apply(lambda b: net(b).argmax(1).double(), x)
-    hit = (pred == np.asarray(labels).reshape(-1)).astype(np.float64)
-    return _mean(hit, **kw)
+    return (pred == np.asarray(labels).reshape(-1)).astype(np.float64)
 
 
 # -- feature spaces ------------------------------------------------------------------------------
@@ -459,16 +462,21 @@ def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
     return out
 
 
-def quality_difference(samples_a, samples_b, data, *, space: FeatureSpace | None = None,
-                       n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def quality_difference(samples_a, samples_b, data, *, labels=None,
+                       space: FeatureSpace | None = None, n_boot: int = N_BOOT,
+                       seed: int = 0) -> dict:
     """Paired differences b - a (same seeds: sample i pairs with sample i) of FD,
-    precision, recall and, for mixtures, log-likelihood."""
+    precision, recall; accuracy when both runs asked for these `labels` (digits); and, for
+    mixtures, log-likelihood."""
     space = space or feature_space(data)
     kw = {"n_boot": n_boot, "seed": seed}
     fa, fb = space(samples_a), space(samples_b)
     out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
     out["precision"], out["recall"] = precision_recall_difference(
         fa, fb, space.reference, real_radii=space.radii(), **kw)
+    if labels is not None and space.kind == "digits":
+        out["accuracy"] = _mean(_hits(samples_b, labels, space.net)
+                                - _hits(samples_a, labels, space.net), **kw)
     if data.mixture is not None:
         ll = _data_log_prob(samples_b, data.mixture) - _data_log_prob(samples_a, data.mixture)
         out["log_likelihood"] = _mean(ll, **kw)
