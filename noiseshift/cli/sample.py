@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..errors import NoiseshiftError
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..io.images import save_grid
 from .common import app, console, err_console, print_json, progress
 
 DEFAULT_RECORD = "trajectories.h5"
@@ -211,7 +212,7 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
-    from ..sampling import chain, sample, sample_and_record, sampler_settings, save_grid
+    from ..sampling import chain, sample, sample_and_record, sampler_settings
 
     sampler_kw = sampler_options(sampler, diffusion, eta)
     sampler_settings(sampler, steps, **sampler_kw)  # bad options fail before any work
