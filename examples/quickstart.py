@@ -20,7 +20,6 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from noiseshift import pretrained
 from noiseshift.data import load_data
@@ -29,6 +28,7 @@ from noiseshift.guidance import build_guidance
 from noiseshift.models import describe
 from noiseshift.recording import sample_and_record
 from noiseshift.report import build_report, write_report
+from noiseshift.report.tables import demo_tables
 
 TINY_DENOISER = {"steps": 30, "channels": [4, 8]}
 TINY_ESTIMATOR = {"steps": 30}
@@ -58,20 +58,8 @@ def record(model, est, data, path: Path, n: int, steps: int, seed: int) -> list[
 
 
 def print_summary(rep, console: Console) -> None:
-    table = Table(title=f"noise shift per run ({rep.main} estimator; independent: "
-                  f"{rep.independent})", title_justify="left")
-    cols = [("run", "run", None), ("mean Δ", "mean_delta", "+.4f"),
-            ("mean |Δ|", "mean_abs_delta", ".4f"), ("late |Δ|", "mean_abs_delta_late", ".4f"),
-            (f"|Δ| {rep.independent}", "ind_mean_abs_delta", ".4f"),
-            ("FD", "fd", ".2f"), ("accuracy", "accuracy", ".3f")]
-    cols = [c for c in cols if c[1] in rep.summary]
-    for title, _, _ in cols:
-        table.add_column(title, justify="left" if title == "run" else "right",
-                         no_wrap=title == "run")
-    for row in rep.summary.to_dict("records"):
-        table.add_row(*[str(row[k]) if spec is None else f"{row[k]:{spec}}"
-                        for _, k, spec in cols])
-    console.print(table)
+    for renderable in demo_tables(rep, console.width):  # stacked to fit the terminal
+        console.print(renderable)
     console.print("Δ = t' - reference(t), averaged over readable steps (+: noisier than "
                   "scheduled); late: t <= 0.3; FD and accuracy in the digits classifier")
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import runtime
@@ -286,32 +284,3 @@ def chain(*callbacks) -> Callable | None:
     return call
 
 
-def save_grid(images, path, nrow: int | None = None, labels=None) -> None:
-    """Save (N, C, H, W) images in [-1, 1] as a PNG grid (greyscale for C = 1), with each
-    image's class label in its corner when ``labels`` are given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    imgs = torch.as_tensor(images).detach().float().cpu()
-    if imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
-        raise NoiseshiftError(f"a sample grid needs (N, 1 or 3, H, W) images, got "
-                              f"{tuple(imgs.shape)}")
-    n = imgs.shape[0]
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    ncol = int(np.ceil(n / nrow))
-    fig, axes = plt.subplots(ncol, nrow, figsize=(nrow * 0.6, ncol * 0.6 + 0.1), squeeze=False)
-    pix = ((imgs.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k < n:
-            ax.imshow(pix[k, :, :, 0] if pix.shape[-1] == 1 else pix[k], cmap="gray",
-                      vmin=0, vmax=1, interpolation="nearest")
-            if labels is not None:  # the class label in the corner
-                ax.text(0.04, 0.96, str(int(labels[k])), color="yellow", fontsize=6,
-                        va="top", ha="left", transform=ax.transAxes)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0, right=1, bottom=0, top=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

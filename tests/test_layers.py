@@ -35,16 +35,8 @@ LAYERS: dict[str, int] = {
 
 # -- TEMPORARY: modules being split by the parallel refactors of issue 10. Empty these after
 # -- the merge; every entry is a known offender, not a rule.
-TEMPORARY_LAYERS: dict[str, int] = {
-    "trajectories": 3,  # -> io/
-    "theory": 8,        # -> analysis/
-    "metrics": 8,       # -> analysis/ (its classifier cache: io/)
-}
+TEMPORARY_LAYERS: dict[str, int] = {}
 TEMPORARY_ALLOWLIST: set[str] = {
-    "noiseshift.guidance", "noiseshift.theory", "noiseshift.report",
-    "noiseshift.trajectories", "noiseshift.metrics",
-    "noiseshift.sampling",     # save_grid (matplotlib, file I/O) -> io/images.py
-    "noiseshift.cli.report",   # rewritten with report/
     "noiseshift.data",         # sklearn, h5py imported inside functions
 }
 

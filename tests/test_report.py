@@ -2,12 +2,15 @@
 written with the real writer and estimated with the real `estimate` pipeline."""
 
 import hashlib
+import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from noiseshift.cli import app
@@ -16,6 +19,7 @@ from noiseshift.estimation import estimate_file
 from noiseshift.io import TrajectoryWriter
 from noiseshift.recording import sample_and_record
 from noiseshift.report import build_report, write_report
+from noiseshift.report.tables import Column, demo_tables, report_tables, stacked
 from noiseshift.runtime import generator
 from noiseshift.schedules import get_schedule
 
@@ -220,3 +224,108 @@ def test_cli_estimates_of_another_file(digits_file, tmp_path):
     res = runner.invoke(app, ["report", str(other), "--estimates",
                               str(digits_file.with_name("trajectories.estimates.h5"))])
     assert res.exit_code == 2 and "different trajectory file" in res.output
+
+
+# -- tables at 80 columns -----------------------------------------------------------------------
+
+NUM = r"[+-]?\d+(?:\.\d+)?"
+CELL = re.compile(rf"^({NUM})(?: \[({NUM}),({NUM})\])?$")
+SHIFT_KEYS = ("mean_delta", "mean_abs_delta", "mean_abs_delta_late", "ind_mean_abs_delta")
+QUALITY_KEYS = ("fd", "precision", "recall", "accuracy", "log_likelihood", "energy")
+PAIRED_KEYS = ("d_mean_abs_delta", "d_ind_mean_abs_delta", "d_fd", "d_precision", "d_recall",
+               "d_accuracy", "d_log_likelihood")
+
+
+def render(renderables, width=80) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    for r in renderables:
+        console.print(r)
+    return console.export_text()
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """run -> every cell of its rows, over all the stacked tables."""
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("│"):
+            parts = [p.strip() for p in line.strip().strip("│").split("│")]
+            rows.setdefault(parts[0], []).extend(parts[1:])
+    return rows
+
+
+def _decimals(s: str) -> int:
+    return len(s.split(".")[1]) if "." in s else 0
+
+
+def shown(cells: list[str], v: float, lo: float, hi: float) -> bool:
+    """Some cell reads v [lo,hi] to 3 significant digits of the largest of them."""
+    for cell in cells:
+        m = CELL.match(cell)
+        if m is None or (m[2] is None) != (not np.isfinite(lo)):
+            continue
+        tol = 0.5 * 10.0 ** -_decimals(m[1]) + 1e-12
+        big = max(abs(x) for x in (v, lo, hi) if np.isfinite(x))
+        if tol > 0.005 * big + 0.5e-6:  # fewer than 3 significant digits
+            continue
+        got = [float(x) for x in m.groups() if x is not None]
+        want = [v] if m[2] is None else [v, lo, hi]
+        if all(abs(g - w) <= tol for g, w in zip(got, want, strict=True)):
+            return True
+    return False
+
+
+def assert_readable(text: str, frame: pd.DataFrame, keys, width: int = 80) -> None:
+    """No cut cell: no ellipsis, no line past the width, every run name whole on a line,
+    every cell a whole number or 'number [lo,hi]', every value of `keys` shown."""
+    assert "…" not in text and "..." not in text, text
+    assert max(map(len, text.splitlines())) <= width, text
+    rows = table_rows(text)
+    assert set(rows) == set(frame.run), text
+    for r in frame.to_dict("records"):
+        cells = rows[r["run"]]
+        assert all(CELL.match(c) or c == "-" for c in cells), cells
+        for key in keys:
+            if key in r and np.isfinite(r[key]):
+                lo, hi = r.get(f"{key}_lo", np.nan), r.get(f"{key}_hi", np.nan)
+                assert shown(cells, r[key], lo, hi), (r["run"], key, cells)
+
+
+def test_report_tables_at_80_columns(rep):
+    text = render(report_tables(rep, 80))
+    assert "noise shift per run" in text and "against the baseline" in text
+    summary_part, paired_part = text.split("against the baseline")
+    assert_readable(summary_part, rep.summary, SHIFT_KEYS + QUALITY_KEYS)
+    assert_readable(paired_part, rep.paired, PAIRED_KEYS)
+    # A wide terminal shows more columns per table: fewer tables.
+    assert render(report_tables(rep, 200)).count("┏") < text.count("┏")
+
+
+def test_demo_table_at_80_columns(rep):
+    text = render(demo_tables(rep, 80))
+    assert_readable(text, rep.summary, SHIFT_KEYS + ("fd", "accuracy"))
+    assert "precision" not in text  # the demo keeps to the headline numbers
+
+
+def test_long_run_names_wrap_whole():
+    name = "a-very-long-run-name-" * 4 + "end"
+    text = render(stacked("t", [{"run": name, "fd": 1.234, "fd_lo": 1.0, "fd_hi": 1.5}],
+                          [], 40))
+    assert text == ""  # no column: nothing to show
+    text = render(stacked("t", [{"run": name, "fd": 1.234, "fd_lo": 1.0, "fd_hi": 1.5}],
+                          [Column("fd", "FD")], 40), width=40)
+    assert "…" not in text and max(map(len, text.splitlines())) <= 40
+    pieces = [line.strip().strip("│").split("│")[0].strip() for line in text.splitlines()
+              if line.startswith("│")]
+    assert "".join(pieces) == name and "1.23 [1.00,1.50]" in text
+
+
+def test_cli_report_at_80_columns(digits_file, tmp_path):
+    res = runner.invoke(app, ["report", str(digits_file), "-e", "subspace", "--no-quality",
+                              "--bootstrap", "20", "--out", str(tmp_path / "r")],
+                        env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    want = build_report(digits_file, estimator="subspace", quality=False, n_boot=20)
+    tables = res.output.split("\n- ")[0]  # the findings follow the tables
+    summary_part, paired_part = tables.split("against the baseline")
+    assert_readable(summary_part, want.summary, SHIFT_KEYS)
+    assert_readable(paired_part, want.paired, PAIRED_KEYS)

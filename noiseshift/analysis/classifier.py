@@ -134,7 +134,10 @@ def apply_batched(fn, x, batch_size: int = 1024) -> np.ndarray:
 def classifier_accuracy(x, labels, classifier: DigitsClassifier | None = None,
                         **kw) -> Estimate:
     """Share of samples the classifier assigns to their requested class, with a CI."""
-    net = classifier or digits_classifier()
+    return bootstrap_mean(classifier_hits(x, labels, classifier or digits_classifier()), **kw)
+
+
+def classifier_hits(x, labels, net: DigitsClassifier) -> np.ndarray:
+    """1.0 where the classifier assigns a sample to its requested class, else 0.0."""
     pred = apply_batched(lambda b: net(b).argmax(1).double(), x)
-    hit = (pred == np.asarray(labels).reshape(-1)).astype(np.float64)
-    return bootstrap_mean(hit, **kw)
+    return (pred == np.asarray(labels).reshape(-1)).astype(np.float64)

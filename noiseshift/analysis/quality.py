@@ -23,7 +23,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ..data import DATA_END
 from ..errors import NoiseshiftError
-from .classifier import apply_batched, classifier_accuracy, digits_classifier
+from .classifier import apply_batched, classifier_accuracy, classifier_hits, digits_classifier
 from .statistics import N_BOOT, Estimate, bootstrap, bootstrap_mean
 
 __all__ = [
@@ -259,16 +259,21 @@ def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
     return out
 
 
-def quality_difference(samples_a, samples_b, data, *, space: FeatureSpace | None = None,
-                       n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def quality_difference(samples_a, samples_b, data, *, labels=None,
+                       space: FeatureSpace | None = None, n_boot: int = N_BOOT,
+                       seed: int = 0) -> dict:
     """Paired differences b - a (same seeds: sample i pairs with sample i) of FD,
-    precision, recall and, for mixtures, log-likelihood."""
+    precision, recall; accuracy when both runs asked for these `labels` (digits); and, for
+    mixtures, log-likelihood."""
     space = space or feature_space(data)
     kw = {"n_boot": n_boot, "seed": seed}
     fa, fb = space(samples_a), space(samples_b)
     out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
     out["precision"], out["recall"] = precision_recall_difference(
         fa, fb, space.reference, real_radii=space.radii(), **kw)
+    if labels is not None and space.kind == "digits":
+        out["accuracy"] = bootstrap_mean(classifier_hits(samples_b, labels, space.net)
+                                         - classifier_hits(samples_a, labels, space.net), **kw)
     if data.mixture is not None:
         mix = data.mixture
         ll = mix.log_prob_data(samples_b).numpy() - mix.log_prob_data(samples_a).numpy()

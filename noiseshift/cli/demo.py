@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.panel import Panel
-from rich.table import Table
 
 from ..demo import DemoSettings, learned_vs_oracle, run_demo
+from ..report.tables import demo_tables
 from .common import app, console, print_json, progress
 
 
@@ -67,17 +67,8 @@ def demo_command(
 
 
 def _print_summary(rep, result, gmm) -> None:
-    table = Table(title=f"noise shift per run ({rep.main} meter"
-                  + (f", independent: {rep.independent})" if rep.independent else ")"))
-    heads = {"run": "run", "mean_delta": "mean Δ", "mean_abs_delta": "mean |Δ|",
-             "mean_abs_delta_late": "late |Δ|", "ind_mean_abs_delta": f"|Δ| {rep.independent}",
-             "fd": "FD", "accuracy": "accuracy"}  # precision, recall: in summary.csv
-    cols = [c for c in heads if c in rep.summary.columns]
-    for c in cols:
-        table.add_column(heads[c], justify="left" if c == "run" else "right", no_wrap=True)
-    for _, row in rep.summary.iterrows():
-        table.add_row(*[_cell(row[c]) for c in cols])
-    console.print(table)
+    for renderable in demo_tables(rep, console.width):
+        console.print(renderable)
     for line in rep.findings:
         console.print(f"- {line}", highlight=False)
     if gmm is not None:
@@ -92,8 +83,3 @@ def _print_summary(rep, result, gmm) -> None:
                   f"{secs['sampling']:.0f}s, estimate {secs['estimate']:.0f}s, report "
                   f"{secs['report']:.0f}s; total {secs['total']:.0f}s)", highlight=False)
 
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "-" if v != v else f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
-    return str(v)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from ..errors import NoiseshiftError
+from ..report import build_report, write_report
+from ..report.tables import report_tables
 from .common import app, console, fail, print_json, progress
 
 
@@ -49,11 +50,9 @@ def report_command(
     Example: `noiseshift sample --nag-scale 1.5`, `noiseshift estimate trajectories.h5`, then
     `noiseshift report --plot`.
     """
-    from ..report import build_report, write_report
-
     try:
         rep, md = _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality,
-                        json_out, build_report, write_report)
+                        json_out)
     except NoiseshiftError as e:
         fail(e.problem, e.path)
     if json_out:
@@ -64,8 +63,7 @@ def report_command(
                                            " (add --plot for figures)"))
 
 
-def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, quiet,
-          build_report, write_report):
+def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, quiet):
     with progress(quiet) as p:
         tasks: dict[str, int] = {}
 
@@ -79,55 +77,9 @@ def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, q
         return rep, write_report(rep, out, plot=plot, progress=on_progress)
 
 
-def _ci(row, key: str, spec: str) -> str:
-    """'value ±half' (the 95% CI's half width; report.md has the exact interval)."""
-    import math
-
-    v = row.get(key)
-    if v is None or not math.isfinite(v):
-        return ""
-    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
-    if lo is None or not math.isfinite(lo):
-        return f"{v:{spec}}"
-    return f"{v:{spec}}±{(hi - lo) / 2:{spec.lstrip('+')}}"
-
-
 def _print(rep) -> None:
-    table = Table(title=f"{rep.path.name}: noise shift per run ({rep.main} estimator, "
-                  f"±95% CI)", title_justify="left")
-    cols = [("run", None, None),
-            ("mean delta", "mean_delta", "+.4f"), ("mean |delta|", "mean_abs_delta", ".4f"),
-            ("late |delta|", "mean_abs_delta_late", ".4f")]
-    if rep.independent:
-        cols.append((f"|delta| {rep.independent}", "ind_mean_abs_delta", ".4f"))
-    for key, title, spec in (("fd", "FD", ".2f"), ("precision", "precision", ".3f"),
-                             ("recall", "recall", ".3f"), ("accuracy", "accuracy", ".3f"),
-                             ("log_likelihood", "log-lik", ".2f")):
-        if key in rep.summary:
-            cols.append((title, key, spec))
-    for title, _, _ in cols:
-        table.add_column(title, justify="left" if title == "run" else "right")
-    for row in rep.summary.to_dict("records"):
-        style = "bold" if row["run"] == rep.baseline else None
-        table.add_row(*[str(row[title]) if key is None else _ci(row, key, spec)
-                        for title, key, spec in cols], style=style)
-    console.print(table)
-    if not rep.paired.empty:
-        t2 = Table(title=f"against the baseline {rep.baseline!r} (run - baseline, paired)",
-                   title_justify="left")
-        pcols = [("run", None, None), ("d mean |delta|", "d_mean_abs_delta", "+.4f")]
-        if rep.independent:
-            pcols.append((f"d |delta| {rep.independent}", "d_ind_mean_abs_delta", "+.4f"))
-        for key, title, spec in (("d_fd", "d FD", "+.2f"), ("d_precision", "d precision",
-                                 "+.3f"), ("d_recall", "d recall", "+.3f")):
-            if key in rep.paired:
-                pcols.append((title, key, spec))
-        for title, _, _ in pcols:
-            t2.add_column(title, justify="left" if title == "run" else "right")
-        for row in rep.paired.to_dict("records"):
-            t2.add_row(*[str(row[title]) if key is None else _ci(row, key, spec)
-                         for title, key, spec in pcols])
-        console.print(t2)
+    for renderable in report_tables(rep, console.width):
+        console.print(renderable)
     for f in rep.findings:
         console.print(f"- {f}", highlight=False)
     for n in rep.notes:

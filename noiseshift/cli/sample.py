@@ -16,9 +16,10 @@ from rich.table import Table
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..errors import NoiseshiftError
 from ..guidance import GuidanceWarning, build_guidance
+from ..io.images import save_grid
 from ..pretrained import estimator_for
 from ..recording import describe_model, record_with_baseline, run_exists, run_name
-from ..sampling import draw_labels, sample, sampler_settings, save_grid
+from ..sampling import draw_labels, sample, sampler_settings
 from .common import (
     app,
     console,

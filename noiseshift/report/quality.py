@@ -1,0 +1,62 @@
+"""Sample quality per run and paired against the baseline, through `analysis.quality.quality` and
+`quality_difference` in one feature space shared by every run."""
+
+from __future__ import annotations
+
+from ..analysis.classifier import digits_classifier
+from ..analysis.quality import FeatureSpace, feature_space, quality, quality_difference
+from .runs import RunData, is_paired
+from .stats import unpaired
+
+
+def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int, seed: int,
+                   notes: list[str], progress) -> tuple[dict, dict]:
+    """({run: {metric: Estimate or value}}, {run: {metric: Estimate of run - baseline}}).
+    Runs without samples, or whose samples do not match the data's shape, are left out
+    (with a note)."""
+    if data is None:
+        return {}, {}
+    usable = [r for r in runs if r.samples is not None and tuple(r.shape) == data.shape]
+    for r in runs:
+        if r.samples is not None and all(r is not u for u in usable):
+            notes.append(f"run {r.name!r}: samples of shape {r.shape} do not match the data "
+                         f"{data.shape}; no quality metrics")
+    if not usable:
+        return {}, {}
+    space = _feature_space(data, progress)
+    kw = {"space": space, "n_boot": n_boot, "seed": seed}
+    qual = {}
+    for k, r in enumerate(usable):
+        conditional = int((r.attrs.get("model") or {}).get("num_classes", 0) or 0) > 0
+        q = quality(r.samples, data, labels=r.labels if conditional else None, **kw)
+        if "modes" in q:
+            q["modes"] = q["modes"]["covered"]
+        qual[r.name] = q
+        if progress is not None:
+            progress("sample quality", k + 1, len(usable))
+    qdiff = {}
+    if base is not None and base.name in qual:
+        for r in usable:
+            if r is not base:
+                qdiff[r.name] = _difference(base, r, qual, data, kw)
+    return qual, qdiff
+
+
+def _feature_space(data, progress) -> FeatureSpace:
+    if data.name != "digits":
+        return feature_space(data, classifier=None)
+    on_step = None if progress is None else \
+        lambda d, t, m: progress("training the digits classifier (first use)", d, t)
+    return feature_space(data, classifier=digits_classifier(progress=on_step))
+
+
+def _difference(base: RunData, r: RunData, qual: dict, data, kw: dict) -> dict:
+    """run - baseline: paired when the runs share seeds, else from the two CIs."""
+    qa, qb = qual[base.name], qual[r.name]
+    both = [k for k in ("fd", "precision", "recall", "accuracy", "log_likelihood")
+            if k in qa and k in qb]
+    if not is_paired(base, r):
+        return {k: unpaired(qa[k], qb[k]) for k in both}
+    labels = base.labels if "accuracy" in both else None
+    d = quality_difference(base.samples, r.samples, data, labels=labels, **kw)
+    return {k: d[k] for k in both}
