@@ -11,9 +11,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits as sk_digits
 
 from .errors import NoiseshiftError
 from .schedules import Schedule, expand_like, get_schedule
@@ -91,7 +93,6 @@ def load_digits(side: int = 16) -> Dataset:
     Upsampling is linear, so the data lie in a 64-dimensional subspace of the side^2 pixels;
     its basis rides along for the subspace oracle.
     """
-    from sklearn.datasets import load_digits as sk_digits
 
     if side < 8:
         raise NoiseshiftError(f"digits side must be at least 8, got {side}")
@@ -301,7 +302,6 @@ def load_array(path: str | Path) -> Dataset:
                 arr = _pick(z, _ARRAY_KEYS, path)
                 labels = next((z[k] for k in _LABEL_KEYS if k in z), None)
         elif path.suffix in (".h5", ".hdf5"):
-            import h5py
 
             with h5py.File(path, "r") as f:
                 arr = _pick(f, _ARRAY_KEYS, path)[()]
