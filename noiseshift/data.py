@@ -302,7 +302,6 @@ def load_array(path: str | Path) -> Dataset:
                 arr = _pick(z, _ARRAY_KEYS, path)
                 labels = next((z[k] for k in _LABEL_KEYS if k in z), None)
         elif path.suffix in (".h5", ".hdf5"):
-
             with h5py.File(path, "r") as f:
                 arr = _pick(f, _ARRAY_KEYS, path)[()]
                 labels = next((f[k][()] for k in _LABEL_KEYS if k in f), None)
