@@ -21,20 +21,16 @@ from pathlib import Path
 import torch
 
 from ..errors import NoiseshiftError
-from ..guidance import NAG_MODES, build_guidance
 from ..schedules import get_schedule
 from ..trajectories import TrajectoryWriter
 from . import require
+from .guided import OutputGuidance
 from .levels import to_schedule_form
 from .schedulers import SchedulerView, jsonable
 from .stephook import StepHook, pred_original_sample, prev_sample
 
 # Pipelines that hand step() a batch of 2N with identical halves (CFG done in the batch).
 DOUBLED_BATCH = ("DiTPipeline",)
-CF_MODES = tuple(m for m in NAG_MODES if m.startswith("cf"))
-NO_NULL_T = ("--nag-mode {mode} is classifier-free NAG, which needs a null-t branch (a model "
-             "trained with noise-condition dropout); diffusers models have none: use "
-             "mode='estimator-noise' or 'estimator'")
 
 
 # -- what is being sampled ------------------------------------------------------------------
@@ -80,77 +76,30 @@ def describe_model(pipe, data: dict | None = None) -> dict:
 
 # -- guide ----------------------------------------------------------------------------------
 
-class _Output(torch.nn.Module):
-    """A denoiser that returns the model output it is given: lets noiseshift's guidance
-    wrappers edit an output diffusers already computed."""
-
-    def __init__(self, schedule, prediction: str, shape=None):
-        super().__init__()
-        self.schedule, self.prediction = schedule, prediction
-        self.num_classes, self.supports_null_t = 0, False
-        self.config = {} if shape is None else {"shape": list(shape)}
-        self.out = None
-
-    def forward(self, x, t, y=None, drop_t=None, drop_y=None):
-        return self.out
-
-
 class Guide:
     """Estimator-based NAG (and eps scaling) applied to the model output inside step."""
 
     def __init__(self, pipe, estimator, scale: float, *, mode: str, interval, eps_scale):
-        if mode in CF_MODES:
-            raise NoiseshiftError(NO_NULL_T.format(mode=mode))
         self.view = SchedulerView(pipe.scheduler)
         param = self.view.parametrisation()
         if param is None and (scale or eps_scale is not None):
             raise NoiseshiftError(f"cannot guide {self.view.name} (prediction_type "
                                   f"{self.view.prediction_type!r}): its model output is not eps, "
                                   f"v, x0 or a flow velocity")
-        self.prediction, self.factor = param or ("eps", 1.0)
-        self.schedule = get_schedule(self.view.family)
-        self.shape = pipeline_shape(pipe)
-        self.estimator = estimator
-        if scale and estimator is not None:
-            check_estimator(estimator, self.schedule, self.shape)
-        self.output = _Output(self.schedule, self.prediction, self.shape)
-        self.guided, self.guidance = build_guidance(
-            self.output, nag_scale=float(scale), nag_mode=mode, eps_scale=eps_scale,
-            interval=interval, estimator=estimator)
-        self.passthrough = self.guided is self.output
-        self._checked = self.shape is not None
+        prediction, self.factor = param or ("eps", 1.0)
+        self.editor = OutputGuidance(estimator, scale, schedule=self.view.family,
+                                     prediction=prediction, mode=mode, interval=interval,
+                                     eps_scale=eps_scale, shape=pipeline_shape(pipe))
+        self.guidance = self.editor.guidance
 
     def apply(self, model_output: torch.Tensor, sample: torch.Tensor, state) -> torch.Tensor:
-        if self.passthrough:
+        if self.editor.passthrough:
             return model_output
-        if not self._checked:
-            if self.estimator is not None:
-                check_estimator(self.estimator, self.schedule, tuple(sample.shape[1:]))
-            self._checked = True
-        x = to_schedule_form(sample, state.k)
-        self.output.out = model_output.double() * self.factor
-        t = torch.full((sample.shape[0],), state.t, dtype=torch.float64, device=sample.device)
-        guided = self.guided(x, t)
-        if guided is self.output.out:
+        out = model_output.double() * self.factor
+        guided = self.editor(out, to_schedule_form(sample, state.k), state.t)
+        if guided is out:
             return model_output
         return (guided.double() / self.factor).to(model_output.dtype)
-
-
-def check_estimator(estimator, schedule, shape) -> None:
-    """One line if the estimator cannot read this pipeline's states."""
-    own = getattr(estimator, "schedule_", None)
-    if own is not None and get_schedule(own) != schedule:
-        raise NoiseshiftError(f"the estimator was trained for the {get_schedule(own).name} "
-                              f"schedule; this pipeline's states map onto {schedule.name} (train "
-                              f"one with --schedule {schedule.name})")
-    own_shape = getattr(estimator, "shape_", None)
-    if shape is not None and own_shape is not None and tuple(own_shape) != tuple(shape):
-        raise NoiseshiftError(f"the estimator reads states of shape {tuple(own_shape)}; this "
-                              f"pipeline's states have shape {tuple(shape)}")
-    if not getattr(estimator, "has_posterior", True) and not hasattr(estimator,
-                                                                     "grad_log_posterior"):
-        raise NoiseshiftError(f"the {getattr(estimator, 'name', 'given')} estimator has no "
-                              f"posterior over t to take a gradient of; use a learned one")
 
 
 @contextlib.contextmanager
@@ -312,3 +261,65 @@ def _finish_or_warn(rec: Recorder) -> None:
                       stacklevel=3)
         return
     rec._finish()
+
+
+# -- loading (for `noiseshift sample --model diffusers:DIR`) --------------------------------
+
+# --scheduler names -> diffusers classes; True for flow-matching schedulers.
+SCHEDULERS = {"ddpm": ("DDPMScheduler", False), "ddim": ("DDIMScheduler", False),
+              "euler": ("EulerDiscreteScheduler", False),
+              "dpm++": ("DPMSolverMultistepScheduler", False),
+              "flow-euler": ("FlowMatchEulerDiscreteScheduler", True)}
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None = None,
+                  device: str | None = None):
+    """A saved diffusers pipeline folder (``save_pretrained``), from local files only, with
+    its scheduler optionally replaced (`set_scheduler`). One-line NoiseshiftErrors for a
+    missing extra, a folder that is not a pipeline, or one diffusers cannot load."""
+    diffusers = require("diffusers")
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise NoiseshiftError("not a diffusers pipeline folder (no model_index.json; save one "
+                              "with pipe.save_pretrained(DIR))", folder)
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # diffusers raises many kinds for a damaged folder
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise NoiseshiftError(f"diffusers cannot load this pipeline ({type(e).__name__}: "
+                              f"{text[:200]})", folder) from e
+    if getattr(pipe, "scheduler", None) is None:
+        raise NoiseshiftError("this pipeline has no scheduler to record", folder)
+    set_scheduler(pipe, scheduler, spacing)
+    SchedulerView(pipe.scheduler)  # unsupported schedulers fail here, before sampling
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):
+    """Replace ``pipe.scheduler`` by the named one (``SCHEDULERS``) built from the same
+    config, and/or set its ``timestep_spacing``; returns the pipeline."""
+    if name is None and spacing is None:
+        return pipe
+    if name is not None and name not in SCHEDULERS:
+        raise NoiseshiftError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise NoiseshiftError(f"unknown spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    diffusers = require("diffusers")
+    current = pipe.scheduler
+    cls = type(current) if name is None else getattr(diffusers, SCHEDULERS[name][0])
+    if name is not None:
+        flow = "FlowMatch" in type(current).__name__
+        if SCHEDULERS[name][1] != flow:
+            kind = "a flow-matching" if flow else "a diffusion (VP)"
+            raise NoiseshiftError(f"--scheduler {name} does not fit {kind} model "
+                                  f"({type(current).__name__})")
+    extra = {} if spacing is None else {"timestep_spacing": spacing}
+    pipe.scheduler = cls.from_config(current.config, **extra)
+    return pipe
+
+
+__all__ = ["Guide", "Recorder", "SCHEDULERS", "SPACINGS", "describe_model", "guide",
+           "load_pipeline", "pipeline_shape", "record", "set_scheduler"]

@@ -11,6 +11,8 @@ the scheduler back as it was, exceptions included.
 
 from __future__ import annotations
 
+import functools
+
 from ..errors import NoiseshiftError
 from .schedulers import SchedulerView, StepState
 
@@ -27,8 +29,15 @@ class StepHook:
         self.guide = None
         self.recorders: list = []
         self._saved = scheduler.__dict__.get("step", _MISSING)
-        self._original = scheduler.step
-        scheduler.step = self.step
+        self._original = original = scheduler.step
+
+        # A function that carries the original's signature (inspect.signature follows
+        # __wrapped__): pipelines pass eta and generator only if step's signature has them.
+        @functools.wraps(original)
+        def step(*args, **kwargs):
+            return self.step(*args, **kwargs)
+
+        scheduler.step = step
         setattr(scheduler, _ATTR, self)
 
     @classmethod
@@ -53,18 +62,33 @@ class StepHook:
             sch.step = self._saved
         sch.__dict__.pop(_ATTR, None)
 
-    def step(self, model_output, timestep, sample, *args, **kwargs):
+    def step(self, *args, **kwargs):
         active = [r for r in self.recorders if r.wants_steps]
         if self.guide is None and not active:
-            return self._original(model_output, timestep, sample, *args, **kwargs)
+            return self._original(*args, **kwargs)
+        args, kwargs = list(args), dict(kwargs)
+        model_output, timestep, sample = (_arg(args, kwargs, i, name) for i, name in
+                                          enumerate(("model_output", "timestep", "sample")))
         state: StepState = self.view.state(timestep)
         if self.guide is not None:
             model_output = self.guide.apply(model_output, sample, state)
-        result = self._original(model_output, timestep, sample, *args, **kwargs)
+            if len(args) > 0:
+                args[0] = model_output
+            else:
+                kwargs["model_output"] = model_output
+        result = self._original(*args, **kwargs)
         last = self.view.is_last(timestep, state.index)
         for rec in active:
             rec.observe(state, model_output, sample, result, last)
         return result
+
+
+def _arg(args: list, kwargs: dict, i: int, name: str):
+    if len(args) > i:
+        return args[i]
+    if name in kwargs:
+        return kwargs[name]
+    raise NoiseshiftError(f"scheduler.step was called without {name}")
 
 
 def prev_sample(result):
