@@ -8,10 +8,14 @@ noiseshift's training loop, and returns a DDPMPipeline. A few hundred steps on t
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
 import torch.nn.functional as F
 
 from ..data import Dataset
+from ..defaults import cache_dir, recipe_key
 from ..training import train_loop
 from . import require
 
@@ -55,4 +59,24 @@ def train_ddpm(data: Dataset, *, steps: int = 300, batch_size: int = 64, lr: flo
     return pipe
 
 
-__all__ = ["tiny_unet", "train_ddpm"]
+def cached_ddpm(data: Dataset, **recipe):
+    """`train_ddpm`, trained once and cached (``save_pretrained``) under noiseshift's cache
+    folder, keyed by the data spec and the recipe; later calls load it from local files."""
+    diffusers = require("diffusers")
+    folder = cache_dir() / "diffusers" / f"ddpm-{recipe_key(data.spec, recipe)}"
+    if (folder / "model_index.json").is_file():
+        pipe = diffusers.DDPMPipeline.from_pretrained(folder, local_files_only=True)
+    else:
+        pipe = train_ddpm(data, **recipe)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+        pipe.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)  # whole, or not at all
+        except OSError:  # another process cached it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+__all__ = ["cached_ddpm", "tiny_unet", "train_ddpm"]
