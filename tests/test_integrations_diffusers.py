@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -412,3 +413,17 @@ def test_nag_cuts_the_shift_of_a_trained_ddpm(tmp_path, trained, digits):
              for name, r in res.items()}
     assert set(shift) == {"unguided", "nag-estimator-noise-3"}
     assert shift["nag-estimator-noise-3"] < 0.8 * shift["unguided"], shift
+
+
+def test_example_records_estimates_guides_and_reports(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NOISESHIFT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "diffusers_ddpm_digits.py"),
+                           "--tiny", "--out", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = {r["name"]: r for r in validate(tmp_path / "trajectories.h5")["runs"]}
+    assert set(runs) == {"unguided", "nag-estimator-noise-1.5"}
+    assert all(r["complete"] and r["steps"] == 6 and r["n"] == 32 for r in runs.values())
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert "nag-estimator-noise-1.5" in proc.stdout

@@ -16,6 +16,7 @@ to load a pipeline folder or swap a scheduler.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -283,8 +284,10 @@ def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None =
     if not (folder / "model_index.json").is_file():
         raise NoiseshiftError("not a diffusers pipeline folder (no model_index.json; save one "
                               "with pipe.save_pretrained(DIR))", folder)
+    # Without accelerate, say so to diffusers rather than have it warn on every load.
+    kw = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
     try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True, **kw)
     except Exception as e:  # diffusers raises many kinds for a damaged folder
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise NoiseshiftError(f"diffusers cannot load this pipeline ({type(e).__name__}: "
