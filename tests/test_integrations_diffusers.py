@@ -22,7 +22,6 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from diffusers import (  # noqa: E402
-    DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
@@ -427,3 +426,25 @@ def test_example_records_estimates_guides_and_reports(tmp_path):
     assert all(r["complete"] and r["steps"] == 6 and r["n"] == 32 for r in runs.values())
     assert (tmp_path / "report" / "report.md").is_file()
     assert "nag-estimator-noise-1.5" in proc.stdout
+
+
+def test_guide_edits_only_the_mean_of_a_learned_variance_output(gmm, oracle):
+    sched = DDPMScheduler(clip_sample=False, variance_type="learned_range")
+    pipe = mixture_pipe(gmm, sched)
+    sched.set_timesteps(4)
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0))
+    t = sched.timesteps[2]
+    out = torch.cat([pipe.unet(x, t).sample, torch.full_like(x, 0.3)], dim=1)
+    seen = []
+    real = type(sched).step
+
+    def spy(self, model_output, *a, **k):
+        seen.append(model_output.clone())
+        return real(self, model_output, *a, **k)
+
+    sched.step = spy.__get__(sched)
+    with guide(pipe, oracle, 2.0, interval=(0.0, 1.0)):
+        sched.step(out, t, x, generator=torch.Generator().manual_seed(0))
+    assert sched.step.__func__ is spy  # the user's own instance attribute is put back
+    assert seen[0].shape == out.shape and torch.equal(seen[0][:, 1:], out[:, 1:])
+    assert not torch.equal(seen[0][:, :1], out[:, :1])

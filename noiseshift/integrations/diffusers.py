@@ -96,11 +96,15 @@ class Guide:
     def apply(self, model_output: torch.Tensor, sample: torch.Tensor, state) -> torch.Tensor:
         if self.editor.passthrough:
             return model_output
+        c = sample.shape[1] if sample.ndim > 1 else 0
+        rest = None
+        if c and model_output.shape[1] == 2 * c:  # learned variance: guide the mean half
+            model_output, rest = model_output[:, :c], model_output[:, c:]
         out = model_output.double() * self.factor
         guided = self.editor(out, to_schedule_form(sample, state.k), state.t)
-        if guided is out:
-            return model_output
-        return (guided.double() / self.factor).to(model_output.dtype)
+        if guided is not out:
+            model_output = (guided.double() / self.factor).to(model_output.dtype)
+        return model_output if rest is None else torch.cat([model_output, rest], dim=1)
 
 
 @contextlib.contextmanager
@@ -154,7 +158,7 @@ class Recorder:
     def observe(self, state, model_output, sample, result, last: bool) -> None:
         if self.writer is None:
             self._start(state, model_output, sample)
-        elif state.index <= self._index and state.first_order:
+        elif 0 <= state.index <= self._index and state.first_order:
             self._finish()  # a new pipeline call began: this run ended early (denoising_end)
             return
         self._index = state.index
