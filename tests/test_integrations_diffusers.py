@@ -48,6 +48,10 @@ from noiseshift.integrations.tiny import cached_ddpm  # noqa: E402
 from noiseshift.trajectories import open_trajectories, validate  # noqa: E402
 
 SHAPE = (1, 8, 8)  # the 64-d mixture seen as images
+K_STYLE = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+           "KDPM2DiscreteScheduler", "LMSDiscreteScheduler")
+VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+             "UniPCMultistepScheduler")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -91,10 +95,10 @@ def hand_loop(scheduler, unet, n, steps, seed):
         if name.startswith("FlowMatch"):
             sigma = float(scheduler.sigmas[i])
             tt, state = sigma, x
-        elif name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
+        elif name in K_STYLE:
             sigma = float(scheduler.sigmas[i])  # Heun: sigmas repeat as timesteps do
             tt, state = 2 / math.pi * math.atan(sigma), x / math.sqrt(1 + sigma**2)
-        elif name == "DPMSolverMultistepScheduler":
+        elif name in VP_SIGMAS:
             sigma = float(scheduler.sigmas[i])
             tt, state = 2 / math.pi * math.atan(sigma), x
         else:  # DDPM, DDIM: the table
@@ -137,6 +141,11 @@ SCHEDULERS = {
     "euler-karras": lambda: EulerDiscreteScheduler(use_karras_sigmas=True),
     "heun": lambda: HeunDiscreteScheduler(),
     "dpm++": lambda: DPMSolverMultistepScheduler(),
+    "dpm-single": lambda: diffusers.DPMSolverSinglestepScheduler(),
+    "unipc": lambda: diffusers.UniPCMultistepScheduler(),
+    "euler-ancestral": lambda: diffusers.EulerAncestralDiscreteScheduler(),
+    "kdpm2": lambda: diffusers.KDPM2DiscreteScheduler(),
+    "lms": lambda: diffusers.LMSDiscreteScheduler(),
     "flow-euler": lambda: FlowMatchEulerDiscreteScheduler(shift=3.0),
 }
 
