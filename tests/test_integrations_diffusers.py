@@ -22,10 +22,13 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from diffusers import (  # noqa: E402
+    AutoencoderKL,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
     DiffusionPipeline,
+    DiTPipeline,
+    DiTTransformer2DModel,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -315,8 +318,6 @@ def test_random_unet_ddpm_pipeline_is_not_perturbed(tmp_path):
 
 
 def test_dit_doubled_batch_records_one_half(tmp_path):
-    from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
-
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(sample_size=4, patch_size=2, in_channels=4, out_channels=8,
                                 num_layers=1, num_attention_heads=2, attention_head_dim=8,
@@ -354,7 +355,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, gmm, oracle):
             pass
     flat = get_estimator("oracle", make_gmm(dim=64), "vp-cosine", device="cpu")
     with pytest.raises(NoiseshiftError, match=r"shape \(64,\).*\(1, 8, 8\)"):
-        with guide(pipe, flat, 1.0):
+        with record(pipe, tmp_path / "x.h5"), guide(pipe, flat, 1.0):
             pipe(batch_size=2, num_inference_steps=2)
     assert "step" not in pipe.scheduler.__dict__
     with pytest.raises(NoiseshiftError, match="null-t branch"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -259,8 +260,6 @@ def record(pipe, path, run: str | None = None, *, max_samples: int | None = None
 
 def _finish_or_warn(rec: Recorder) -> None:
     if rec.writer is None:
-        import warnings
-
         warnings.warn("record(): no scheduler step ran inside the block, so nothing was "
                       "recorded (was pipe.scheduler replaced after record() was entered?)",
                       stacklevel=3)
