@@ -1,0 +1,331 @@
+"""Record and guide diffusers pipelines (extra: ``pip install 'noiseshift[diffusers]'``).
+
+    from noiseshift.integrations.diffusers import guide, record
+
+    with record(pipe, "traj.h5"):                       # run "unguided"
+        pipe(batch_size=16, generator=torch.Generator().manual_seed(0))
+    with record(pipe, "traj.h5"), guide(pipe, estimator, 1.5):   # run "nag-estimator-noise-1.5"
+        pipe(batch_size=16, generator=torch.Generator().manual_seed(0))
+
+Both hook ``pipe.scheduler.step`` on the instance (`stephook.StepHook`) and put it back on
+exit. States are mapped onto ``vp-cosine`` (diffusion models) or ``linear`` (flow models) by
+log-SNR (`levels.map_level`; docs/trajectory-format.md). This module imports diffusers only
+to load a pipeline folder or swap a scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import NoiseshiftError
+from ..schedules import get_schedule
+from ..trajectories import TrajectoryWriter
+from . import require
+from .guided import OutputGuidance
+from .levels import to_schedule_form
+from .schedulers import SchedulerView, jsonable
+from .stephook import StepHook, pred_original_sample, prev_sample
+
+# Pipelines that hand step() a batch of 2N with identical halves (CFG done in the batch).
+DOUBLED_BATCH = ("DiTPipeline",)
+
+
+# -- what is being sampled ------------------------------------------------------------------
+
+def denoiser(pipe):
+    """The pipeline's network: ``unet``, else ``transformer``, else None."""
+    for name in ("unet", "transformer", "prior"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            return module
+    return None
+
+
+def pipeline_shape(pipe) -> tuple[int, ...] | None:
+    """The shape of one state for UNet-style image pipelines, read from the network's config
+    (None when it cannot be told before sampling, e.g. text-to-image latents, Flux packing)."""
+    net = denoiser(pipe)
+    cfg = getattr(net, "config", None)
+    if cfg is None or type(pipe).__name__ not in ("DDPMPipeline", "DDIMPipeline", "DiTPipeline"):
+        return None
+    size, ch = cfg.get("sample_size"), cfg.get("in_channels")
+    if size is None or ch is None:
+        return None
+    return (int(ch), *((int(size),) * 2 if isinstance(size, int) else tuple(size)))
+
+
+def describe_model(pipe, data: dict | None = None) -> dict:
+    """The model attr of a run: pipeline class, its network's class and config, and the data
+    spec when known (an argument, or the network's ``data_spec``)."""
+    net = denoiser(pipe)
+    out = {"name": type(pipe).__name__, "library": "diffusers"}
+    path = getattr(getattr(pipe, "config", None) or {}, "get", lambda *_: None)("_name_or_path")
+    if path:
+        out["path"] = str(path)
+    if net is not None:
+        out["network"] = type(net).__name__
+        out["config"] = jsonable(dict(getattr(net, "config", {}) or {}))
+    data = data if data is not None else getattr(net, "data_spec", None)
+    if data is not None:
+        out["data"] = dict(data)
+    return out
+
+
+# -- guide ----------------------------------------------------------------------------------
+
+class Guide:
+    """Estimator-based NAG (and eps scaling) applied to the model output inside step."""
+
+    def __init__(self, pipe, estimator, scale: float, *, mode: str, interval, eps_scale):
+        self.view = SchedulerView(pipe.scheduler)
+        param = self.view.parametrisation()
+        if param is None and (scale or eps_scale is not None):
+            raise NoiseshiftError(f"cannot guide {self.view.name} (prediction_type "
+                                  f"{self.view.prediction_type!r}): its model output is not eps, "
+                                  f"v, x0 or a flow velocity")
+        prediction, self.factor = param or ("eps", 1.0)
+        self.editor = OutputGuidance(estimator, scale, schedule=self.view.family,
+                                     prediction=prediction, mode=mode, interval=interval,
+                                     eps_scale=eps_scale, shape=pipeline_shape(pipe))
+        self.guidance = self.editor.guidance
+
+    def apply(self, model_output: torch.Tensor, sample: torch.Tensor, state) -> torch.Tensor:
+        if self.editor.passthrough:
+            return model_output
+        c = sample.shape[1] if sample.ndim > 1 else 0
+        rest = None
+        if c and model_output.shape[1] == 2 * c:  # learned variance: guide the mean half
+            model_output, rest = model_output[:, :c], model_output[:, c:]
+        out = model_output.double() * self.factor
+        guided = self.editor(out, to_schedule_form(sample, state.k), state.t)
+        if guided is not out:
+            model_output = (guided.double() / self.factor).to(model_output.dtype)
+        return model_output if rest is None else torch.cat([model_output, rest], dim=1)
+
+
+@contextlib.contextmanager
+def guide(pipe, estimator, scale: float, *, mode: str = "estimator-noise", interval=None,
+          eps_scale=None):
+    """Estimator-based NAG on any diffusers pipeline, inside the step hook.
+
+    ``mode``: "estimator-noise" (the gradient of log p(t|x) projected on the predicted noise)
+    or "estimator"; ``interval``: (lo, hi) in noiseshift t (default NAG's (0, 0.8));
+    ``eps_scale``: epsilon scaling's lambda_t = b, or (b, k) for k t + b. ``scale=0`` (and
+    no eps_scale) leaves every step untouched, bit for bit. `record` entered around or
+    inside it records the guided states under the guidance's run name.
+    """
+    g = Guide(pipe, estimator, scale, mode=mode, interval=interval, eps_scale=eps_scale)
+    hook = StepHook.attach(pipe.scheduler)
+    try:
+        hook.set_guide(g)
+    except NoiseshiftError:
+        hook.release()
+        raise
+    try:
+        yield g
+    finally:
+        hook.guide = None
+        hook.release()
+
+
+# -- record ---------------------------------------------------------------------------------
+
+class Recorder:
+    """Writes the first pipeline call made inside `record` as one run of a trajectory file."""
+
+    def __init__(self, pipe, path, run=None, *, max_samples=None, every=1, seed=None,
+                 labels=None, data=None, save_x0=True, overwrite=False):
+        if not isinstance(every, int) or every < 1:
+            raise NoiseshiftError(f"every must be a positive integer, got {every!r}")
+        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+            raise NoiseshiftError(f"max_samples must be a positive integer, got {max_samples!r}")
+        self.pipe, self.path, self.run = pipe, Path(path), run
+        self.view = SchedulerView(pipe.scheduler)
+        self.max_samples, self.every, self.seed = max_samples, every, seed
+        self.labels, self.data, self.save_x0, self.overwrite = labels, data, save_x0, overwrite
+        self.writer: TrajectoryWriter | None = None
+        self.wants_steps, self.steps = True, 0
+        self._count, self._index, self._last = 0, -1, None
+        # The writer's own checks (folder, file, a run of that name), before any sampling.
+        # Without a run name the name is known only at the first step (it follows the guide).
+        TrajectoryWriter(self.path, run or "unguided", n=1, shape=(1,),
+                         schedule=self.view.family, overwrite=overwrite or run is None)
+
+    def observe(self, state, model_output, sample, result, last: bool) -> None:
+        if self.writer is None:
+            self._start(state, model_output, sample)
+        elif 0 <= state.index <= self._index and state.first_order:
+            self._finish()  # a new pipeline call began: this run ended early (denoising_end)
+            return
+        self._index = state.index
+        rows = self._rows
+        if state.first_order:
+            if self._count % self.every == 0:
+                self._write(state, model_output, sample, result, rows)
+            self._count += 1
+        self._last = prev_sample(result)[rows]
+        if last:
+            self._finish()
+
+    def _start(self, state, model_output, sample) -> None:
+        n = sample.shape[0]
+        doubled = (type(self.pipe).__name__ in DOUBLED_BATCH and n % 2 == 0
+                   and torch.equal(sample[: n // 2], sample[n // 2:])
+                   and torch.equal(model_output[: n // 2], model_output[n // 2:]))
+        n = n // 2 if doubled else n
+        n = n if self.max_samples is None else min(n, self.max_samples)
+        self._rows = slice(0, n)
+        hook = StepHook.attach(self.pipe.scheduler)
+        guidance = hook.guide.guidance if hook.guide is not None else {"kind": "none"}
+        if self.run is None:
+            self.run = "unguided" if guidance.get("kind") == "none" else str(guidance["kind"])
+        param = self.view.parametrisation()
+        self._convert = None if param is None else (get_schedule(self.view.family), *param)
+        sampler = {**self.view.describe(), "every": self.every, "max_samples": self.max_samples}
+        steps = -(-self.view.planned_states() // self.every)
+        self.writer = TrajectoryWriter(
+            self.path, self.run, n=n, shape=tuple(sample.shape[1:]),
+            schedule=self.view.family, sampler=sampler, guidance=guidance,
+            model=describe_model(self.pipe, self.data), seed=self.seed, labels=self.labels,
+            save_x0=self.save_x0, overwrite=self.overwrite, steps=steps)
+
+    def _write(self, state, model_output, sample, result, rows) -> None:
+        x = to_schedule_form(sample[rows].detach(), state.k)
+        x0 = None
+        if self.save_x0:
+            x0 = pred_original_sample(result, sample)
+            x0 = x0[rows] if x0 is not None else self._x0(state, model_output[rows], x)
+        self.writer.callback({"i": self.steps, "t": state.t, "x": x.cpu(),
+                              "x0_pred": None if x0 is None else x0.detach().float().cpu()})
+        self.steps += 1
+
+    def _x0(self, state, out, x):
+        if self._convert is None:
+            return None
+        schedule, prediction, factor = self._convert
+        t = torch.full((x.shape[0],), state.t, dtype=torch.float64)
+        return schedule.to_x0_eps(out.double().cpu() * factor, prediction, x.double().cpu(), t)[0]
+
+    def _finish(self) -> None:
+        self.wants_steps = False
+        if self.writer is not None and self._last is not None and not self.writer.complete:
+            self.writer.finish(self._last.detach().float().cpu())
+        self.close()
+
+    def close(self) -> None:
+        self.wants_steps = False
+        if self.writer is not None:
+            self.writer.close()
+
+
+@contextlib.contextmanager
+def record(pipe, path, run: str | None = None, *, max_samples: int | None = None,
+           every: int = 1, seed: int | None = None, labels=None, data: dict | None = None,
+           save_x0: bool = True, overwrite: bool = False):
+    """Record the first pipeline call made inside the block as run ``run`` of ``path``.
+
+    Each recorded step holds the state handed to the scheduler (in the schedule's form: the VP
+    state for diffusion models, latents for latent pipelines), the scheduler's x0 prediction
+    and the nominal t; ``samples`` are the final latents (the last ``prev_sample``, before any
+    VAE decoding or post-processing). ``run`` defaults to "unguided", or the guidance's name
+    inside `guide`. ``max_samples`` records the first rows only and ``every`` every k-th
+    state: the same subset for a guided run and its baseline. Later calls inside the block
+    are not recorded; open one ``record`` per call to record several. ``seed``, ``labels`` and
+    ``data`` (the data spec, e.g. ``{"name": "digits", "side": 16}``) go into the run's
+    attributes.
+    """
+    rec = Recorder(pipe, path, run, max_samples=max_samples, every=every, seed=seed,
+                   labels=labels, data=data, save_x0=save_x0, overwrite=overwrite)
+    hook = StepHook.attach(pipe.scheduler)
+    hook.recorders.append(rec)
+    failed = False
+    try:
+        yield rec
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        hook.recorders.remove(rec)
+        hook.release()
+        if failed:
+            rec.close()
+        else:
+            _finish_or_warn(rec)
+
+
+def _finish_or_warn(rec: Recorder) -> None:
+    if rec.writer is None:
+        warnings.warn("record(): no scheduler step ran inside the block, so nothing was "
+                      "recorded (was pipe.scheduler replaced after record() was entered?)",
+                      stacklevel=3)
+        return
+    rec._finish()
+
+
+# -- loading (for `noiseshift sample --model diffusers:DIR`) --------------------------------
+
+# --scheduler names -> diffusers classes; True for flow-matching schedulers.
+SCHEDULERS = {"ddpm": ("DDPMScheduler", False), "ddim": ("DDIMScheduler", False),
+              "euler": ("EulerDiscreteScheduler", False),
+              "dpm++": ("DPMSolverMultistepScheduler", False),
+              "flow-euler": ("FlowMatchEulerDiscreteScheduler", True)}
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None = None,
+                  device: str | None = None):
+    """A saved diffusers pipeline folder (``save_pretrained``), from local files only, with
+    its scheduler optionally replaced (`set_scheduler`). One-line NoiseshiftErrors for a
+    missing extra, a folder that is not a pipeline, or one diffusers cannot load."""
+    diffusers = require("diffusers")
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise NoiseshiftError("not a diffusers pipeline folder (no model_index.json; save one "
+                              "with pipe.save_pretrained(DIR))", folder)
+    # Without accelerate, say so to diffusers rather than have it warn on every load.
+    kw = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True, **kw)
+    except Exception as e:  # diffusers raises many kinds for a damaged folder
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise NoiseshiftError(f"diffusers cannot load this pipeline ({type(e).__name__}: "
+                              f"{text[:200]})", folder) from e
+    if getattr(pipe, "scheduler", None) is None:
+        raise NoiseshiftError("this pipeline has no scheduler to record", folder)
+    set_scheduler(pipe, scheduler, spacing)
+    SchedulerView(pipe.scheduler)  # unsupported schedulers fail here, before sampling
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):
+    """Replace ``pipe.scheduler`` by the named one (``SCHEDULERS``) built from the same
+    config, and/or set its ``timestep_spacing``; returns the pipeline."""
+    if name is None and spacing is None:
+        return pipe
+    if name is not None and name not in SCHEDULERS:
+        raise NoiseshiftError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise NoiseshiftError(f"unknown spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    diffusers = require("diffusers")
+    current = pipe.scheduler
+    cls = type(current) if name is None else getattr(diffusers, SCHEDULERS[name][0])
+    if name is not None:
+        flow = "FlowMatch" in type(current).__name__
+        if SCHEDULERS[name][1] != flow:
+            kind = "a flow-matching" if flow else "a diffusion (VP)"
+            raise NoiseshiftError(f"--scheduler {name} does not fit {kind} model "
+                                  f"({type(current).__name__})")
+    extra = {} if spacing is None else {"timestep_spacing": spacing}
+    pipe.scheduler = cls.from_config(current.config, **extra)
+    return pipe
+
+
+__all__ = ["Guide", "Recorder", "SCHEDULERS", "SPACINGS", "describe_model", "guide",
+           "load_pipeline", "pipeline_shape", "record", "set_scheduler"]
