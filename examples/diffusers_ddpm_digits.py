@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from noiseshift.data import load_data
-from noiseshift.estimators import LearnedEstimator, estimate_file
+from noiseshift.estimation import estimate_file
+from noiseshift.estimators import LearnedEstimator
 from noiseshift.integrations.diffusers import guide, load_pipeline, record
 from noiseshift.integrations.tiny import train_ddpm
 from noiseshift.report import build_report, write_report

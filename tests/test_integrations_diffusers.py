@@ -39,7 +39,7 @@ from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
 from noiseshift.data import Dataset, load_data, make_gmm  # noqa: E402
 from noiseshift.errors import NoiseshiftError  # noqa: E402
-from noiseshift.estimators import estimate_file, get_estimator  # noqa: E402
+from noiseshift.estimation import estimate_file  # noqa: E402
 from noiseshift.integrations.diffusers import (  # noqa: E402
     guide,
     load_pipeline,
@@ -48,7 +48,8 @@ from noiseshift.integrations.diffusers import (  # noqa: E402
 )
 from noiseshift.integrations.mixture_unet import MixtureUNet  # noqa: E402
 from noiseshift.integrations.tiny import cached_ddpm  # noqa: E402
-from noiseshift.trajectories import open_trajectories, validate  # noqa: E402
+from noiseshift.io import open_trajectories, validate  # noqa: E402
+from noiseshift.pretrained import get_estimator  # noqa: E402
 
 SHAPE = (1, 8, 8)  # the 64-d mixture seen as images
 K_STYLE = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",

@@ -19,11 +19,11 @@ import torch
 
 from noiseshift.data import Dataset, make_gmm
 from noiseshift.errors import NoiseshiftError
-from noiseshift.estimators import get_estimator
 from noiseshift.integrations.k_diffusion import KDiffusionRecorder, NAGDenoiser
 from noiseshift.integrations.mixture_unet import MixtureUNet
+from noiseshift.io import open_trajectories
+from noiseshift.pretrained import get_estimator
 from noiseshift.schedules import get_schedule
-from noiseshift.trajectories import open_trajectories
 
 SHAPE = (1, 8, 8)
 STAND_INS = ("torchvision", "clip", "cleanfid")

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import NoiseshiftError
+from ..io import TrajectoryWriter
 from ..schedules import get_schedule
-from ..trajectories import TrajectoryWriter
 from . import require
 from .guided import OutputGuidance
 from .levels import to_schedule_form

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from ..errors import NoiseshiftError
+from ..io import TrajectoryWriter
 from ..schedules import get_schedule
-from ..trajectories import TrajectoryWriter
 from .guided import OutputGuidance
 from .levels import VP_FAMILY, map_level, to_schedule_form, ve_level
 
