@@ -213,9 +213,11 @@ def test_without_the_extra_says_the_pip_command(ddpm_dir, tmp_path, capsys, monk
               "pip install 'noiseshift[diffusers]'", capsys, out)
 
 
-def test_diffusers_options_refused_for_builtin_models(tmp_path, capsys):
-    _one_line(["sample", "--scheduler", "ddim", "--record", str(tmp_path / "t.h5")],
-              "--scheduler applies to --model diffusers:DIR only", capsys, tmp_path / "t.h5")
+@pytest.mark.parametrize("option", ["--scheduler", "--record-samples"])
+def test_diffusers_options_refused_for_builtin_models(tmp_path, capsys, option):
+    value = "ddim" if option == "--scheduler" else "2"
+    _one_line(["sample", option, value, "--record", str(tmp_path / "t.h5")],
+              f"{option} applies to --model diffusers:DIR only", capsys, tmp_path / "t.h5")
 
 
 def test_seed_sets_torch_generator_only(ddpm_dir, tmp_path):
@@ -224,3 +226,37 @@ def test_seed_sets_torch_generator_only(ddpm_dir, tmp_path):
     torch.manual_seed(456)
     b = _sample(ddpm_dir, tmp_path / "b.h5")
     assert a["sample_mean"] == b["sample_mean"]
+
+
+def test_guided_subset_beside_a_baseline_of_the_same_subset(ddpm_dir, estimators, tmp_path):
+    path = tmp_path / "t.h5"
+    sub = ("--steps", 4, "--record-samples", 2, "--record-every", 2)
+    _sample(ddpm_dir, path)  # "unguided": every sample and step, 3 steps: not a match
+    s = _sample(ddpm_dir, path, "--nag-scale", 1, "--estimator", estimators["good"], *sub)
+    assert s["baseline"] == "unguided-DDPM-4-seed0-n4"  # "unguided" is taken
+    with open_trajectories(path) as f:
+        for name in (s["run"], s["baseline"]):
+            run = f.run(name)
+            assert run.n == 2 and run.num_steps == 2 and run.complete
+            assert run.attrs["sampler"]["every"] == 2
+            assert run.attrs["sampler"]["max_samples"] == 2
+    again = _sample(ddpm_dir, path, "--nag-scale", 2, "--estimator", estimators["good"], *sub)
+    assert again["baseline"] == s["baseline"]
+
+
+def test_text_to_image_call_takes_the_prompt():
+    from noiseshift.errors import NoiseshiftError
+    from noiseshift.integrations.pipeline_runs import pipeline_call
+
+    class TextPipe:  # the call signature of StableDiffusionPipeline, no weights
+        def __call__(self, prompt=None, num_inference_steps=50, guidance_scale=7.5,
+                     num_images_per_prompt=1, generator=None, output_type="pil"):
+            raise AssertionError
+
+    kw, labels, call = pipeline_call(TextPipe(), n=3, steps=5, seed=0, prompt="a 7",
+                                     cfg_scale=2.0)
+    assert kw == {"num_inference_steps": 5, "output_type": "np", "prompt": "a 7",
+                  "num_images_per_prompt": 3, "guidance_scale": 3.0} and labels is None
+    assert call == {"prompt": "a 7", "guidance_scale": 3.0}
+    with pytest.raises(NoiseshiftError, match="give --prompt"):
+        pipeline_call(TextPipe(), n=3, steps=5, seed=0)

@@ -107,6 +107,10 @@ def sample_command(
                                 "spacing, leading, linspace or trailing."),
     prompt: str = typer.Option(None, "--prompt", help="diffusers:DIR only: the prompt of a "
                                "text-to-image pipeline."),
+    record_samples: int = typer.Option(None, "--record-samples", min=1, help="diffusers:DIR "
+                                       "only: record the first N samples (all are drawn)."),
+    record_every: int = typer.Option(None, "--record-every", min=1, help="diffusers:DIR "
+                                     "only: record every K-th step (the baseline: the same)."),
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
                                 "euler-maruyama or ddim."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
@@ -175,9 +179,11 @@ def sample_command(
             interval=_numbers(guidance_interval, "--guidance-interval"), estimator=estimator,
             path=None if no_record else Path(record or DEFAULT_RECORD), run=run, grid=grid,
             device=device, quiet=json_out, sampler=sampler, diffusion=diffusion, eta=eta,
-            time_shift=time_shift, progress=err_console.is_terminal, say=console.print)
+            time_shift=time_shift, max_samples=record_samples, every=record_every or 1,
+            progress=err_console.is_terminal, say=console.print)
         return print_json(summary) if json_out else _print_summary(summary, path, name)
-    refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt)
+    refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt,
+                             record_samples=record_samples, record_every=record_every)
     sampler_kw = sampler_options(sampler, diffusion, eta)
     sampler_settings(sampler, steps, **sampler_kw)  # bad options fail before any work
     if grid is not None and grid.suffix.lower() != ".png":

@@ -165,7 +165,7 @@ def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
 # -- the command line: `noiseshift sample --model diffusers:DIR` -------------------------------
 
 PREFIX = "diffusers:"
-DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt")
+DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt", "--record-samples", "--record-every")
 
 
 def is_diffusers(model: str | None) -> bool:
@@ -191,7 +191,8 @@ def sample_pipeline_folder(model: str, *, scheduler, spacing, prompt, class_, st
                      seed: int, nag_scale: float, nag_mode: str, cfg_scale: float, eps_scale,
                      interval, estimator, path: Path | None, run, grid: Path | None,
                      device: str, quiet: bool, sampler: str, diffusion, eta, time_shift,
-                     progress: bool = False, say=print) -> tuple[dict, Path | None, str | None]:
+                     max_samples: int | None = None, every: int = 1, progress: bool = False,
+                     say=print) -> tuple[dict, Path | None, str | None]:
     """`noiseshift sample --model diffusers:DIR` (its options, parsed): load the folder,
     sample and record it beside its baseline (`sample_pipeline`), save the grid; returns (the
     summary the command prints, the trajectory path, the run name). ``say`` prints a line
@@ -216,7 +217,8 @@ def sample_pipeline_folder(model: str, *, scheduler, spacing, prompt, class_, st
     out = sample_pipeline(pipe, path, run, n=n, steps=steps, seed=seed, estimator=estimator,
                           nag_scale=nag_scale, nag_mode=nag_mode, eps_scale=eps_scale,
                           interval=interval, class_label=class_, prompt=prompt,
-                          cfg_scale=cfg_scale, on_baseline=on_baseline)
+                          cfg_scale=cfg_scale, max_samples=max_samples, every=every,
+                          on_baseline=on_baseline)
     if out.overwrote and not quiet:
         say(f"run {out.run} existed in {path}; replaced it")
     if grid is not None:
