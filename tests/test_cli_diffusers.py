@@ -162,6 +162,7 @@ def _one_line(argv, message, capsys, out=None):
 @pytest.mark.parametrize("extra, message", [
     (["--scheduler", "heun"], "unknown scheduler 'heun'"),
     (["--scheduler", "flow-euler"], "does not fit a diffusion"),
+    (["--scheduler", "euler"], "never calls scale_model_input"),
     (["--spacing", "odd"], "unknown spacing"),
     (["--nag-scale", "1", "--nag-mode", "cf"], "null-t branch"),
     (["--nag-scale", "1"], "needs --estimator est.pt"),

@@ -279,6 +279,9 @@ SCHEDULERS = {"ddpm": ("DDPMScheduler", False), "ddim": ("DDIMScheduler", False)
               "dpm++": ("DPMSolverMultistepScheduler", False),
               "flow-euler": ("FlowMatchEulerDiscreteScheduler", True)}
 SPACINGS = ("leading", "linspace", "trailing")
+# Pipelines whose loop neither scales the initial noise (init_noise_sigma) nor calls
+# scale_model_input: VE-form (k-style) schedulers would sample wrongly there.
+UNSCALED_LOOPS = ("DDPMPipeline", "DDIMPipeline")
 
 
 def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None = None,
@@ -334,7 +337,13 @@ def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):
             raise NoiseshiftError(f"--scheduler {name} does not fit {kind} model "
                                   f"({type(current).__name__})")
     extra = {} if spacing is None else {"timestep_spacing": spacing}
-    pipe.scheduler = cls.from_config(current.config, **extra)
+    new = cls.from_config(current.config, **extra)
+    init = getattr(new, "init_noise_sigma", 1.0)
+    if type(pipe).__name__ in UNSCALED_LOOPS and abs(float(init) - 1.0) > 1e-6:
+        raise NoiseshiftError(f"{type(pipe).__name__} never calls scale_model_input nor scales "
+                              f"its initial noise, so {cls.__name__} would sample wrongly in "
+                              f"it; use --scheduler ddpm, ddim or dpm++")
+    pipe.scheduler = new
     return pipe
 
 
