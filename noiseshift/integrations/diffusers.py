@@ -301,7 +301,9 @@ def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None =
     if not progress:
         diffusers.utils.logging.disable_progress_bar()
     try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True, **kw)
+        # The resolved path is the run's model path: the same folder, the same baseline.
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder.resolve(),
+                                                           local_files_only=True, **kw)
     except Exception as e:  # diffusers raises many kinds for a damaged folder
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise NoiseshiftError(f"diffusers cannot load this pipeline ({type(e).__name__}: "

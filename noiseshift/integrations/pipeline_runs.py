@@ -246,7 +246,6 @@ def _summary(model: str, pipe, out: PipelineRun, *, n, steps, seed, path, grid) 
     }
 
 
-
 # -- sampling and recording -------------------------------------------------------------------
 
 def sample_pipeline(pipe, path=None, run: str | None = None, *, n: int, steps: int,
@@ -298,6 +297,8 @@ def expected_sampler(pipe, steps: int, every: int, max_samples, call: dict) -> d
 
 def _baseline(pipe, path, avoid: str, kw: dict, steps: int, n: int, on_baseline,
               rec_kw: dict) -> str:
+    """The matching unguided run in ``path`` (`recording.find_baseline`), recorded first
+    when there is none; its name."""
     rows = min(n, rec_kw["max_samples"] or n)  # DiT's doubled batch is recorded once
     seed = rec_kw["seed"]
     found = find_baseline(path, sampler=expected_sampler(pipe, steps, rec_kw["every"],
