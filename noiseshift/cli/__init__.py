@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from rich.markup import escape
+
 from ..errors import NoiseshiftError
 from .common import app, err_console
 
@@ -23,7 +25,8 @@ def main() -> None:
     try:
         app()
     except NoiseshiftError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -11,6 +11,7 @@ from typing import NoReturn
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,7 +41,7 @@ err_console = Console(stderr=True)
 def fail(problem: str, path=None, code: int = 2) -> NoReturn:
     """Print one line naming the file and the problem, exit non-zero."""
     msg = f"{path}: {problem}" if path is not None else problem
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -16,6 +16,11 @@ from rich.table import Table
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..errors import NoiseshiftError
 from ..guidance import GuidanceWarning, build_guidance
+from ..integrations.pipeline_runs import (
+    is_diffusers,
+    refuse_diffusers_options,
+    sample_pipeline_folder,
+)
 from ..io.images import save_grid
 from ..pretrained import estimator_for
 from ..recording import describe_model, record_with_baseline, run_exists, run_name
@@ -92,8 +97,20 @@ def sampler_options(sampler: str, diffusion: float | None, eta: float | None) ->
 @app.command("sample")
 def sample_command(
     model: str = typer.Option(None, "--model", "-m", help="Denoiser checkpoint from "
-                              "`noiseshift train`; default: the built-in digits model "
-                              "(trained on first use, then cached)."),
+                              "`noiseshift train`, or diffusers:DIR (a saved diffusers "
+                              "pipeline folder, local files only); default: the built-in "
+                              "digits model (trained on first use, then cached)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="diffusers:DIR only: replace "
+                                  "the pipeline's scheduler (same config): ddpm, ddim, euler, "
+                                  "dpm++ or flow-euler."),
+    spacing: str = typer.Option(None, "--spacing", help="diffusers:DIR only: timestep "
+                                "spacing, leading, linspace or trailing."),
+    prompt: str = typer.Option(None, "--prompt", help="diffusers:DIR only: the prompt of a "
+                               "text-to-image pipeline."),
+    record_samples: int = typer.Option(None, "--record-samples", min=1, help="diffusers:DIR "
+                                       "only: record the first N samples (all are drawn)."),
+    record_every: int = typer.Option(None, "--record-every", min=1, help="diffusers:DIR "
+                                     "only: record every K-th step (the baseline: the same)."),
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
                                 "euler-maruyama or ddim."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
@@ -154,6 +171,19 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
+    if is_diffusers(model):
+        summary, path, name = sample_pipeline_folder(
+            model, scheduler=scheduler, spacing=spacing, prompt=prompt, class_=class_,
+            steps=steps, n=n, seed=seed, nag_scale=nag_scale, nag_mode=nag_mode,
+            cfg_scale=cfg_scale, eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
+            interval=_numbers(guidance_interval, "--guidance-interval"), estimator=estimator,
+            path=None if no_record else Path(record or DEFAULT_RECORD), run=run, grid=grid,
+            device=device, quiet=json_out, sampler=sampler, diffusion=diffusion, eta=eta,
+            time_shift=time_shift, max_samples=record_samples, every=record_every or 1,
+            progress=err_console.is_terminal, say=console.print)
+        return print_json(summary) if json_out else _print_summary(summary, path, name)
+    refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt,
+                             record_samples=record_samples, record_every=record_every)
     sampler_kw = sampler_options(sampler, diffusion, eta)
     sampler_settings(sampler, steps, **sampler_kw)  # bad options fail before any work
     if grid is not None and grid.suffix.lower() != ".png":

@@ -139,7 +139,7 @@ class Recorder:
     """Writes the first pipeline call made inside `record` as one run of a trajectory file."""
 
     def __init__(self, pipe, path, run=None, *, max_samples=None, every=1, seed=None,
-                 labels=None, data=None, save_x0=True, overwrite=False):
+                 labels=None, data=None, save_x0=True, overwrite=False, call=None):
         if not isinstance(every, int) or every < 1:
             raise NoiseshiftError(f"every must be a positive integer, got {every!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -148,6 +148,7 @@ class Recorder:
         self.view = SchedulerView(pipe.scheduler)
         self.max_samples, self.every, self.seed = max_samples, every, seed
         self.labels, self.data, self.save_x0, self.overwrite = labels, data, save_x0, overwrite
+        self.call = call
         self.writer: TrajectoryWriter | None = None
         self.wants_steps, self.steps = True, 0
         self._count, self._index, self._last = 0, -1, None
@@ -187,6 +188,8 @@ class Recorder:
         param = self.view.parametrisation()
         self._convert = None if param is None else (get_schedule(self.view.family), *param)
         sampler = {**self.view.describe(), "every": self.every, "max_samples": self.max_samples}
+        if self.call:
+            sampler["call"] = dict(self.call)
         steps = -(-self.view.planned_states() // self.every)
         self.writer = TrajectoryWriter(
             self.path, self.run, n=n, shape=tuple(sample.shape[1:]),
@@ -226,7 +229,7 @@ class Recorder:
 @contextlib.contextmanager
 def record(pipe, path, run: str | None = None, *, max_samples: int | None = None,
            every: int = 1, seed: int | None = None, labels=None, data: dict | None = None,
-           save_x0: bool = True, overwrite: bool = False):
+           save_x0: bool = True, overwrite: bool = False, call: dict | None = None):
     """Record the first pipeline call made inside the block as run ``run`` of ``path``.
 
     Each recorded step holds the state handed to the scheduler (in the schedule's form: the VP
@@ -237,10 +240,11 @@ def record(pipe, path, run: str | None = None, *, max_samples: int | None = None
     state: the same subset for a guided run and its baseline. Later calls inside the block
     are not recorded; open one ``record`` per call to record several. ``seed``, ``labels`` and
     ``data`` (the data spec, e.g. ``{"name": "digits", "side": 16}``) go into the run's
-    attributes.
+    attributes; ``call`` (the pipeline call's settings, e.g. the prompt) goes into its
+    ``sampler`` attribute, so that a baseline matches only runs made with the same.
     """
     rec = Recorder(pipe, path, run, max_samples=max_samples, every=every, seed=seed,
-                   labels=labels, data=data, save_x0=save_x0, overwrite=overwrite)
+                   labels=labels, data=data, save_x0=save_x0, overwrite=overwrite, call=call)
     hook = StepHook.attach(pipe.scheduler)
     hook.recorders.append(rec)
     failed = False
@@ -275,13 +279,17 @@ SCHEDULERS = {"ddpm": ("DDPMScheduler", False), "ddim": ("DDIMScheduler", False)
               "dpm++": ("DPMSolverMultistepScheduler", False),
               "flow-euler": ("FlowMatchEulerDiscreteScheduler", True)}
 SPACINGS = ("leading", "linspace", "trailing")
+# Pipelines whose loop neither scales the initial noise (init_noise_sigma) nor calls
+# scale_model_input: VE-form (k-style) schedulers would sample wrongly there.
+UNSCALED_LOOPS = ("DDPMPipeline", "DDIMPipeline")
 
 
 def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None = None,
-                  device: str | None = None):
+                  device: str | None = None, progress: bool = True):
     """A saved diffusers pipeline folder (``save_pretrained``), from local files only, with
     its scheduler optionally replaced (`set_scheduler`). One-line NoiseshiftErrors for a
-    missing extra, a folder that is not a pipeline, or one diffusers cannot load."""
+    missing extra, a folder that is not a pipeline, or one diffusers cannot load.
+    ``progress=False`` hides diffusers' loading bar."""
     diffusers = require("diffusers")
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
@@ -289,12 +297,20 @@ def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None =
                               "with pipe.save_pretrained(DIR))", folder)
     # Without accelerate, say so to diffusers rather than have it warn on every load.
     kw = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+    bar = diffusers.utils.logging.is_progress_bar_enabled()
+    if not progress:
+        diffusers.utils.logging.disable_progress_bar()
     try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True, **kw)
+        # The resolved path is the run's model path: the same folder, the same baseline.
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder.resolve(),
+                                                           local_files_only=True, **kw)
     except Exception as e:  # diffusers raises many kinds for a damaged folder
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise NoiseshiftError(f"diffusers cannot load this pipeline ({type(e).__name__}: "
                               f"{text[:200]})", folder) from e
+    finally:
+        if bar and not progress:
+            diffusers.utils.logging.enable_progress_bar()
     if getattr(pipe, "scheduler", None) is None:
         raise NoiseshiftError("this pipeline has no scheduler to record", folder)
     set_scheduler(pipe, scheduler, spacing)
@@ -323,7 +339,13 @@ def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):
             raise NoiseshiftError(f"--scheduler {name} does not fit {kind} model "
                                   f"({type(current).__name__})")
     extra = {} if spacing is None else {"timestep_spacing": spacing}
-    pipe.scheduler = cls.from_config(current.config, **extra)
+    new = cls.from_config(current.config, **extra)
+    init = getattr(new, "init_noise_sigma", 1.0)
+    if type(pipe).__name__ in UNSCALED_LOOPS and abs(float(init) - 1.0) > 1e-6:
+        raise NoiseshiftError(f"{type(pipe).__name__} never calls scale_model_input nor scales "
+                              f"its initial noise, so {cls.__name__} would sample wrongly in "
+                              f"it; use --scheduler ddpm, ddim or dpm++")
+    pipe.scheduler = new
     return pipe
 
 
