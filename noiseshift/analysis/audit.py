@@ -74,13 +74,14 @@ def audit_states(label: str, ts, states, meter, data, *, steps: int | None = Non
 
 def audit_builtin(data: Dataset, schedule="linear", *, sampler: str = "euler-maruyama",
                   steps: int = 16, n: int = 512, seed: int = 0, meter=None,
-                  n_boot: int = N_BOOT, **sampler_kw) -> AuditResult:
-    """A built-in sampler driven by the mixture's exact denoiser, read by the exact meter."""
+                  n_boot: int = N_BOOT, model=None, **sampler_kw) -> AuditResult:
+    """A built-in sampler driven by the mixture's exact denoiser (or `model`, e.g. a
+    `simulation.PerturbedDenoiser` of it), read by the exact meter."""
     if data.mixture is None:
         raise NoiseshiftError("an audit needs mixture data (make_gmm or fit_mixture)")
     schedule = get_schedule(schedule)
     meter = exact_meter(data, schedule) if meter is None else meter
-    model = MixtureDenoiser(data.mixture, schedule)
+    model = MixtureDenoiser(data.mixture, schedule) if model is None else model
     ts, states = [], []
 
     def keep(info):
