@@ -114,7 +114,8 @@ def fine_states(model, settings: dict, x_T, draws, k: int, labels=None, seed: in
     name, steps, ts, kw = _split(settings)
     if draws is not None:
         h = np.abs(np.diff(ts))
-        coarse = torch.stack([z.double() * math.sqrt(hi) for z, hi in zip(draws, h[:len(draws)], strict=True)])
+        coarse = torch.stack([z.double() * math.sqrt(hi)
+                              for z, hi in zip(draws, h[:len(draws)], strict=True)])
         full = torch.zeros(steps, *x_T.shape, dtype=torch.float64)
         full[:len(coarse)] = coarse  # the last step (final denoise) draws nothing
         fine = bridge_increments(full, ts, k, torch.Generator().manual_seed(seed + 7919))
