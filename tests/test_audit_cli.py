@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -66,3 +67,11 @@ def test_fit_mixture_matches_dimension_and_second_moment():
     per_dim = (m.weights[:, None] * m.means.pow(2)).sum(0) + (m.weights * m.stds**2).sum()
     assert torch.allclose(per_dim, x.double().pow(2).mean(0), rtol=1e-6)
 
+
+
+def test_missing_diffusers_and_bad_options_are_one_line_errors(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    res = CliRunner().invoke(app, ["audit", "--scheduler", "diffusers:DDIMScheduler"])
+    assert res.exit_code == 2 and "pip install 'noiseshift[diffusers]'" in res.output
+    res = CliRunner().invoke(app, ["audit", "--steps", "8,x"])
+    assert res.exit_code == 2 and "--steps must be integers" in res.output
