@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -97,3 +98,11 @@ def test_decompose_command_on_a_tiny_trained_model(tmp_path):
     assert len(out["per_step"]) == 4 and (tmp_path / "d.png").stat().st_size > 0
     for row in out["per_step"]:
         assert row["total"] == pytest.approx(row["sampler"] + row["network"], abs=1e-9)
+
+
+def test_audit_with_data_fits_a_mixture_to_the_file(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    np.save(tmp_path / "x.npy", (torch.randn(200, 16, generator=g) * 0.7 + 0.3).numpy())
+    out = json.loads(_cli("audit", "--data", tmp_path / "x.npy", "--components", 3, "--steps",
+                          4, "--n", 64, "--bootstrap", 20, "--json"))
+    assert len(out["audits"][0]["per_step"]) == 4
