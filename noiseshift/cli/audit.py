@@ -1,0 +1,108 @@
+"""`noiseshift audit`: the noise shift a sampler causes on its own, with a perfect model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from ..analysis.audit import audit_builtin, convergence, default_mixture, fit_mixture
+from ..analysis.simulation import exact_meter
+from ..data import load_data
+from ..errors import NoiseshiftError
+from ..integrations.audit_diffusers import audit_scheduler
+from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
+from .common import app, console, fail, print_json
+
+
+@app.command("audit")
+def audit_command(
+    sampler: str = typer.Option("euler-maruyama", "--sampler", help="Built-in sampler: euler, "
+                                "heun, euler-maruyama, ddim."),
+    steps: str = typer.Option("16", "--steps", help="Steps, or a comma list (8,16,32,64) for "
+                              "the convergence table and fitted order."),
+    schedule: str = typer.Option("linear", "--schedule", help="Built-in samplers' schedule."),
+    diffusion: float | None = typer.Option(None, "--diffusion", help="Euler-Maruyama's g^2 "
+                                           "factor (default 2)."),
+    eta: float | None = typer.Option(None, "--eta", help="DDIM's eta (default 0)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="A diffusers scheduler "
+                                         "instead: diffusers:CLASS, e.g. "
+                                         "diffusers:DDIMScheduler (needs the diffusers extra)."),
+    spacing: str | None = typer.Option(None, "--spacing", help="diffusers timestep_spacing: "
+                                       "leading, linspace or trailing."),
+    scheduler_config: str | None = typer.Option(None, "--scheduler-config", help="JSON with "
+                                                "the rest of the scheduler's config."),
+    data: str | None = typer.Option(None, "--data", help="Match the perfect model to your "
+                                    "data (.npy/.npz/.h5): see below. Default: the built-in "
+                                    "64-d, 8-mode mixture."),
+    components: int = typer.Option(8, "--components", min=1, help="Modes fitted with --data."),
+    rank: int = typer.Option(8, "--rank", min=1, help="PCA directions k-means sees (--data)."),
+    n: int = typer.Option(512, "--n", min=8, help="Samples per run."),
+    seed: int = typer.Option(0, "--seed"),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=20, help="Bootstrap resamples."),
+    plot: bool = typer.Option(False, "--plot", help="Draw the shift per step (PNG at --out)."),
+    out: Path = typer.Option(Path("audit.png"), "--out", "-o", help="The figure's path."),
+    per_step: bool = typer.Option(False, "--per-step", help="Print the per-step table too."),
+    json_out: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+):
+    """Run a sampler with a perfect model and report the noise shift it causes alone.
+
+    The model is the exact denoiser of a Gaussian mixture, so any shift is the sampler's
+    (its discretisation, time grid and labels). The meter is the mixture's exact posterior
+    p(t | x), calibrated; each step's zero point is that meter's reading of fresh true x_t at
+    the same t. Reports the shift per step and by band of t with 95% bootstrap CIs, a one-line
+    verdict, and with several --steps the convergence of mean |shift| and its fitted order.
+
+    --data fits the perfect model to your data: same dimension and per-dimension second
+    moment; modes from k-means (--components) in the top --rank PCA directions; one isotropic
+    spread per mode. It keeps your data's energy and coarse mode structure, not within-mode
+    correlations or texture, so it audits the sampler on data like yours, not on your data.
+
+    Examples: `noiseshift audit --steps 8,16,32,64`;
+    `noiseshift audit --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`.
+    """
+    try:
+        results = _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing,
+                       scheduler_config, data, components, rank, n, seed, bootstrap)
+        conv = convergence(results) if len(results) > 1 else None
+        fig = audit_figure(results, out) if plot else None
+    except NoiseshiftError as e:
+        fail(escape(e.problem), e.path)  # the pip extra's [brackets] are not markup
+    if json_out:
+        print_json({"audits": [r.to_dict() for r in results], "figure": fig and str(fig),
+                    "convergence": None if conv is None else
+                    {"table": conv[0].to_dict("records"), "order": conv[1]}})
+        return
+    _print(results, conv, per_step, fig)
+
+
+def _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing, config, data,
+         components, rank, n, seed, bootstrap):
+    try:
+        counts = [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        raise NoiseshiftError(f"--steps must be integers, got {steps!r}") from None
+    mix = default_mixture() if data is None else fit_mixture(load_data(data), components,
+                                                             rank, seed)
+    if scheduler is not None:
+        meters: dict = {}
+        return [audit_scheduler(mix, scheduler, steps=s, spacing=spacing, config=config, n=n,
+                                seed=seed, meters=meters, n_boot=bootstrap) for s in counts]
+    kw = {k: v for k, v in (("diffusion", diffusion), ("eta", eta)) if v is not None}
+    meter = exact_meter(mix, schedule)
+    return [audit_builtin(mix, schedule, sampler=sampler, steps=s, n=n, seed=seed, meter=meter,
+                          n_boot=bootstrap, **kw) for s in counts]
+
+
+def _print(results, conv, per_step, fig) -> None:
+    for res in results:
+        if per_step:
+            console.print(audit_table(res))
+        console.print(band_rich(res))
+    if conv is not None:
+        console.print(convergence_rich(results[0].label.rsplit(" ", 2)[0], *conv))
+    for res in results:
+        console.print(res.verdict, highlight=False)
+    if fig is not None:
+        console.print(f"wrote [bold]{fig}[/]")

@@ -1,0 +1,115 @@
+"""Audit a diffusers scheduler with a perfect model (`MixtureUNet`, the mixture's exact eps,
+v, x0 or flow velocity for the scheduler's own alphas).
+
+The loop is diffusers' standard one (init_noise_sigma, scale_model_input, step). Before each
+``step`` the scheduler's noise level is read as the adapter reads it (`SchedulerView`): the
+state ``x = a x0 + s eps`` maps onto vp-cosine (flow models: linear) by log-SNR, t and the
+factor k, and the state k x is what the exact meter reads. Only first-order states of order-2
+schedulers (Heun, KDPM2) are trajectory states. diffusers is imported here, lazily.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import torch
+
+from ..analysis.audit import AuditResult, audit_states
+from ..analysis.simulation import exact_meter
+from ..analysis.statistics import N_BOOT
+from ..errors import NoiseshiftError
+from .levels import to_schedule_form
+from .mixture_unet import MixtureUNet
+from .schedulers import SchedulerView, jsonable
+
+PIP = "pip install 'noiseshift[diffusers]'"
+
+__all__ = ["audit_scheduler", "build_scheduler", "run_scheduler"]
+
+
+def _diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise NoiseshiftError(f"auditing a diffusers scheduler needs diffusers: {PIP}") from None
+    return diffusers
+
+
+def build_scheduler(name: str, spacing: str | None = None, config: dict | str | None = None):
+    """A diffusers scheduler by class name ('DDIMScheduler' or 'diffusers:DDIMScheduler'),
+    with `timestep_spacing` = spacing and any other config keys. clip_sample is off unless
+    the config turns it on (the mixture's data exceed [-1, 1])."""
+    diffusers = _diffusers()
+    cls_name = name.split(":", 1)[1] if name.startswith("diffusers:") else name
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not cls_name.endswith("Scheduler"):
+        raise NoiseshiftError(f"diffusers has no scheduler {cls_name!r} (e.g. DDIMScheduler, "
+                              f"EulerDiscreteScheduler, DPMSolverMultistepScheduler, "
+                              f"FlowMatchEulerDiscreteScheduler)")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError as e:
+            raise NoiseshiftError(f"--scheduler-config is not JSON: {e}") from None
+    kw = dict(config or {})
+    params = inspect.signature(cls.__init__).parameters
+    if "clip_sample" in params:
+        kw.setdefault("clip_sample", False)
+    if spacing is not None:
+        kw["timestep_spacing"] = spacing
+    unknown = sorted(set(kw) - set(params))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise NoiseshiftError(f"{cls_name} takes no config key(s) {unknown}")
+    return cls(**kw)
+
+
+def run_scheduler(scheduler, mixture, steps: int, n: int, seed: int = 0, shape=None):
+    """The standard loop with the exact `MixtureUNet`: (t (S,), states (S, N, d) in the
+    family's form, family name). Stochastic schedulers draw from a generator seeded by seed."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = tuple(shape or _shape(mixture.dim))
+    unet = MixtureUNet.for_scheduler(mixture, scheduler, shape)
+    view = SchedulerView(scheduler)
+    gen = torch.Generator().manual_seed(seed)
+    x = randn_tensor((n, *shape), generator=gen) * getattr(scheduler, "init_noise_sigma", 1.0)
+    scheduler.set_timesteps(steps)
+    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
+    ts, states = [], []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(x, t) if hasattr(scheduler,
+                                                               "scale_model_input") else x
+            out = unet(inp, t).sample
+            state = view.state(t)
+            if state.first_order:
+                ts.append(state.t)
+                states.append(to_schedule_form(x, state.k).reshape(n, -1).clone())
+            x = scheduler.step(out, t, x, **({"generator": gen} if takes_gen else {})
+                               ).prev_sample
+    return np.array(ts), torch.stack(states), view.family
+
+
+def _shape(dim: int) -> tuple[int, int, int]:
+    side = int(round(dim ** 0.5))
+    return (1, side, side) if side * side == dim else (1, 1, dim)
+
+
+def audit_scheduler(data, name: str, *, steps: int = 25, spacing: str | None = None,
+                    config: dict | str | None = None, n: int = 512, seed: int = 0,
+                    meters: dict | None = None, n_boot: int = N_BOOT) -> AuditResult:
+    """The audit of a diffusers scheduler on mixture data (t in vp-cosine, flow: linear).
+    `meters` caches the exact meter per family across calls."""
+    scheduler = build_scheduler(name, spacing, config)
+    ts, states, family = run_scheduler(scheduler, data.mixture, steps, n, seed)
+    meters = {} if meters is None else meters
+    if family not in meters:
+        meters[family] = exact_meter(data, family)
+    desc = SchedulerView(scheduler).describe()
+    label = (f"{desc['name'].removesuffix('Scheduler')}"
+             f"{'-' + spacing if spacing else ''} {steps} steps")
+    return audit_states(label, ts, states, meters[family], data, steps=steps,
+                        sampler={**desc, "config": jsonable(desc["config"]), "family": family},
+                        n_boot=n_boot, seed=seed)
