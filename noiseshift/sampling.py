@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import runtime
+from . import distributed, runtime
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import NoiseshiftError
 from .models import model_shape
@@ -347,6 +347,17 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     with _eval(model):
         blocked = Blocked(model, sample_block(n) if block is None else block)
         return fn(blocked, x, ts, y=labels, callback=callback, **sampler_kw)
+
+
+def sample_across_ranks(model, n: int, **kw) -> torch.Tensor:
+    """`sample` under torchrun: each rank draws its blocks (`block_shard`) and rank 0 gets
+    all n (the other ranks their own); without torchrun, plain `sample`."""
+    rank, ws = distributed.world()
+    if ws == 1:
+        return sample(model, n, **kw)
+    out = sample(model, n, indices=block_shard(n, rank, ws), **kw)
+    parts = distributed.gather(out.cpu())
+    return out if parts is None else torch.cat(parts).to(out.device)
 
 
 @contextmanager

@@ -14,12 +14,13 @@ import typer
 from rich.table import Table
 
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..guidance import GuidanceWarning, build_guidance
 from ..io.images import save_grid
 from ..pretrained import estimator_for
 from ..recording import describe_model, record_with_baseline, run_exists, run_name
-from ..sampling import draw_labels, sample, sampler_settings
+from ..sampling import draw_labels, sample_across_ranks, sampler_settings
 from .common import (
     app,
     console,
@@ -97,7 +98,8 @@ def sample_command(
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
                                 "euler-maruyama or ddim."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
-    n: int = typer.Option(512, "--n", min=1, help="Number of samples."),
+    n: int = typer.Option(512, "--n", "-n", min=1, help="Number of samples (under torchrun "
+                          "write -n, or put -- before the command)."),
     seed: int = typer.Option(0, "--seed", help="Seed for labels, initial noise and "
                              "sampler noise: the same seed gives the same samples."),
     class_: int = typer.Option(None, "--class", help="Class label for every sample; "
@@ -144,6 +146,11 @@ def sample_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or "
                                "cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    record_n: int = typer.Option(None, "--record-n", min=1, help="Record only the first "
+                                 "RECORD_N samples' states (all --n are still drawn and "
+                                 "saved, as all_samples); keeps FID-scale runs on a disk."),
+    record_every: int = typer.Option(1, "--record-every", min=1, help="Record every K-th "
+                                     "step only (steps 0, K, 2K, ...)."),
 ):
     """Sample from a denoiser and **record the trajectory**: every state x_t the sampler
     visits, the model's x0 prediction there, the nominal t, labels and final samples.
@@ -175,16 +182,18 @@ def sample_command(
     with progress(json_out) as p:
         bars = _Bars(p, f"{sampler}, {steps} steps, n={n}", steps, path, quiet=json_out)
         if path is None:
-            samples, baseline = sample(guided, n, callback=bars.advance, **common), None
+            samples = sample_across_ranks(guided, n, callback=bars.advance, **common)
+            baseline = None
             seconds = time.perf_counter() - t0
         else:
             rec = record_with_baseline(net, path, name, guided=guided, guidance=guidance, n=n,
                                        model_info=describe_model(net, model),
                                        callback=bars.advance, on_baseline=bars.baseline,
+                                       record_n=record_n, record_every=record_every,
                                        **common)
             samples, baseline, seconds = rec.samples, rec.baseline, rec.seconds
     samples = samples.float().cpu()
-    if grid is not None:
+    if grid is not None and is_main():  # under torchrun rank 0 holds all samples
         if samples.ndim != 4:
             raise NoiseshiftError(f"--grid needs image data; samples have shape "
                                   f"{tuple(samples.shape[1:])}")
