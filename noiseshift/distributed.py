@@ -107,17 +107,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-@contextlib.contextmanager
-def rank0_first() -> Iterator[None]:
-    """Rank 0 runs the block first, then the others (e.g. to train and cache a model once,
-    which the others then load)."""
-    if not is_main():
-        barrier()
-    yield  # an error on rank 0 ends its process; torchrun then stops the others
-    if is_main():
-        barrier()
-
-
 def gather(obj) -> list | None:
     """Every rank's ``obj`` in rank order on rank 0 (None elsewhere); [obj] without a group."""
     if not active():
@@ -159,5 +148,5 @@ def mean(value: float) -> float:
 
 
 __all__ = ["active", "all_gather", "all_ok", "barrier", "broadcast", "destroy", "device_for",
-           "env_world", "gather", "init", "is_main", "launched", "mean", "rank0_first",
-           "session", "shard", "strided", "world"]
+           "env_world", "gather", "init", "is_main", "launched", "mean", "session", "shard",
+           "strided", "world"]

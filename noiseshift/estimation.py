@@ -202,8 +202,8 @@ def estimate_file(path, estimators: str | Sequence[str] = "learned", *, out=None
     out = estimates_path(path) if out is None else Path(out)
     cache = EstimatorCache(device, batch_size, train_progress)
     with open_trajectories(path) as tf:
-        with distributed.rank0_first():  # an estimator trained on first use: once, on rank 0
-            plan = _plan(tf, cache, names, runs)
+        # All ranks together: an estimator trained on first use trains under DDP, collectively.
+        plan = _plan(tf, cache, names, runs)
         total = sum(r.num_steps * r.n for r, _ in plan)
         result = EstimateResult(out)
         main = distributed.is_main()
