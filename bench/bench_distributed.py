@@ -65,7 +65,7 @@ def run(world_size: int, folder: Path, tag: str, n: int, steps: int) -> dict:
     out = folder / f"{tag}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", str(world_size), __file__, "--worker", str(out), "--n", str(n),
+           "--nproc-per-node", str(world_size), __file__, "--", "--worker", str(out), "--n", str(n),
            "--steps", str(steps)]
     subprocess.run(cmd, check=True, env=env, cwd=folder, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
