@@ -47,14 +47,20 @@ def _work(folder: Path, tag: str) -> None:
     # The same input at both world sizes: the estimates file names its source.
     estimate_file(folder / "ws1.h5", "variance", out=folder / f"{tag}.est.h5",
                   device="cpu", max_bytes=8 * 4 * 7)  # blocks of 7 states: 24 blocks
-    losses = []
-    train_denoiser(load_data("gmm", dim=8), steps=3, batch_size=10, width=32, depth=2,
-                   device="cpu", seed=1, on_step=lambda info: losses.append(info["loss"]))
+    losses, resumed = [], []
+    train = dict(batch_size=10, width=32, depth=2, device="cpu", seed=1)
+    train_denoiser(load_data("gmm", dim=8), steps=3,
+                   on_step=lambda info: losses.append(info["loss"]), **train)
+    state = folder / f"{tag}.state.pt"  # rank 0 writes it; every rank resumes from it
+    train_denoiser(load_data("gmm", dim=8), steps=2, checkpoint=state, **train)
+    distributed.barrier()
+    train_denoiser(load_data("gmm", dim=8), steps=4, checkpoint=state, resume=True,
+                   on_step=lambda info: resumed.append(info["loss"]), **train)
     all_samples = sample_across_ranks(model, N, sampler="euler-maruyama", steps=STEPS,
                                       seed=5, device="cpu")
     if distributed.is_main():
         (folder / f"{tag}.json").write_text(json.dumps(
-            {"losses": losses, "samples": all_samples.numpy().tolist()}))
+            {"losses": losses, "resumed": resumed, "samples": all_samples.numpy().tolist()}))
 
 
 def _rank(rank: int, world_size: int, port: int, folder: str) -> None:
@@ -127,6 +133,13 @@ def test_ddp_first_step_loss_equals_single_process(runs):
     a = json.loads((runs / "ws1.json").read_text())["losses"]
     b = json.loads((runs / "ws2.json").read_text())["losses"]
     assert len(a) == len(b) == 3
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+
+
+def test_ddp_resume_continues_like_single_process(runs):
+    a = json.loads((runs / "ws1.json").read_text())["resumed"]
+    b = json.loads((runs / "ws2.json").read_text())["resumed"]
+    assert len(a) == len(b) == 2  # steps 3 and 4, after resuming at step 2
     np.testing.assert_allclose(b, a, rtol=1e-5)
 
 
