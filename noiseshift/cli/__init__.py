@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 from .. import distributed
@@ -48,6 +49,9 @@ def _start_distributed(argv: list[str]) -> None:
             raise SystemExit(0)
         return
     distributed.init(_device(argv))
+    # torchrun stops the other ranks with SIGTERM when one fails: exit through `finally`
+    # blocks, so each rank removes its shard files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if rank:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
 
