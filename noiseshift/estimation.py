@@ -8,6 +8,7 @@ from an estimates file read back later.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import NoiseshiftError, TrajectoryError
 from .estimators import NoiseLevelEstimator, in_zones
 from .io import (
@@ -190,46 +192,93 @@ def estimate_file(path, estimators: str | Sequence[str] = "learned", *, out=None
 
     The input is never modified. Readings already in `out` for other estimators or runs of the
     same trajectories are kept. `progress(done, total)` counts states read.
+
+    Under torchrun the ranks split each run's blocks of states round-robin; rank 0 gathers
+    the readings, writes them in the single-process order (so the file is identical to a
+    single-process one) and every rank returns the same result.
     """
     path = Path(path)
     names = [estimators] if isinstance(estimators, (str, Path)) else list(estimators)
     out = estimates_path(path) if out is None else Path(out)
     cache = EstimatorCache(device, batch_size, train_progress)
     with open_trajectories(path) as tf:
-        run_names = list(tf.runs) if not runs else list(dict.fromkeys(runs))
-        plan = []
-        for name in run_names:
-            run = tf.run(name)  # a missing run raises here, before any work
-            ests = [cache.get(e, run) for e in names]
-            keys = [e.name for e in ests]
-            if len(set(keys)) != len(keys):
-                raise NoiseshiftError(f"two estimators of the same kind ({keys}); pass one "
-                                      f"of each")
-            plan.append((run, ests))
+        # All ranks together: an estimator trained on first use trains under DDP, collectively.
+        plan = _plan(tf, cache, names, runs)
         total = sum(r.num_steps * r.n for r, _ in plan)
         result = EstimateResult(out)
-        with EstimatesWriter(out, path) as ew:
-            result.kept = _keep_existing(ew, out, tf, {(r.name, e.name) for r, es in plan
-                                                      for e in es})
+        main = distributed.is_main()
+        with EstimatesWriter(out, path) if main else contextlib.nullcontext() as ew:
+            if main:
+                result.kept = _keep_existing(ew, out, tf, {(r.name, e.name) for r, es in plan
+                                                          for e in es})
             done = 0
             for run, ests in plan:
-                stats = _start(ew, run, ests)
-                for i, sl, block in run.iter_chunks(max_bytes):
-                    x = torch.from_numpy(block)
-                    for est, st in zip(ests, stats, strict=True):
-                        t_hat, t_std = est.predict(x)
-                        t_hat, t_std = t_hat.cpu().numpy(), t_std.cpu().numpy()
+                stats = _start(ew, run, ests) if main else None
+                for i, sl, readings in _readings(run, ests, max_bytes):
+                    for est, st, (t_hat, t_std) in zip(ests, stats, readings, strict=True):
                         ew.add(run.name, est.name, i, sl, t_hat, t_std)
                         st.add(i, t_hat, t_std)
-                    done += block.shape[0]
+                    done += sl.stop - sl.start
                     if progress is not None:
                         progress(done, total)
-                for est, st in zip(ests, stats, strict=True):
-                    zones = [list(z) for z in est.blind_zones()]
-                    result.results.append(RunEstimate(
-                        run.name, est.name, est.to_dict(), zones,
-                        st.records(run.t, est.reference(run.t), zones)))
-    return result
+                if main:
+                    result.results += _run_results(run, ests, stats)
+    return distributed.broadcast(result)
+
+
+def _plan(tf, cache: EstimatorCache, names, runs) -> list:
+    """[(run, [estimator, ...]), ...]: a missing run or a wrong estimator fails here, before
+    any work."""
+    plan = []
+    for name in (list(tf.runs) if not runs else list(dict.fromkeys(runs))):
+        run = tf.run(name)
+        ests = [cache.get(e, run) for e in names]
+        keys = [e.name for e in ests]
+        if len(set(keys)) != len(keys):
+            raise NoiseshiftError(f"two estimators of the same kind ({keys}); pass one of each")
+        plan.append((run, ests))
+    return plan
+
+
+def _predict(ests, block) -> list:
+    x = torch.from_numpy(block)
+    out = []
+    for est in ests:
+        t_hat, t_std = est.predict(x)
+        out.append((t_hat.cpu().numpy(), t_std.cpu().numpy()))
+    return out
+
+
+def _readings(run: Run, ests, max_bytes: int):
+    """(step, sample slice, [(t_hat, t_std) per estimator]) for every block of ``run``, in
+    file order. Under torchrun each rank reads blocks c = rank, rank + ws, ...; rank 0
+    yields everyone's (gathered), the other ranks nothing."""
+    rank, ws = distributed.world()
+    if ws == 1:
+        for i, sl, block in run.iter_chunks(max_bytes):
+            yield i, sl, _predict(ests, block)
+        return
+    mine = [(i, sl.start, sl.stop, _predict(ests, block))
+            for i, sl, block in run.iter_chunks(max_bytes, select=lambda c: c % ws == rank)]
+    parts = distributed.gather(mine)
+    if parts is None:
+        return
+    # Rank r's k-th block is block k * ws + r: put them back in file order.
+    longest = max(len(p) for p in parts)
+    for k in range(longest):
+        for p in parts:
+            if k < len(p):
+                i, lo, hi, readings = p[k]
+                yield i, slice(lo, hi), readings
+
+
+def _run_results(run: Run, ests, stats) -> list[RunEstimate]:
+    out = []
+    for est, st in zip(ests, stats, strict=True):
+        zones = [list(z) for z in est.blind_zones()]
+        out.append(RunEstimate(run.name, est.name, est.to_dict(), zones,
+                               st.records(run.t, est.reference(run.t), zones)))
+    return out
 
 
 def _start(ew: EstimatesWriter, run: Run, ests) -> list[StepStats]:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import runtime
+from . import distributed, runtime
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import NoiseshiftError
 from .models import model_shape
@@ -228,16 +228,106 @@ def model_device(model, device="auto") -> torch.device:
     return dev
 
 
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s own generator: a SplitMix64 mix of (seed, index), so
+    neighbouring indices and seeds give unrelated streams."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 1) & 0xFFFFFFFFFFFFFFFF
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        z = ((z ^ (z >> shift)) * mult) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+class IndexedNoise:
+    """Noise that belongs to samples, not to a batch: sample i has its own CPU generator
+    seeded from (seed, i) (`sample_seed`), whose first draw is its initial noise and whose
+    next draws are the sampler's noise, one per stochastic step. So which process draws a
+    sample, and beside which others, changes nothing: the same seed gives the same samples
+    at any world size or batch split. Pass it as a sampler's ``noise_sampler``."""
+
+    def __init__(self, seed: int, indices, shape, device="cpu", dtype=torch.float32):
+        self.indices = [int(i) for i in indices]
+        self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
+        self.gens = [runtime.generator(sample_seed(seed, i)) for i in self.indices]
+
+    def draw(self) -> torch.Tensor:
+        """The next standard normal draw of every sample: (len(indices), *shape)."""
+        if not self.gens:
+            return torch.empty(0, *self.shape, dtype=self.dtype, device=self.device)
+        rows = [torch.randn(self.shape, generator=g, dtype=self.dtype) for g in self.gens]
+        return torch.stack(rows).to(self.device)
+
+    def __call__(self, t=None, t_next=None) -> torch.Tensor:
+        return self.draw()
+
+
+#: Rows per model call in `sample` (at most): the batch is cut into blocks at fixed global
+#: positions, so a sample meets the same batch-mates whatever the world size (CPU kernels
+#: give bit-different results for different batch sizes).
+SAMPLE_BLOCK = 256
+MIN_BLOCK = 16
+
+
+def sample_block(n: int) -> int:
+    """The block size for n samples: `SAMPLE_BLOCK`, smaller for small n so that there are
+    8 blocks to share out (but at least `MIN_BLOCK` rows). Depends on n only, never on the
+    world size."""
+    return min(SAMPLE_BLOCK, max(MIN_BLOCK, -(-n // 8)))
+
+
+class Blocked:
+    """A denoiser evaluated on fixed blocks of ``block`` rows (per-row inputs cut along the
+    batch, outputs joined); every other attribute is the model's."""
+
+    def __init__(self, model, block: int):
+        self.model, self.block = model, int(block)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["model"], name)
+
+    def __call__(self, x, t, y=None, **kw):
+        n, b = x.shape[0], self.block
+        if n <= b:
+            return self.model(x, t, y=y, **kw)
+
+        def cut(v, sl):
+            is_row = isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n
+            return v[sl] if is_row else v
+
+        outs = []
+        for lo in range(0, n, b):
+            sl = slice(lo, lo + b)
+            outs.append(self.model(x[sl], cut(t, sl), y=cut(y, sl),
+                                   **{k: cut(v, sl) for k, v in kw.items()}))
+        return torch.cat(outs)
+
+
+def block_shard(n: int, rank: int, world_size: int, block: int | None = None) -> range:
+    """Rank ``rank``'s samples of n: a contiguous run of whole blocks (see `Blocked`;
+    ``block`` defaults to `sample_block(n)`)."""
+    block = sample_block(n) if block is None else block
+    blocks = -(-n // block)
+    per, extra = divmod(blocks, world_size)
+    lo = rank * per + min(rank, extra)
+    hi = lo + per + (1 if rank < extra else 0)
+    return range(min(n, lo * block), min(n, hi * block))
+
+
 def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
            seed: int = 0, y=None, callback=None, device="auto", shape=None,
-           t_max: float = 1.0, t_min: float = 0.0, **sampler_kw) -> torch.Tensor:
+           t_max: float = 1.0, t_min: float = 0.0, indices=None,
+           block: int | None = None, **sampler_kw) -> torch.Tensor:
     """n samples from ``model`` with a named sampler, reproducible from ``seed``.
 
-    From ``runtime.generator(seed)`` come, in order: the labels (for a class-conditional
-    model; ``y`` overrides them), the initial state x = alpha(t_max) * 0 + sigma(t_max) * eps,
-    then the sampler's own noise. Eps and score models start at `safe_t_max`.
-    ``sampler_kw`` go to the sampler (e.g. ``diffusion``,
-    ``eta``, ``final_denoise``). Returns (n, *shape) on the model's device.
+    The labels (for a class-conditional model; ``y`` overrides them) are drawn for all n
+    from ``runtime.generator(seed)`` (`draw_labels`). Sample i's initial state
+    x = sigma(t_max) * eps and its sampler noise come from its own generator
+    (`IndexedNoise`), so a sample does not depend on which others are drawn with it.
+    ``indices`` (default range(n)) draws only those samples of the n (a rank's shard,
+    `block_shard`); the result then has len(indices) rows. The model sees blocks of
+    ``block`` rows (`Blocked`; default `sample_block(n)`), so results are bit-identical
+    for any shard of whole blocks. Eps and score models start at `safe_t_max`.
+    ``sampler_kw`` go to the sampler (e.g. ``diffusion``, ``eta``, ``final_denoise``).
+    Returns (len(indices), *shape) on the model's device.
     """
     fn = get_sampler(name=sampler)
     t_max = safe_t_max(model, t_max)
@@ -245,15 +335,29 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     dev = model_device(model, device)
     if shape is None:
         shape = model_shape(model)
-    gen = runtime.generator(seed)
-    if model.num_classes:
-        torch.randint(model.num_classes, (n,), generator=gen)  # keeps the stream aligned
+    indices = range(n) if indices is None else indices
     labels = draw_labels(model.num_classes, n, seed, y)
+    if labels is not None:
+        labels = labels[torch.as_tensor(list(indices), dtype=torch.int64)].to(dev)
     ts = timesteps(steps, t_max, t_min)
-    x = float(model.schedule.sigma(t_max)) * runtime.randn((n, *shape), gen, dev)
-    labels = None if labels is None else labels.to(dev)
+    noise = IndexedNoise(seed, indices, shape, dev)
+    x = float(model.schedule.sigma(t_max)) * noise.draw()
+    if "noise_sampler" in inspect.signature(fn).parameters:
+        sampler_kw = {"noise_sampler": noise, **sampler_kw}
     with _eval(model):
-        return fn(model, x, ts, y=labels, callback=callback, generator=gen, **sampler_kw)
+        blocked = Blocked(model, sample_block(n) if block is None else block)
+        return fn(blocked, x, ts, y=labels, callback=callback, **sampler_kw)
+
+
+def sample_across_ranks(model, n: int, **kw) -> torch.Tensor:
+    """`sample` under torchrun: each rank draws its blocks (`block_shard`) and rank 0 gets
+    all n (the other ranks their own); without torchrun, plain `sample`."""
+    rank, ws = distributed.world()
+    if ws == 1:
+        return sample(model, n, **kw)
+    out = sample(model, n, indices=block_shard(n, rank, ws), **kw)
+    parts = distributed.gather(out.cpu())
+    return out if parts is None else torch.cat(parts).to(out.device)
 
 
 @contextmanager

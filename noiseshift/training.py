@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from .data import Dataset
-from .errors import CheckpointError
+from .errors import CheckpointError, NoiseshiftError
 from .io.checkpoints import read_checkpoint, save_checkpoint
 from .models import build_model, num_params
 from .runtime import generator, resolve_device
@@ -80,22 +81,11 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 def train_loop(
-    module: nn.Module,
-    loss_fn: Callable[[nn.Module, object], torch.Tensor],
-    sample_batch: Callable[[torch.Generator], object],
-    *,
-    steps: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    warmup: int | None = None,
-    grad_clip: float | None = 1.0,
-    ema_decay: float | None = 0.999,
-    seed: int = 0,
-    device="auto",
-    checkpoint=None,
-    checkpoint_every: int = 250,
-    resume: bool = False,
-    meta: dict | None = None,
+    module: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    sample_batch: Callable[[torch.Generator], object], *, steps: int, lr: float = 1e-3,
+    weight_decay: float = 0.0, warmup: int | None = None, grad_clip: float | None = 1.0,
+    ema_decay: float | None = 0.999, seed: int = 0, device="auto", checkpoint=None,
+    checkpoint_every: int = 250, resume: bool = False, meta: dict | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> TrainHistory:
     """Train ``module`` in place for ``steps`` optimiser steps and return the history.
@@ -112,9 +102,13 @@ def train_loop(
       run continues from it and ends exactly where an uninterrupted run would; without the
       file it starts fresh. ``meta`` (JSON-able, e.g. the model config) must match on resume.
     - ``on_step(info)`` is called after every step with info = {"step", "steps", "loss"}.
+
+    Under torchrun (DistributedDataParallel) every rank draws the same global batch and
+    trains on its own shard of it (`_my_share`): a single-process step on the global batch.
+    Rank 0 alone writes the checkpoint and calls ``on_step``.
     """
-    dev = resolve_device(device)
-    module.to(dev).train()
+    dev = distributed.device_for(device)
+    net = _ddp(module.to(dev).train(), dev)
     gen = generator(seed)
     # foreach: one fused update over all tensors, not a Python loop per parameter.
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
@@ -128,17 +122,72 @@ def train_loop(
     for step in range(hist.start_step, steps):
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, steps, warmup)
-        loss = loss_fn(module, _to(sample_batch(gen), dev))
-        hist.losses.append(_optimizer_step(module, opt, ema, loss, grad_clip))
-        done = step + 1
-        if on_step is not None:
-            on_step({"step": done, "steps": steps, "loss": hist.losses[-1]})
-        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
-            _save_state(checkpoint, done, module, opt, ema, gen, hist, meta_json)
+        batch, share = _my_share(sample_batch(gen))
+        loss = loss_fn(net, _to(batch, dev)) * share
+        hist.losses.append(distributed.mean(_optimizer_step(module, opt, ema, loss, grad_clip)))
+        if distributed.is_main():  # progress and checkpoints: rank 0's job
+            done = step + 1
+            if on_step is not None:
+                on_step({"step": done, "steps": steps, "loss": hist.losses[-1]})
+            if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
+                _save_state(checkpoint, done, module, opt, ema, gen, hist, meta_json)
     hist.steps = max(steps, hist.start_step)
     hist.seconds = time.perf_counter() - t0
     module.eval()
     return hist
+
+
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that answers for the module's own attributes (``schedule``,
+    ``prediction``, ``loss_scale`` ...), so a loss function takes either."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def _ddp(module: nn.Module, dev: torch.device) -> nn.Module:
+    """``module`` wrapped for data parallelism under torchrun; itself otherwise."""
+    if not distributed.active():
+        return module
+    ids = [dev.index] if dev.type == "cuda" else None
+    # Unused parameters happen (a null-t token without t-dropout): let DDP find them.
+    return _DDP(module, device_ids=ids, find_unused_parameters=True)
+
+
+def _rows(batch) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.ndim else None
+    items = batch.values() if isinstance(batch, dict) else (
+        batch if isinstance(batch, (tuple, list)) else ())
+    return next((r for r in map(_rows, items) if r is not None), None)
+
+
+def _cut(batch, rows: int, sl: range):
+    if isinstance(batch, torch.Tensor):
+        return batch[sl.start:sl.stop] if batch.ndim and batch.shape[0] == rows else batch
+    if isinstance(batch, dict):
+        return {k: _cut(v, rows, sl) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_cut(v, rows, sl) for v in batch)
+    return batch
+
+
+def _my_share(batch):
+    """(this rank's contiguous shard of a global batch, its loss weight len * ws / B), so
+    that DDP's mean of the ranks' gradients is the global batch's gradient; (batch, 1.0)
+    without torchrun."""
+    rank, ws = distributed.world()
+    rows = _rows(batch)
+    if ws == 1 or not rows:
+        return batch, 1.0
+    sl = distributed.shard(rows, rank, ws)
+    if not len(sl):
+        raise NoiseshiftError(f"a global batch of {rows} cannot be split over {ws} ranks; "
+                              f"use --batch-size of at least {ws}")
+    return _cut(batch, rows, sl), len(sl) * ws / rows
 
 
 def _optimizer_step(module: nn.Module, opt, ema: EMA | None, loss: torch.Tensor,

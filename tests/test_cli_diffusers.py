@@ -214,7 +214,7 @@ def test_without_the_extra_says_the_pip_command(ddpm_dir, tmp_path, capsys, monk
               "pip install 'noiseshift[diffusers]'", capsys, out)
 
 
-@pytest.mark.parametrize("option", ["--scheduler", "--record-samples"])
+@pytest.mark.parametrize("option", ["--scheduler", "--prompt"])
 def test_diffusers_options_refused_for_builtin_models(tmp_path, capsys, option):
     value = "ddim" if option == "--scheduler" else "2"
     _one_line(["sample", option, value, "--record", str(tmp_path / "t.h5")],
@@ -231,7 +231,7 @@ def test_seed_sets_torch_generator_only(ddpm_dir, tmp_path):
 
 def test_guided_subset_beside_a_baseline_of_the_same_subset(ddpm_dir, estimators, tmp_path):
     path = tmp_path / "t.h5"
-    sub = ("--steps", 4, "--record-samples", 2, "--record-every", 2)
+    sub = ("--steps", 4, "--record-n", 2, "--record-every", 2)
     _sample(ddpm_dir, path)  # "unguided": every sample and step, 3 steps: not a match
     s = _sample(ddpm_dir, path, "--nag-scale", 1, "--estimator", estimators["good"], *sub)
     assert s["baseline"] == "unguided-DDPM-4-seed0-n4"  # "unguided" is taken
@@ -239,8 +239,7 @@ def test_guided_subset_beside_a_baseline_of_the_same_subset(ddpm_dir, estimators
         for name in (s["run"], s["baseline"]):
             run = f.run(name)
             assert run.n == 2 and run.num_steps == 2 and run.complete
-            assert run.attrs["sampler"]["every"] == 2
-            assert run.attrs["sampler"]["max_samples"] == 2
+            assert run.attrs["sampler"]["recorded"] == {"n": 4, "samples": 2, "every": 2}
     same_folder = ddpm_dir / ".." / ddpm_dir.name  # another spelling, the same baseline
     again = _sample(same_folder, path, "--nag-scale", 2, "--estimator", estimators["good"], *sub)
     assert again["baseline"] == s["baseline"]

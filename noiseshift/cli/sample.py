@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..guidance import GuidanceWarning, build_guidance
 from ..integrations.pipeline_runs import (
@@ -24,7 +25,7 @@ from ..integrations.pipeline_runs import (
 from ..io.images import save_grid
 from ..pretrained import estimator_for
 from ..recording import describe_model, record_with_baseline, run_exists, run_name
-from ..sampling import draw_labels, sample, sampler_settings
+from ..sampling import draw_labels, sample_across_ranks, sampler_settings
 from .common import (
     app,
     console,
@@ -107,14 +108,11 @@ def sample_command(
                                 "spacing, leading, linspace or trailing."),
     prompt: str = typer.Option(None, "--prompt", help="diffusers:DIR only: the prompt of a "
                                "text-to-image pipeline."),
-    record_samples: int = typer.Option(None, "--record-samples", min=1, help="diffusers:DIR "
-                                       "only: record the first N samples (all are drawn)."),
-    record_every: int = typer.Option(None, "--record-every", min=1, help="diffusers:DIR "
-                                     "only: record every K-th step (the baseline: the same)."),
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
                                 "euler-maruyama or ddim."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
-    n: int = typer.Option(512, "--n", min=1, help="Number of samples."),
+    n: int = typer.Option(512, "--n", "-n", min=1, help="Number of samples (under torchrun "
+                          "write -n, or put -- before the command)."),
     seed: int = typer.Option(0, "--seed", help="Seed for labels, initial noise and "
                              "sampler noise: the same seed gives the same samples."),
     class_: int = typer.Option(None, "--class", help="Class label for every sample; "
@@ -161,6 +159,11 @@ def sample_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or "
                                "cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    record_n: int = typer.Option(None, "--record-n", min=1, help="Record only the first "
+                                 "RECORD_N samples' states (all --n are still drawn and "
+                                 "saved, as all_samples); keeps FID-scale runs on a disk."),
+    record_every: int = typer.Option(1, "--record-every", min=1, help="Record every K-th "
+                                     "step only (steps 0, K, 2K, ...)."),
 ):
     """Sample from a denoiser and **record the trajectory**: every state x_t the sampler
     visits, the model's x0 prediction there, the nominal t, labels and final samples.
@@ -179,11 +182,10 @@ def sample_command(
             interval=_numbers(guidance_interval, "--guidance-interval"), estimator=estimator,
             path=None if no_record else Path(record or DEFAULT_RECORD), run=run, grid=grid,
             device=device, quiet=json_out, sampler=sampler, diffusion=diffusion, eta=eta,
-            time_shift=time_shift, max_samples=record_samples, every=record_every or 1,
+            time_shift=time_shift, max_samples=record_n, every=record_every,
             progress=err_console.is_terminal, say=console.print)
         return print_json(summary) if json_out else _print_summary(summary, path, name)
-    refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt,
-                             record_samples=record_samples, record_every=record_every)
+    refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt)
     sampler_kw = sampler_options(sampler, diffusion, eta)
     sampler_settings(sampler, steps, **sampler_kw)  # bad options fail before any work
     if grid is not None and grid.suffix.lower() != ".png":
@@ -205,16 +207,18 @@ def sample_command(
     with progress(json_out) as p:
         bars = _Bars(p, f"{sampler}, {steps} steps, n={n}", steps, path, quiet=json_out)
         if path is None:
-            samples, baseline = sample(guided, n, callback=bars.advance, **common), None
+            samples = sample_across_ranks(guided, n, callback=bars.advance, **common)
+            baseline = None
             seconds = time.perf_counter() - t0
         else:
             rec = record_with_baseline(net, path, name, guided=guided, guidance=guidance, n=n,
                                        model_info=describe_model(net, model),
                                        callback=bars.advance, on_baseline=bars.baseline,
+                                       record_n=record_n, record_every=record_every,
                                        **common)
             samples, baseline, seconds = rec.samples, rec.baseline, rec.seconds
     samples = samples.float().cpu()
-    if grid is not None:
+    if grid is not None and is_main():  # under torchrun rank 0 holds all samples
         if samples.ndim != 4:
             raise NoiseshiftError(f"--grid needs image data; samples have shape "
                                   f"{tuple(samples.shape[1:])}")

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..data import load_data
 from ..defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
+from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..models import describe, save_model
 from ..runtime import resolve_device
@@ -94,7 +95,8 @@ def train_command(
             t_dropout=t_dropout, class_dropout=class_dropout, prediction=prediction,
             conditional=not unconditional, seed=seed, device=dev, checkpoint=state,
             resume=resume, on_step=on_step)
-    save_model(model, out)
+    if is_main():  # under torchrun every rank holds the same model; rank 0 saves it
+        save_model(model, out)
     summary = {"out": str(out), "state": str(state), **describe(model), **model.info}
     if json_out:
         print_json(summary)

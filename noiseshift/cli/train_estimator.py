@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..data import load_data
 from ..defaults import DEFAULT_ESTIMATOR, DEFAULT_SCHEDULE
+from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..estimators import LearnedEstimator
 from ..estimators.accuracy import compare
@@ -78,7 +79,8 @@ def train_estimator_command(
         seconds = time.perf_counter() - t0
         p.update(task, description="comparing with the baselines")
         acc = compare(est, dataset, n=eval_n, seed=seed + 1)
-    est.save(out)
+    if is_main():  # under torchrun every rank holds the same estimator; rank 0 saves it
+        est.save(out)
     summary = {"out": str(out), **est.to_dict(), "params": est.num_parameters(),
                "seconds": round(seconds, 2), **est.train_info_, "accuracy": acc}
     if json_out:

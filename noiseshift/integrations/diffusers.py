@@ -24,6 +24,7 @@ import torch
 
 from ..errors import NoiseshiftError
 from ..io import TrajectoryWriter
+from ..recording import recorded_settings
 from ..schedules import get_schedule
 from . import require
 from .guided import OutputGuidance
@@ -178,8 +179,8 @@ class Recorder:
         doubled = (type(self.pipe).__name__ in DOUBLED_BATCH and n % 2 == 0
                    and torch.equal(sample[: n // 2], sample[n // 2:])
                    and torch.equal(model_output[: n // 2], model_output[n // 2:]))
-        n = n // 2 if doubled else n
-        n = n if self.max_samples is None else min(n, self.max_samples)
+        n_all = n // 2 if doubled else n
+        n = n_all if self.max_samples is None else min(n_all, self.max_samples)
         self._rows = slice(0, n)
         hook = StepHook.attach(self.pipe.scheduler)
         guidance = hook.guide.guidance if hook.guide is not None else {"kind": "none"}
@@ -187,9 +188,10 @@ class Recorder:
             self.run = "unguided" if guidance.get("kind") == "none" else str(guidance["kind"])
         param = self.view.parametrisation()
         self._convert = None if param is None else (get_schedule(self.view.family), *param)
-        sampler = {**self.view.describe(), "every": self.every, "max_samples": self.max_samples}
+        sampler = self.view.describe()
         if self.call:
             sampler["call"] = dict(self.call)
+        sampler = recorded_settings(sampler, n_all, self.max_samples, self.every)
         steps = -(-self.view.planned_states() // self.every)
         self.writer = TrajectoryWriter(
             self.path, self.run, n=n, shape=tuple(sample.shape[1:]),

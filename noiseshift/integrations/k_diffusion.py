@@ -32,6 +32,7 @@ import torch
 
 from ..errors import NoiseshiftError
 from ..io import TrajectoryWriter
+from ..recording import recorded_settings
 from ..schedules import get_schedule
 from .guided import OutputGuidance
 from .levels import VP_FAMILY, map_level, to_schedule_form, ve_level
@@ -74,7 +75,7 @@ class KDiffusionRecorder:
         sampler = {"name": sampler} if isinstance(sampler, str) else dict(sampler or {})
         if steps is not None:
             sampler.setdefault("steps", int(steps))
-        sampler.update({"library": "k-diffusion", "every": every, "max_samples": max_samples})
+        sampler["library"] = "k-diffusion"
         self._kw = {"schedule": self.schedule, "sampler": sampler,
                     "guidance": guidance or {"kind": "none"},
                     "model": {"library": "k-diffusion", "convention": convention,
@@ -96,8 +97,11 @@ class KDiffusionRecorder:
         sigma = _sigma(info.get("sigma_hat", info.get("sigma")))
         t, k = map_level(*ve_level(sigma), self.schedule)
         if self.writer is None:
+            n_all = info["x"].shape[0]
+            kw = {**self._kw, "sampler": recorded_settings(self._kw["sampler"], n_all,
+                                                           self.max_samples, self.every)}
             self.writer = TrajectoryWriter(self.path, self.run, n=x.shape[0],
-                                           shape=tuple(x.shape[1:]), **self._kw)
+                                           shape=tuple(x.shape[1:]), **kw)
         x0 = info.get("denoised")
         self.writer.callback({"i": self.steps, "t": t, "x": to_schedule_form(x, k).cpu(),
                               "x0_pred": None if x0 is None else

@@ -29,7 +29,7 @@ from ..defaults import DEFAULT_SAMPLER
 from ..errors import NoiseshiftError
 from ..io.images import save_grid
 from ..pretrained import get_estimator
-from ..recording import baseline_name, find_baseline, run_exists, run_name
+from ..recording import baseline_name, find_baseline, recorded_settings, run_exists, run_name
 from ..sampling import draw_labels
 from .diffusers import (
     Guide,
@@ -165,7 +165,7 @@ def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
 # -- the command line: `noiseshift sample --model diffusers:DIR` -------------------------------
 
 PREFIX = "diffusers:"
-DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt", "--record-samples", "--record-every")
+DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt")
 
 
 def is_diffusers(model: str | None) -> bool:
@@ -286,13 +286,13 @@ def sample_pipeline(pipe, path=None, run: str | None = None, *, n: int, steps: i
     return PipelineRun(last, images, labels, name, baseline, guidance, overwrote, seconds)
 
 
-def expected_sampler(pipe, steps: int, every: int, max_samples, call: dict) -> dict:
-    """The ``sampler`` attribute `record` will write for a call with ``steps`` steps."""
-    out = {**SchedulerView(pipe.scheduler).describe(), "steps": int(steps), "every": every,
-           "max_samples": max_samples}
+def expected_sampler(pipe, steps: int, every: int, max_samples, call: dict, n: int) -> dict:
+    """The ``sampler`` attribute `record` will write for a call of n samples, ``steps``
+    steps."""
+    out = {**SchedulerView(pipe.scheduler).describe(), "steps": int(steps)}
     if call:
         out["call"] = dict(call)
-    return out
+    return recorded_settings(out, n, max_samples, every)
 
 
 def _baseline(pipe, path, avoid: str, kw: dict, steps: int, n: int, on_baseline,
@@ -303,7 +303,7 @@ def _baseline(pipe, path, avoid: str, kw: dict, steps: int, n: int, on_baseline,
     seed = rec_kw["seed"]
     found = find_baseline(path, sampler=expected_sampler(pipe, steps, rec_kw["every"],
                                                          rec_kw["max_samples"],
-                                                         rec_kw["call"]),
+                                                         rec_kw["call"], n),
                           seed=seed, n=rows, labels=rec_kw["labels"],
                           model_info=describe_model(pipe, rec_kw["data"]))
     if found is not None:

@@ -136,19 +136,26 @@ class Run:
         """Bytes of one state (one sample at one step) as float32."""
         return 4 * math.prod(self.shape)
 
-    def iter_chunks(self, max_bytes: int = DEFAULT_MAX_BYTES, what: str = "states"
+    def iter_chunks(self, max_bytes: int = DEFAULT_MAX_BYTES, what: str = "states",
+                    select: Callable[[int], bool] | None = None,
                     ) -> Iterator[tuple[int, slice, np.ndarray]]:
         """Stream `states` (or `x0_pred`) as (step index, sample slice, float32 block).
 
         Each block holds at most `max_bytes` (at least one sample), so memory stays flat
         however large the file. Blocks are checked for NaN and Inf as they stream by.
+        ``select(c)`` (e.g. a rank's share) keeps only the c-th blocks it accepts, counted
+        in this order from 0; the others are not read.
         """
         steps = self.states if what == "states" else self.x0_pred
         if steps is None:
             raise TrajectoryError(f"{self._where}no `{what}` dataset", self.path)
         per = max(1, int(max_bytes) // self.row_bytes)
+        c = -1
         for i in range(self.num_steps):
             for lo in range(0, self.n, per):
+                c += 1
+                if select is not None and not select(c):
+                    continue
                 sl = slice(lo, min(self.n, lo + per))
                 block = np.asarray(steps[i, sl], dtype=np.float32)
                 if not np.isfinite(block).all():

@@ -271,6 +271,19 @@ class TrajectoryWriter:
         ds["t"][k] = t
         self._f.flush()
 
+    def attach(self, name: str, data) -> None:
+        """Add an optional dataset to the run (after the first step, before `finish`): e.g.
+        ``all_samples`` and ``all_labels`` when only some samples are recorded. Readers of
+        format v1 ignore datasets they do not know."""
+        if self._g is None or self.complete:
+            raise NoiseshiftError("attach() needs a recorded step and an unfinished run")
+        if name in ("t", "states", "x0_pred", "labels", "samples"):
+            raise NoiseshiftError(f"{name!r} is a format-v1 dataset; the writer writes it")
+        a = np.asarray(to_numpy(data))
+        self._g.create_dataset(name, data=a.astype(np.float32 if a.dtype.kind == "f" else
+                                                   np.int64))
+        self._f.flush()
+
     def finish(self, samples) -> None:
         """Write the final samples and mark the run complete (set last, then flushed)."""
         if self._f is None:

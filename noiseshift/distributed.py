@@ -1,0 +1,152 @@
+"""Running under torchrun: rank and world size from the environment, the process group, and
+the few collectives the library needs (shards of indices, gather to rank 0, broadcast).
+
+Without torchrun (no ``WORLD_SIZE`` in the environment, or 1) every helper is the
+single-process identity: `world()` is (0, 1), `shard` returns everything, `gather` returns
+``[obj]``, `barrier` does nothing. So library code calls these unconditionally.
+
+    torchrun --nproc-per-node 2 -m noiseshift sample --n 512 --record traj.h5
+
+The backend is NCCL when the device is CUDA (each process on ``cuda:LOCAL_RANK``) and gloo on
+the CPU. Object collectives (`gather`, `broadcast`) go through gloo-compatible pickling, so
+they work on either backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from .runtime import resolve_device
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, local rank, world size) as torchrun sets them; (0, 0, 1) without torchrun."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def launched() -> bool:
+    """Whether this process is one of several started by torchrun."""
+    return env_world()[2] > 1
+
+
+def active() -> bool:
+    """Whether a process group is up with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) without one."""
+    if not active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def device_for(device="auto") -> torch.device:
+    """The device of this process: under torchrun with CUDA, cuda:LOCAL_RANK."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and launched() and dev.index is None:
+        dev = torch.device("cuda", env_world()[1])
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init(device="auto") -> torch.device:
+    """Join the process group torchrun set up (NCCL for CUDA, gloo for the CPU) and return
+    this process's device. Without torchrun nothing happens."""
+    dev = device_for(device)
+    if launched() and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kw = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, **kw)
+    return dev
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device="auto") -> Iterator[torch.device]:
+    """`init` on entry, `destroy` on exit (for a CLI command's lifetime)."""
+    started = launched() and not dist.is_initialized()
+    dev = init(device)
+    try:
+        yield dev
+    finally:
+        if started:
+            destroy()
+
+
+def shard(n: int, rank: int | None = None, world_size: int | None = None) -> range:
+    """This rank's contiguous share of range(n): the first n % ws ranks get one more."""
+    r, ws = world() if rank is None else (rank, world_size)
+    per, extra = divmod(n, ws)
+    lo = r * per + min(r, extra)
+    return range(lo, lo + per + (1 if r < extra else 0))
+
+
+def strided(items: list, rank: int | None = None, world_size: int | None = None) -> list:
+    """Round-robin share of a list: items r, r + ws, r + 2 ws, ..."""
+    r, ws = world() if rank is None else (rank, world_size)
+    return items[r::ws]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def gather(obj) -> list | None:
+    """Every rank's ``obj`` in rank order on rank 0 (None elsewhere); [obj] without a group."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_gather(obj) -> list:
+    """Every rank's ``obj`` in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_ok(ok: bool) -> bool:
+    """True on every rank when ``ok`` is True on every rank (a failure anywhere is seen
+    everywhere, so no rank waits forever at a later collective)."""
+    return all(all_gather(bool(ok)))
+
+
+def mean(value: float) -> float:
+    """The mean of a float over ranks."""
+    if not active():
+        return float(value)
+    return sum(all_gather(float(value))) / dist.get_world_size()
+
+
+__all__ = ["active", "all_gather", "all_ok", "barrier", "broadcast", "destroy", "device_for",
+           "env_world", "gather", "init", "is_main", "launched", "mean", "session", "shard",
+           "strided", "world"]
