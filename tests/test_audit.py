@@ -73,6 +73,8 @@ def test_injected_network_error_is_recovered(tmp_path, mix, meter):
             < half(inj, "shift") + half(dec.table, "network") + 0.005).all()
     assert abs(dec.table.network.mean() - inj["shift"].mean()) < 0.01
     ref = audit.table
-    assert (abs(dec.table.sampler - ref["shift"]) < half(ref, "shift") + 0.005).all()
+    # both are estimates: the tolerance holds both CIs (as for the network part above)
+    assert (abs(dec.table.sampler - ref["shift"])
+            < half(ref, "shift") + half(dec.table, "sampler") + 0.005).all()
     assert abs(dec.table.sampler.mean() - ref["shift"].mean()) < 0.008
     assert np.allclose(dec.table.total, dec.table.sampler + dec.table.network)

@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import runtime
 from ..errors import NoiseshiftError
-from ..sampling import get_sampler, timesteps
+from ..sampling import Blocked, IndexedNoise, get_sampler, sample_block, timesteps
 from .shifts import band_table, read_states, shift_table, true_readings
 from .simulation import bridge_increments, fine_grid, reference_trajectory
 from .statistics import N_BOOT
@@ -63,14 +62,14 @@ class Decomposition:
 
 
 class _KeptDraws:
-    """A noise_sampler that draws exactly what the sampler would draw from `gen` and keeps
-    each draw (so the run's Brownian increments are known)."""
+    """A noise_sampler that passes on the run's own draws (`sampling.IndexedNoise`) and keeps
+    each one, so the run's Brownian increments are known."""
 
-    def __init__(self, gen, shape, device):
-        self.gen, self.shape, self.device, self.draws = gen, shape, device, []
+    def __init__(self, noise: IndexedNoise):
+        self.noise, self.draws = noise, []
 
     def __call__(self, t, t_next):
-        z = runtime.randn(self.shape, self.gen, self.device, torch.float32)
+        z = self.noise.draw()
         self.draws.append(z)
         return z
 
@@ -100,16 +99,13 @@ def regenerate(model, settings: dict, seed: int, n: int, shape, labels=None):
     name, _, ts, kw = _split(settings)
     if isinstance(model, torch.nn.Module):
         model.eval()
-    dev = torch.device("cpu")
-    gen = runtime.generator(seed)
-    if model.num_classes:
-        torch.randint(model.num_classes, (n,), generator=gen)
-    x_T = float(model.schedule.sigma(float(ts[0]))) * runtime.randn((n, *shape), gen, dev)
-    draws = _KeptDraws(gen, (n, *shape), dev) if name == "euler-maruyama" else None
+    noise = IndexedNoise(seed, range(n), shape, torch.device("cpu"))
+    x_T = float(model.schedule.sigma(float(ts[0]))) * noise.draw()
+    draws = _KeptDraws(noise) if name == "euler-maruyama" else None
     states: list = []
     extra = {"noise_sampler": draws} if draws is not None else {}
-    get_sampler(name)(model, x_T.clone(), torch.as_tensor(ts), y=labels,
-                      callback=_keep_every(1, states), generator=gen, **kw, **extra)
+    get_sampler(name)(Blocked(model, sample_block(n)), x_T.clone(), torch.as_tensor(ts),
+                      y=labels, callback=_keep_every(1, states), **kw, **extra)
     return x_T, torch.stack(states), None if draws is None else draws.draws
 
 

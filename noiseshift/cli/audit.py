@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ..analysis.audit import audit_builtin, convergence, default_mixture, fit_mixture
 from ..analysis.simulation import exact_meter
@@ -68,7 +67,7 @@ def audit_command(
         conv = convergence(results) if len(results) > 1 else None
         fig = audit_figure(results, out) if plot else None
     except NoiseshiftError as e:
-        fail(escape(e.problem), e.path)  # the pip extra's [brackets] are not markup
+        fail(e.problem, e.path)
     if json_out:
         print_json({"audits": [r.to_dict() for r in results], "figure": fig and str(fig),
                     "convergence": None if conv is None else

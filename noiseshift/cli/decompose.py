@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ..analysis.decompose import decompose_run
 from ..data import load_data
@@ -65,7 +64,7 @@ def decompose_command(
         dec = decompose_run(net, r, meter, data, k=k, n_boot=bootstrap, seed=seed)
         fig = decomposition_figure(dec, out) if plot else None
     except NoiseshiftError as e:
-        fail(escape(e.problem), e.path)  # the pip extra's [brackets] are not markup
+        fail(e.problem, e.path)
     if json_out:
         print_json({**dec.to_dict(), "estimator": name, "figure": fig and str(fig)})
         return

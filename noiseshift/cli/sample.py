@@ -219,10 +219,7 @@ def sample_command(
             samples, baseline, seconds = rec.samples, rec.baseline, rec.seconds
     samples = samples.float().cpu()
     if grid is not None and is_main():  # under torchrun rank 0 holds all samples
-        if samples.ndim != 4:
-            raise NoiseshiftError(f"--grid needs image data; samples have shape "
-                                  f"{tuple(samples.shape[1:])}")
-        save_grid(samples[:64], grid, labels=None if labels is None else labels[:64])
+        _save_grid(samples, grid, labels)
     summary = {
         "model": model or "default", "sampler": sampler_settings(sampler, steps, **sampler_kw),
         "guidance": guidance, "n": n, "shape": list(samples.shape[1:]), "seed": seed,
@@ -235,6 +232,13 @@ def sample_command(
         print_json(summary)
         return
     _print_summary(summary, path, name)
+
+
+def _save_grid(samples, grid: Path, labels) -> None:
+    if samples.ndim != 4:
+        raise NoiseshiftError(f"--grid needs image data; samples have shape "
+                              f"{tuple(samples.shape[1:])}")
+    save_grid(samples[:64], grid, labels=None if labels is None else labels[:64])
 
 
 class _Bars:
