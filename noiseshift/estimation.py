@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .data import Dataset, check_shape, load_data, parse_data_spec
 from .errors import NoiseshiftError, TrajectoryError
 from .estimators import NoiseLevelEstimator, in_zones
 from .io import (
@@ -129,22 +130,35 @@ class EstimatorCache:
     """Resolve an estimator name or checkpoint path for a run, fitting (or loading) each
     distinct (estimator, data, schedule) once."""
 
-    def __init__(self, device="auto", batch_size: int | None = None, train_progress=None):
+    def __init__(self, device="auto", batch_size: int | None = None, train_progress=None,
+                 data: str | dict | None = None):
         self.device, self.batch_size, self.train_progress = device, batch_size, train_progress
+        self.data = None if data is None else parse_data_spec(data)
         self._cache: dict[str, NoiseLevelEstimator] = {}
+        self._datasets: dict[str, Dataset] = {}
+
+    def _dataset(self, spec: dict, run: Run) -> Dataset:
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in self._datasets:
+            self._datasets[key] = load_data(spec)
+        data = self._datasets[key]
+        check_shape(data, run.shape, f"run {run.name!r}", run.path)
+        return data
 
     def get(self, name_or_path, run: Run) -> NoiseLevelEstimator:
         named = str(name_or_path) in NAMES
-        spec = run_data_spec(run) if named else None
+        spec = (self.data or run_data_spec(run)) if named else None
         if named and spec is None:
             raise NoiseshiftError(
                 f"run {run.name!r} does not say which data its model was trained on (no `data` "
                 f"in its `model` attribute), so the {name_or_path} estimator cannot be chosen "
-                f"for it; pass --estimator est.pt (see `noiseshift train-estimator`)", run.path)
+                f"for it; pass --data SPEC (the data its model learned) or --estimator est.pt",
+                run.path)
         key = json.dumps([str(name_or_path), spec, run.schedule.to_dict() if named else None],
                          sort_keys=True, default=str)
         if key not in self._cache:
-            est = get_estimator(name_or_path, spec, run.schedule, device=self.device,
+            data = self._dataset(parse_data_spec(spec), run) if named else None
+            est = get_estimator(name_or_path, data, run.schedule, device=self.device,
                                 progress=self.train_progress)
             if self.batch_size:
                 est.batch_size = int(self.batch_size)
@@ -185,13 +199,16 @@ def estimate_file(path, estimators: str | Sequence[str] = "learned", *, out=None
                   runs: Sequence[str] | None = None, device="auto",
                   batch_size: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                   progress: Callable[[int, int], None] | None = None,
-                  train_progress: Callable[[dict], None] | None = None) -> EstimateResult:
+                  train_progress: Callable[[dict], None] | None = None,
+                  data: str | dict | None = None) -> EstimateResult:
     """Read t' for every recorded state of `runs` (default: all) with each estimator (names
     or checkpoint paths), write them to `out` (default `<stem>.estimates.h5`), and return
     per-step summaries.
 
     The input is never modified. Readings already in `out` for other estimators or runs of the
-    same trajectories are kept. `progress(done, total)` counts states read.
+    same trajectories are kept. `progress(done, total)` counts states read. `data` (a
+    `--data` spec) names the data the runs' model learned, for estimators fitted on data
+    (learned, variance, wavelet, ...); by default each run's `model` attribute says.
 
     Under torchrun the ranks split each run's blocks of states round-robin; rank 0 gathers
     the readings, writes them in the single-process order (so the file is identical to a
@@ -200,7 +217,7 @@ def estimate_file(path, estimators: str | Sequence[str] = "learned", *, out=None
     path = Path(path)
     names = [estimators] if isinstance(estimators, (str, Path)) else list(estimators)
     out = estimates_path(path) if out is None else Path(out)
-    cache = EstimatorCache(device, batch_size, train_progress)
+    cache = EstimatorCache(device, batch_size, train_progress, data)
     with open_trajectories(path) as tf:
         # All ranks together: an estimator trained on first use trains under DDP, collectively.
         plan = _plan(tf, cache, names, runs)

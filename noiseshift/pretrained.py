@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import Dataset, load_data
+from .data import Dataset, check_shape, describe_spec, load_data, parse_data_spec
 from .defaults import (  # noqa: F401  (re-exported: the defaults' public home was here)
     DEFAULT_DATA,
     DEFAULT_DENOISER,
@@ -55,9 +55,16 @@ def cached_denoiser_path(spec: dict, schedule, overrides: dict | None = None) ->
     return cache_dir() / f"denoiser-{key}.pt"
 
 
-def cached_estimator_path(spec: dict, schedule, overrides: dict | None = None) -> Path:
-    key = recipe_key(spec, _schedule_key(schedule), _estimator_recipe(overrides))
-    return cache_dir() / f"estimator-{key}.pt"
+def cached_estimator_path(spec: dict, schedule, overrides: dict | None = None,
+                          shape=None) -> Path:
+    """The cache file of a learned estimator, named by a hash of (data, schedule, recipe) and,
+    for user data (files, folders, latents), the sample shape and the files' size and time
+    (`_user_data_key`). A built-in's spec fixes its shape, so its key is what it always was
+    (the demo's and the default digits estimator's caches stay valid)."""
+    parts = [spec, _schedule_key(schedule), _estimator_recipe(overrides)]
+    if shape is not None:
+        parts.append(list(shape))
+    return cache_dir() / f"estimator-{recipe_key(*parts)}.pt"
 
 
 def cached_denoiser(spec: dict, schedule, overrides: dict | None = None, device="auto",
@@ -78,18 +85,43 @@ def cached_denoiser(spec: dict, schedule, overrides: dict | None = None, device=
     return model
 
 
+#: Data kinds a user brings: their cache keys also hold the shape and the files' size and time.
+USER_DATA = ("file", "latents", "images")
+
+
+def _user_data_key(spec: dict, data: Dataset) -> list:
+    """The sample shape, and (size, mtime) of the file or of every file in the folder."""
+    p = Path(spec["path"])
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    stats = [(str(q), q.stat().st_size, int(q.stat().st_mtime)) for q in files if q.exists()]
+    return [list(data.shape), recipe_key(stats)]
+
+
 def cached_estimator(spec: dict, schedule, overrides: dict | None = None, device="auto",
-                     progress: Callable[[dict], None] | None = None):
-    """A learned estimator for built-in data: from the cache, or trained and cached (through
-    a temporary file and a rename) on first use."""
-    path = cached_estimator_path(spec, schedule, overrides)
+                     progress: Callable[[dict], None] | None = None, data: Dataset | None = None):
+    """A learned estimator for the data `spec` under `schedule`: from the cache, or trained
+    and cached (through a temporary file and a rename) on first use. `data` is the loaded
+    spec, when the caller has it. Before training, `progress` gets one call with a "note":
+    a line saying what is trained and where it is cached."""
+    user = spec.get("name") in USER_DATA
+    if user and data is None:
+        data = load_data(spec)
+    path = cached_estimator_path(spec, schedule, overrides,
+                                 _user_data_key(spec, data) if user else None)
     if path.exists():
         try:
             return LearnedEstimator.load(path, device=device)
         except CheckpointError:
             pass
-    est = LearnedEstimator(**_estimator_recipe(overrides), device=device)
-    est.fit(load_data(spec), schedule, progress=progress)
+    data = load_data(spec) if data is None else data
+    recipe = _estimator_recipe(overrides)
+    if progress is not None:
+        progress({"step": 0, "steps": recipe["steps"], "note": (
+            f"training the learned estimator for {describe_spec(spec)} "
+            f"{tuple(data.shape)} under {get_schedule(schedule).name} (first use only, "
+            f"{recipe['steps']} steps); caching it at {path}")})
+    est = LearnedEstimator(**recipe, device=device)
+    est.fit(data, schedule, progress=progress)
     est.save(path)
     return est
 
@@ -116,21 +148,16 @@ def default_estimator_path() -> Path:
 
 
 def default_estimator(data_spec: dict | None = None, schedule=None, device="auto",
-                      progress: Callable[[dict], None] | None = None):
-    """The built-in learned estimator for the default data and schedule, cached or trained on
-    first use. Other data or schedules have no built-in estimator: a NoiseshiftError says
-    how to train one."""
+                      progress: Callable[[dict], None] | None = None,
+                      data: Dataset | None = None):
+    """The learned estimator for `data_spec` (default: the built-in digits) under `schedule`
+    (default: linear): cached, or trained and cached on first use, for any data a spec can
+    name (`cached_estimator`)."""
     spec = DEFAULT_DATA if data_spec is None else data_spec
+    if isinstance(spec, str):
+        spec = parse_data_spec(spec)
     sch = get_schedule(DEFAULT_SCHEDULE if schedule is None else schedule)
-    if _data_key(spec) != _data_key(DEFAULT_DATA) or sch != get_schedule(DEFAULT_SCHEDULE):
-        data_opt = spec.get("path", spec.get("name")) if isinstance(spec, dict) else spec
-        raise NoiseshiftError(
-            f"no built-in estimator for data {json.dumps(spec, sort_keys=True)} with the "
-            f"{sch.name} schedule (the built-in one reads {DEFAULT_DATA['name']} "
-            f"{DEFAULT_DATA['side']}x{DEFAULT_DATA['side']} under {DEFAULT_SCHEDULE}); train "
-            f"one with `noiseshift train-estimator --data {data_opt} --schedule {sch.name} "
-            f"--out est.pt` and pass `--estimator est.pt`")
-    return cached_estimator(DEFAULT_DATA, DEFAULT_SCHEDULE, device=device, progress=progress)
+    return cached_estimator(spec, sch, device=device, progress=progress, data=data)
 
 
 def _data_key(spec) -> str:
@@ -148,8 +175,7 @@ def get_estimator(name_or_path: str | Path, data: Dataset | dict | str | None = 
     """An estimator by checkpoint path or by name (one of `NAMES`).
 
     Named estimators are fitted on `data` (a Dataset or a data spec) for `schedule`; `learned`
-    is the built-in default estimator (cached, or trained on first use), which exists only for
-    the built-in default data and schedule.
+    is trained on first use for the data and schedule, then cached (`cached_estimator`).
     """
     key = str(name_or_path)
     if key not in NAMES:
@@ -162,15 +188,30 @@ def get_estimator(name_or_path: str | Path, data: Dataset | dict | str | None = 
         raise NoiseshiftError(f"the {key} estimator needs the data and schedule it reads")
     spec = data.spec if isinstance(data, Dataset) else data
     if key == "learned":
-        return default_estimator(spec, schedule, device=device, progress=progress)
+        return default_estimator(spec, schedule, device=device, progress=progress,
+                                 data=data if isinstance(data, Dataset) else None)
     dataset = data if isinstance(data, Dataset) else load_data(data)
     return ESTIMATORS[key](device=device).fit(dataset, get_schedule(schedule), progress)
 
 
 def estimator_for(model, name_or_path: str | Path | None = None, *, device: str = "auto",
-                  progress=None) -> NoiseLevelEstimator:
+                  progress=None, data: str | dict | None = None) -> NoiseLevelEstimator:
     """The noise-level estimator that guides ``model``: ``name_or_path`` (default `learned`,
-    the built-in one) for the data named in the model's config, under its schedule."""
-    data = (getattr(model, "config", None) or {}).get("data")
-    return get_estimator(name_or_path or "learned", data, model.schedule, device=device,
-                         progress=progress)
+    trained on first use and cached) for ``data`` (a spec; default: the data named in the
+    model's config), under the model's schedule. Data or an estimator whose sample shape is
+    not the model's is refused."""
+    spec = parse_data_spec(data) if data is not None else (
+        (getattr(model, "config", None) or {}).get("data"))
+    shape = (getattr(model, "config", None) or {}).get("shape")
+    dataset = None
+    if spec is not None and str(name_or_path or "learned") in NAMES:
+        dataset = load_data(spec)
+        if shape is not None:
+            check_shape(dataset, shape, "model")
+    est = get_estimator(name_or_path or "learned", dataset if dataset is not None else spec,
+                        model.schedule, device=device, progress=progress)
+    if shape is not None and tuple(est.shape_) != tuple(shape):
+        raise NoiseshiftError(f"the {est.name} estimator reads states of shape "
+                              f"{tuple(est.shape_)}, but the model's are {tuple(shape)}",
+                              name_or_path if name_or_path not in NAMES else None)
+    return est

@@ -100,7 +100,7 @@ def test_injected_noise_small_variance_data(small_data, linear_meter):
     """Isotropic noise on true x_t: the proposition (times the meter's gain) predicts the
     exact posterior's reading, and so do routes (a) and (d)."""
     df = sim.injection_experiment(small_data, "linear", ts=np.linspace(0.2, 0.9, 8), n=256,
-                                 meter=linear_meter)
+                                 meter=linear_meter, coordinate="sigma")
     r2 = th.route_r2(df, columns=["exact", "first", "a", "d"])
     assert min(r2.values()) > 0.9, r2
 
@@ -110,11 +110,24 @@ def test_injected_noise_image_like_data_under_vp_disagrees_at_high_t():
     which the injected noise does not change: it reports well under the proposition's shift
     late in t under VP-cosine (a disagreement to report, not a bug)."""
     data = make_gmm(dim=64)
-    df = sim.injection_experiment(data, "vp-cosine", ts=[0.3, 0.65], ratios=(0.3,), n=256)
+    df = sim.injection_experiment(data, "vp-cosine", ts=[0.3, 0.65], ratios=(0.3,), n=256,
+                                 coordinate="sigma")
     lo, hi = df.iloc[0], df.iloc[1]
     assert lo.measured == pytest.approx(lo.gain * lo.exact, rel=0.3)
     assert hi.measured < 0.7 * hi.gain * hi.exact
     assert hi.true_shift > 1.5 * hi.measured  # a state truly at t' reads much noisier
+
+
+@pytest.mark.parametrize("schedule", ["vp-cosine", "vp-linear"])
+def test_injected_noise_in_the_log_snr_coordinate_holds_under_vp(schedule):
+    """Read in the coordinate the meter reads (log-SNR, the state put on the path by the
+    exact scale), the injected shift matches the exact inversion under VP too (R^2 < 0 in
+    the sigma coordinate)."""
+    data = make_gmm(dim=64)
+    df = sim.injection_experiment(data, schedule, ts=np.linspace(0.2, 0.5, 4), n=256,
+                                  ratios=(0.3, 0.6))
+    assert th.route_r2(df, columns=["exact"])["exact"] > 0.9
+    assert th.t_exact_log_snr(0.4, 0.0, schedule) == pytest.approx(0.4, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

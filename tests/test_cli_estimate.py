@@ -135,9 +135,11 @@ def test_estimate_errors_are_one_line_exit_2(traj, tmp_path, capsys, monkeypatch
     assert NoiseLevelEstimator.load(sub).schedule_.name == "linear"
     code, _, err = cli(capsys, monkeypatch, "estimate", vp, "-e", sub)
     assert code == 2 and "vp-cosine" in err and "linear" in err
-    # No built-in learned estimator for other schedules: say how to train one.
-    code, _, err = cli(capsys, monkeypatch, "estimate", vp)
-    assert code == 2 and "train-estimator" in err
+    # --data with another shape than the run's, and a built-in that does not exist.
+    code, _, err = cli(capsys, monkeypatch, "estimate", traj, "-e", "variance", "--data", "gmm")
+    assert code == 2 and "(64,)" in err and "(1, 16, 16)" in err and len(err.splitlines()) == 1
+    code, _, err = cli(capsys, monkeypatch, "estimate", traj, "-e", "variance", "--data", "cifar")
+    assert code == 2 and "unknown built-in data 'cifar'" in err
     code, _, err = cli(capsys, monkeypatch, "estimate", tmp_path / "missing.h5")
     assert code == 2 and "no such file" in err
     code, _, err = cli(capsys, monkeypatch, "estimate", traj, "-e", "magic")
@@ -183,3 +185,17 @@ def test_train_estimator_command(tmp_path, capsys, monkeypatch):
     code, _, err = cli(capsys, monkeypatch, "train-estimator", "--data", "nope.npy", "--out",
                        out_path)
     assert code == 2 and "no such file" in err
+
+
+def test_estimate_data_option_reads_a_file_that_names_no_data(tmp_path, digits, capsys,
+                                                              monkeypatch):
+    """A file written by another program, with no data in its model attribute: named
+    estimators fail with a hint, and work with --data."""
+    path = record(tmp_path / "other.h5", "clean", digits, spec=None)
+    code, _, err = cli(capsys, monkeypatch, "estimate", path, "-e", "variance")
+    assert code == 2 and "--data" in err
+    code, out, err = cli(capsys, monkeypatch, "estimate", path, "-e", "variance", "-e",
+                         "wavelet", "--data", "digits", "--json")
+    assert code == 0, err
+    kinds = {r["estimator"] for r in json.loads(out)["results"]}
+    assert kinds == {"variance", "wavelet"}

@@ -327,10 +327,22 @@ def test_get_estimator_by_name_and_errors(tmp_path):
     assert isinstance(get_estimator(str(path)), ExactOracle)
     with pytest.raises(NoiseshiftError, match="unknown estimator"):
         get_estimator("magic")
-    with pytest.raises(NoiseshiftError, match="train-estimator"):
-        get_estimator("learned", gmm.spec, "linear")
-    with pytest.raises(NoiseshiftError, match="train-estimator"):
-        get_estimator("learned", {"name": "digits", "side": 16}, "vp-cosine")
+
+
+def test_learned_default_trains_for_any_data_with_a_note(monkeypatch):
+    """Data other than the built-in digits get a learned estimator trained on first use and
+    cached by (data, schedule), with one note before training."""
+    monkeypatch.setitem(pretrained.DEFAULT_ESTIMATOR, "steps", 5)
+    monkeypatch.setitem(pretrained.DEFAULT_ESTIMATOR, "calib_samples", 8)
+    spec = make_gmm(dim=8, components=2, n=64).spec
+    calls = []
+    est = get_estimator("learned", spec, "vp-cosine", progress=calls.append)
+    notes = [c["note"] for c in calls if "note" in c]
+    assert len(notes) == 1 and "gmm" in notes[0] and "vp-cosine" in notes[0]
+    assert est.shape_ == (8,) and est.schedule_.name == "vp-cosine"
+    calls.clear()
+    get_estimator("learned", spec, "vp-cosine", progress=calls.append)
+    assert calls == []  # from the cache
 
 
 def test_default_estimator_trains_once_then_loads_from_cache(monkeypatch):
@@ -341,7 +353,7 @@ def test_default_estimator_trains_once_then_loads_from_cache(monkeypatch):
     assert calls and calls[-1]["step"] == 20
     assert pretrained.default_estimator_path().exists()
     again = pretrained.default_estimator(progress=calls.append)
-    assert len(calls) == 20  # loaded, not retrained
+    assert len([c for c in calls if "note" not in c]) == 20  # loaded, not retrained
     assert again.to_dict() == est.to_dict() == {
         "name": "learned", "schedule": {"name": "linear"}, "data": {"name": "digits", "side": 16},
         "shape": [1, 16, 16]}
@@ -350,4 +362,4 @@ def test_default_estimator_trains_once_then_loads_from_cache(monkeypatch):
     # A damaged cache file is retrained, not a crash.
     pretrained.default_estimator_path().write_bytes(b"junk")
     pretrained.default_estimator()
-    assert len(calls) == 20
+    assert len(calls) == 21  # 20 steps and the note

@@ -42,7 +42,7 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 #: Third-party packages that may be imported inside a function: optional extras, and
 #: matplotlib in figure code (kept lazy for a fast CLI start).
-LAZY_OK = {"diffusers", "k_diffusion", "matplotlib"}
+LAZY_OK = {"diffusers", "k_diffusion", "matplotlib", "PIL"}
 
 
 def _modules() -> dict[str, Path]:

@@ -42,12 +42,14 @@ from .theory import (
     as_float64,
     delta_first_order,
     mean_span,
+    path_scale,
     predict_routes,
     route_a,
     route_b,
     route_c,
     route_d,
     t_exact,
+    t_exact_log_snr,
 )
 
 __all__ = [
@@ -270,19 +272,31 @@ def compare_routes(data, schedule: Schedule | str, *, meter=None, reference=None
 
 
 def injection_experiment(data, schedule: Schedule | str, *, ts=None, ratios=(0.1, 0.2, 0.3),
-                         n: int = 512, meter=None, seed: int = 0) -> pd.DataFrame:
-    """Inject isotropic noise e ~ N(0, (r sigma_t)^2 I) into true states x_t of mixture data
-    and compare the meter's measured shift with the predictions.
+                         n: int = 512, meter=None, seed: int = 0,
+                         coordinate: str = "log-snr") -> pd.DataFrame:
+    """Inject isotropic noise e ~ N(0, (r sigma_t)^2 I) into true states x_t and compare the
+    meter's measured shift with the predictions.
 
-    One row per (t, r): measured (meter reading of x_t + e minus that of x_t, paired),
-    true_shift (the meter's response to a state truly at t_exact), gain, exact and first
-    (the proposition), and routes a, b, c, d with x_t as the reference.
+    `coordinate` says which t' the injected state is compared with. "log-snr" (default):
+    x_t + e has the log-SNR of t' = `theory.t_exact_log_snr`, and times alpha(t')/alpha(t)
+    it is exactly a state at t' (a deterministic map, `theory.path_scale`), so the meter
+    reads the converted state; this holds under every schedule. "sigma": the state as is,
+    against sigma(t')^2 = sigma_t^2 + sigma_e^2 (`theory.t_exact`): right under the linear
+    schedule only approximately and wrong under VP (where x_t + e is off the path: its scale
+    exceeds any state's at t').
+
+    One row per (t, r): measured (meter reading minus that of x_t, paired), true_shift (the
+    meter's response to the state truly at t'), gain, exact (t' - t) and first (the
+    proposition); on mixture data also routes a, b, c, d with x_t as the reference. `data`
+    is any Dataset (the meter defaults to the exact oracle, which needs a mixture).
     """
+    if coordinate not in ("log-snr", "sigma"):
+        raise NoiseshiftError(f"coordinate must be log-snr or sigma, not {coordinate!r}")
     schedule = get_schedule(schedule)
     meter = exact_meter(data, schedule) if meter is None else meter
     ts = np.linspace(0.05, 0.95, 19) if ts is None else as_float64(ts)
     gen = torch.Generator().manual_seed(seed)
-    m2, basis = data.mixture.second_moment(), mean_span(data.mixture)
+    routes = _injection_routes(data, schedule)
     rows = []
     for t in ts:
         x0, eps = _true_states(data, n, gen)
@@ -291,16 +305,30 @@ def injection_experiment(data, schedule: Schedule | str, *, ts=None, ratios=(0.1
         for r in ratios:
             se = r * float(schedule.sigma(t))
             xh = xt + se * torch.randn(xt.shape, generator=gen)
-            te = float(t_exact(t, se, schedule))
+            if coordinate == "sigma":
+                te, read = float(t_exact(t, se, schedule)), xh
+            else:
+                te = float(t_exact_log_snr(t, se, schedule))
+                read = xh * float(path_scale(t, te, schedule))
             truly = schedule.add_noise(x0, eps, te).float()
             rows.append({
                 "t": float(t), "r": r, "sigma_e": se,
-                "measured": _mean_reading(meter, xh) - base,
+                "measured": _mean_reading(meter, read) - base,
                 "true_shift": _mean_reading(meter, truly) - base,
                 "exact": te - t, "first": float(delta_first_order(t, se, schedule)),
-                "a": route_a(xh, xt, t, schedule), "b": route_b(xh, t, schedule, m2),
-                "c": route_c(xh, xt, t, schedule, m2), "d": route_d(xh, xt, t, schedule, basis),
+                **routes(xh, xt, t, se),
             })
     df = pd.DataFrame(rows)
     df.insert(3, "gain", meter_gain(meter, df.t))
     return df
+
+
+def _injection_routes(data, schedule):
+    """routes(xh, xt, t, se) -> {a, b, c, d} on mixture data (they need its mean span), {}
+    otherwise."""
+    if getattr(data, "mixture", None) is None:
+        return lambda xh, xt, t, se: {}
+    m2, basis = data.mixture.second_moment(), mean_span(data.mixture)
+    return lambda xh, xt, t, se: {
+        "a": route_a(xh, xt, t, schedule), "b": route_b(xh, t, schedule, m2),
+        "c": route_c(xh, xt, t, schedule, m2), "d": route_d(xh, xt, t, schedule, basis)}

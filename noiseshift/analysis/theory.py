@@ -85,6 +85,25 @@ def t_exact(t, sigma_e, schedule: Schedule | str) -> np.ndarray:
     return as_float64(schedule.t_from_sigma(np.sqrt(schedule.sigma(t) ** 2 + se**2)))
 
 
+def t_exact_log_snr(t, sigma_e, schedule: Schedule | str) -> np.ndarray:
+    """The t' whose log-SNR is that of x_t + e, e ~ N(0, sigma_e^2 I):
+    alpha(t')^2 / sigma(t')^2 = alpha_t^2 / (sigma_t^2 + sigma_e^2). This is the coordinate a
+    scale-free meter reads (it sees x / rms(x)); x_t + e is exactly a state at t' times
+    alpha_t / alpha(t') (`path_scale`). Under VE (alpha = 1) it equals `t_exact`."""
+    schedule = get_schedule(schedule)
+    t, se = as_float64(t), as_float64(sigma_e)
+    lam = 2 * np.log(as_float64(schedule.alpha(t))) - np.log(
+        as_float64(schedule.sigma(t)) ** 2 + se**2)
+    return as_float64(schedule.t_from_log_snr(lam))
+
+
+def path_scale(t, t_prime, schedule: Schedule | str) -> np.ndarray:
+    """alpha(t') / alpha(t): x_t + e times this is on the path at t' = `t_exact_log_snr`."""
+    schedule = get_schedule(schedule)
+    return as_float64(schedule.alpha(as_float64(t_prime))) / as_float64(
+        schedule.alpha(as_float64(t)))
+
+
 def delta_exact(t, sigma_e, schedule: Schedule | str) -> np.ndarray:
     """t_exact - t: the proposition without the first-order expansion."""
     return t_exact(t, sigma_e, schedule) - as_float64(t)

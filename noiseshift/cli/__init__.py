@@ -19,7 +19,7 @@ from .common import app, err_console
 
 # Registration order is the order `--help` lists them: the story's order.
 COMMANDS = ("demo", "train", "train_estimator", "sample", "estimate", "report", "inspect",
-            "probe", "audit", "decompose")
+            "probe", "audit", "decompose", "encode")
 for _name in COMMANDS:
     importlib.import_module(f"{__name__}.{_name}")
 

@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..data import parse_data_spec
 from ..recording import load_denoiser, needs_training
 
 app = typer.Typer(
@@ -83,10 +84,46 @@ def progress(quiet: bool = False):
 @contextmanager
 def training_bar(quiet: bool, description: str):
     """A progress bar fed by a training loop's ``on_step(info)`` ({"step", "steps"}): yields
-    that callback."""
+    that callback. An info with a "note" (what trains, where it is cached) prints it once."""
     with progress(quiet) as p:
         task = p.add_task(description, total=None)
-        yield lambda info: p.update(task, completed=info.get("step"), total=info.get("steps"))
+
+        def on_step(info):
+            if "note" in info:
+                print_note(info["note"], quiet)
+            p.update(task, completed=info.get("step"), total=info.get("steps"))
+
+        yield on_step
+
+
+def print_note(note: str, quiet: bool = False) -> None:
+    """One line on stderr (never on stdout, which --json keeps for the JSON)."""
+    if not quiet:
+        err_console.print(f"[dim]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+#: The one help text of --data, shared by every command.
+DATA_HELP = ("The data: a built-in (`digits`, `gmm` (64-d Gaussian mixture), `photos` (32x32 "
+             "RGB patches of scikit-learn's sample photos; `photos:test` the held-out region)), "
+             "an array file (`x.npy`, `x.npz[:KEY]`, `x.h5[:KEY]`; (N, d), (N, H, W) or "
+             "(N, C, H, W)), an image folder (PNG/JPEG/WebP, resized and centre-cropped to "
+             "--size, labels from subfolders), or `latents:PATH` (VAE latents with their "
+             "scaling factor).")
+
+
+def data_option(default: str | None, extra: str = ""):
+    """The --data option, the same grammar in every command (`data.parse_data_spec`)."""
+    return typer.Option(default, "--data", help=DATA_HELP + (" " + extra if extra else ""))
+
+
+def size_option(default: int | None = None):
+    return typer.Option(default, "--size", min=8, max=1024, help="Image side for image data "
+                        "(digits 16, photos and folders 32 by default).")
+
+
+def data_spec(text: str | None, size: int | None = None, dim: int | None = None) -> dict | None:
+    """A --data value as a spec dict (None stays None)."""
+    return None if text is None else parse_data_spec(text, size=size, dim=dim)
 
 
 def denoiser_with_progress(path: str | None, device: str = "auto", quiet: bool = False):

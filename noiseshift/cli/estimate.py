@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from ..estimation import estimate_file, overall
-from .common import app, console, print_json, progress
+from .common import (
+    app,
+    console,
+    data_option,
+    data_spec,
+    print_json,
+    print_note,
+    progress,
+    size_option,
+)
 
 
 @app.command("estimate")
@@ -30,6 +39,10 @@ def estimate_command(
     max_mib: float = typer.Option(64.0, "--chunk-mib", min=0.001, help="States read from the "
                                   "file at a time, in MiB: memory stays flat at about this "
                                   "much whatever the file size."),
+    data: str = data_option(None, "The data the runs' model learned, for estimators fitted "
+                            "on data (learned, variance, wavelet, ...); default: what each "
+                            "run's `model` attribute names."),
+    size: int = size_option(),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or "
                                "cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print per-step records as JSON."),
@@ -59,7 +72,9 @@ def estimate_command(
             return bars["p"], bars[key]
 
         def on_train(info):
-            p, t = task("train", "training the default estimator (first use only)",
+            if "note" in info:
+                print_note(info["note"], json_out)
+            p, t = task("train", "training the learned estimator (first use only)",
                         info["steps"])
             p.update(t, completed=info["step"])
 
@@ -69,7 +84,8 @@ def estimate_command(
 
         result = estimate_file(file, estimator, out=out, runs=run, device=device,
                                batch_size=batch_size, max_bytes=int(max_mib * 2**20),
-                               progress=on_progress, train_progress=on_train)
+                               progress=on_progress, train_progress=on_train,
+                               data=data_spec(data, size))
     if json_out:
         print_json(result.to_dict())
         return

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from ..data import load_data
 from ..errors import NoiseshiftError
 from ..report import build_report, write_report
 from ..report.tables import report_tables
-from .common import app, console, fail, print_json, progress
+from .common import app, console, data_option, data_spec, fail, print_json, progress, size_option
 
 
 @app.command("report")
@@ -32,6 +33,9 @@ def report_command(
                                   "every CI."),
     quality: bool = typer.Option(True, "--quality/--no-quality", help="Sample-quality "
                                  "metrics (FD, precision, recall, ...)."),
+    data: str = data_option(None, "For the quality metrics; default: the data the runs' "
+                            "model attribute names."),
+    size: int = size_option(),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Summarise the noise shift of every run, against its schedule, the theory and a baseline.
@@ -51,8 +55,9 @@ def report_command(
     `noiseshift report --plot`.
     """
     try:
+        dataset = None if data is None else load_data(data_spec(data, size))
         rep, md = _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality,
-                        json_out)
+                        json_out, dataset)
     except NoiseshiftError as e:
         fail(e.problem, e.path)
     if json_out:
@@ -63,7 +68,8 @@ def report_command(
                                            " (add --plot for figures)"))
 
 
-def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, quiet):
+def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, quiet,
+          dataset=None):
     with progress(quiet) as p:
         tasks: dict[str, int] = {}
 
@@ -73,7 +79,8 @@ def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, q
             p.update(tasks[stage], completed=done, total=total)
 
         rep = build_report(file, estimates, baseline=baseline, estimator=estimator,
-                           quality=quality, n_boot=bootstrap, progress=on_progress)
+                           quality=quality, n_boot=bootstrap, progress=on_progress,
+                           data=dataset)
         return rep, write_report(rep, out, plot=plot, progress=on_progress)
 
 

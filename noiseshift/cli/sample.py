@@ -29,10 +29,13 @@ from ..sampling import draw_labels, sample_across_ranks, sampler_settings
 from .common import (
     app,
     console,
+    data_option,
+    data_spec,
     denoiser_with_progress,
     err_console,
     print_json,
     progress,
+    size_option,
     training_bar,
 )
 
@@ -68,7 +71,8 @@ def _numbers(text: str | None, option: str, counts=(2,)):
 
 
 def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, eps_scale,
-                     time_shift, interval, estimator, device: str, quiet: bool) -> dict:
+                     time_shift, interval, estimator, device: str, quiet: bool,
+                     data: dict | None = None) -> dict:
     """`build_guidance` keywords from the command line's strings; loads the estimator that
     estimator-based NAG modes read (`--estimator`, else the built-in learned one)."""
     opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
@@ -77,7 +81,8 @@ def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, 
                 interval=_numbers(interval, "--guidance-interval"))
     if nag_scale and nag_mode != "cf":
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
-            opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar)
+            opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar,
+                                              data=data)
     return opts
 
 
@@ -156,6 +161,9 @@ def sample_command(
     no_record: bool = typer.Option(False, "--no-record", help="Do not record."),
     grid: Path = typer.Option(None, "--grid", help="Save a PNG grid of (up to 64) samples "
                               "(image data only)."),
+    data: str = data_option(None, "Default: the data the model's checkpoint names. Used "
+                            "by the estimator-based NAG modes and stored in the run."),
+    size: int = size_option(),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or "
                                "cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -195,7 +203,7 @@ def sample_command(
     guided, guidance = guided_model(net, **guidance_options(
         net, nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale, eps_scale=eps_scale,
         time_shift=time_shift, interval=guidance_interval, estimator=estimator,
-        device=device, quiet=json_out))
+        device=device, quiet=json_out, data=data_spec(data, size)))
     path = None if no_record else Path(record or DEFAULT_RECORD)
     name = run or run_name(guidance)
     overwrote = path is not None and run_exists(path, name)
@@ -212,7 +220,7 @@ def sample_command(
             seconds = time.perf_counter() - t0
         else:
             rec = record_with_baseline(net, path, name, guided=guided, guidance=guidance, n=n,
-                                       model_info=describe_model(net, model),
+                                       model_info=_model_info(net, model, data, size),
                                        callback=bars.advance, on_baseline=bars.baseline,
                                        record_n=record_n, record_every=record_every,
                                        **common)
@@ -239,6 +247,12 @@ def _save_grid(samples, grid: Path, labels) -> None:
         raise NoiseshiftError(f"--grid needs image data; samples have shape "
                               f"{tuple(samples.shape[1:])}")
     save_grid(samples[:64], grid, labels=None if labels is None else labels[:64])
+
+
+def _model_info(net, source, data, size) -> dict:
+    """The run's `model` attribute; --data, when given, names the data there."""
+    info = describe_model(net, source)
+    return info if data is None else {**info, "data": data_spec(data, size)}
 
 
 class _Bars:

@@ -11,10 +11,11 @@ from ..data import load_data
 from ..defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
 from ..distributed import is_main
 from ..errors import NoiseshiftError
+from ..io.schedules import schedule_from
 from ..models import describe, save_model
 from ..runtime import resolve_device
 from ..training import train_denoiser
-from .common import app, console, print_json, progress
+from .common import app, console, data_option, data_spec, print_json, progress, size_option
 
 
 def state_path(out: Path) -> Path:
@@ -24,9 +25,7 @@ def state_path(out: Path) -> Path:
 
 @app.command("train")
 def train_command(
-    data: str = typer.Option("digits", "--data", help="`digits` (built-in sklearn digits), "
-                             "`gmm` (analytic Gaussian mixture), or a .npy / .npz / .h5 file "
-                             "of shape (N, d), (N, H, W) or (N, C, H, W)."),
+    data: str = data_option("digits"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the model checkpoint."),
     schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Noise schedule: "
                                  "linear, vp-cosine, vp-linear or ve."),
@@ -50,7 +49,9 @@ def train_command(
                              "vectors), unet or mlp."),
     unconditional: bool = typer.Option(False, "--unconditional", help="Ignore the data's "
                                        "labels."),
-    side: int = typer.Option(16, "--side", min=8, help="Image side for --data digits."),
+    size: int = size_option(),
+    side: int = typer.Option(None, "--side", min=8, help="Same as --size (kept for old "
+                             "scripts)."),
     dim: int = typer.Option(64, "--dim", min=1, help="Dimension for --data gmm."),
     seed: int = typer.Option(DEFAULT_DENOISER["seed"], "--seed"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or "
@@ -73,10 +74,7 @@ def train_command(
     Example: `noiseshift train --data digits --out model.pt`, then
     `noiseshift sample --model model.pt`.
     """
-    if data in ("digits", "gmm"):
-        dataset = load_data(data, side=side) if data == "digits" else load_data(data, dim=dim)
-    else:
-        dataset = load_data(data)
+    dataset = load_data(data_spec(data, size or side, dim))
     if out.exists() and out.is_dir():
         raise NoiseshiftError("is a folder; --out needs a file name", out)
     state = state_path(out)
@@ -91,7 +89,7 @@ def train_command(
                      f"{info['loss']:.4f}")
 
         model = train_denoiser(
-            dataset, schedule, arch=arch, steps=steps, batch_size=batch_size, lr=lr,
+            dataset, schedule_from(schedule), arch=arch, steps=steps, batch_size=batch_size, lr=lr,
             t_dropout=t_dropout, class_dropout=class_dropout, prediction=prediction,
             conditional=not unconditional, seed=seed, device=dev, checkpoint=state,
             resume=resume, on_step=on_step)

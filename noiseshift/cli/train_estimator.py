@@ -14,18 +14,26 @@ from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..estimators import LearnedEstimator
 from ..estimators.accuracy import compare
+from ..io.schedules import schedule_from
 from ..runtime import resolve_device
-from .common import app, console, print_json, progress
+from .common import (
+    app,
+    console,
+    data_option,
+    data_spec,
+    print_json,
+    progress,
+    size_option,
+)
 
 
 @app.command("train-estimator")
 def train_estimator_command(
-    data: str = typer.Option("digits", "--data", help="`digits` (built-in), `gmm` (analytic "
-                             "Gaussian mixture), or a .npy / .npz / .h5 file of shape (N, d), "
-                             "(N, H, W) or (N, C, H, W)."),
+    data: str = data_option("digits"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the estimator."),
     schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Noise schedule the "
-                                 "states follow: linear, vp-cosine, vp-linear or ve."),
+                                 "states follow: linear, vp-cosine, vp-linear, ve, or "
+                                 "from:traj.h5[:run] (a recorded run's schedule)."),
     steps: int = typer.Option(DEFAULT_ESTIMATOR["steps"], "--steps", min=1,
                               help="Optimiser steps."),
     bins: int = typer.Option(DEFAULT_ESTIMATOR["bins"], "--bins", min=2,
@@ -34,7 +42,9 @@ def train_estimator_command(
                                    help="Training batch."),
     lr: float = typer.Option(DEFAULT_ESTIMATOR["lr"], "--lr", min=0.0,
                              help="Peak AdamW learning rate."),
-    side: int = typer.Option(16, "--side", min=8, help="Image side for --data digits."),
+    size: int = size_option(),
+    side: int = typer.Option(None, "--side", min=8, help="Same as --size (kept for old "
+                             "scripts)."),
     dim: int = typer.Option(64, "--dim", min=1, help="Dimension for --data gmm."),
     eval_n: int = typer.Option(4096, "--eval-n", min=1, help="Held-out states for the "
                                "accuracy table."),
@@ -56,12 +66,8 @@ def train_estimator_command(
     Example: `noiseshift train-estimator --data digits --out est.pt`, then
     `noiseshift estimate trajectories.h5 --estimator est.pt`.
     """
-    if data == "digits":
-        dataset = load_data(data, side=side)
-    elif data == "gmm":
-        dataset = load_data(data, dim=dim)
-    else:
-        dataset = load_data(data)
+    dataset = load_data(data_spec(data, size or side, dim))
+    schedule = schedule_from(schedule)
     if out.exists() and out.is_dir():
         raise NoiseshiftError("is a folder; --out needs a file name", out)
     dev = resolve_device(device)

@@ -47,9 +47,16 @@ class PosteriorConvNet(nn.Module):
     view, and pooling the mean and mean square of the features (so energy as well as level
     survives) makes the read-out global."""
 
-    def __init__(self, channels: int, bins: int, width: int = 16):
+    def __init__(self, channels: int, bins: int, width: int = 16, stem: int = 0):
         super().__init__()
         w = width
+        if stem:  # only for sides above STEM_SIDE: today's shapes keep today's weights
+            self.stem = nn.Sequential(*[
+                layer for k in range(stem) for layer in (
+                    _EvenPad(), nn.PixelUnshuffle(2),
+                    nn.Conv2d(4 * (channels if k == 0 else 2 * w), 2 * w, 3, padding=1),
+                    nn.SiLU())])
+            channels = 2 * w
         self.features = nn.Sequential(
             nn.PixelUnshuffle(2),
             nn.Conv2d(4 * channels, 2 * w, 3, padding=1), nn.SiLU(),
@@ -59,6 +66,8 @@ class PosteriorConvNet(nn.Module):
 
     def forward(self, x):
         h, log_rms = _scale_free(x)
+        if hasattr(self, "stem"):
+            h = self.stem(h)
         if h.shape[-2] % 2 or h.shape[-1] % 2:
             h = F.pad(h, (0, h.shape[-1] % 2, 0, h.shape[-2] % 2), mode="replicate")
         f = self.features(h)
@@ -66,14 +75,51 @@ class PosteriorConvNet(nn.Module):
         return self.head(pooled)
 
 
+class _EvenPad(nn.Module):
+    """Replicate-pad odd sides to even, so a pixel-unshuffle never drops a row."""
+
+    def forward(self, h):
+        if h.shape[-2] % 2 or h.shape[-1] % 2:
+            h = F.pad(h, (0, h.shape[-1] % 2, 0, h.shape[-2] % 2), mode="replicate")
+        return h
+
+
+#: Images with a side above this go through a downsampling stem down to at most this side.
+STEM_SIDE = 32
+MAX_SIDE = 256
+
+
+def stem_stages(side: int) -> int:
+    """Halvings that bring `side` to at most STEM_SIDE (0 for sides up to STEM_SIDE)."""
+    k = 0
+    while side > STEM_SIDE:
+        side, k = (side + 1) // 2, k + 1
+    return k
+
+
 def build_network(shape: tuple[int, ...], bins: int, width: int | None = None) -> nn.Module:
-    """MLP for vectors (d,), conv net for images (C, H, W)."""
+    """MLP for vectors (d,); conv net for images (C, H, W) of any channel count, with a
+    learned downsampling stem (pixel-unshuffle + conv per halving) for sides above
+    STEM_SIDE, up to MAX_SIDE. Shapes up to 32 x 32 get exactly the network they always had,
+    so cached estimators (the built-in digits one) load and read as before."""
     if len(shape) == 1:
         return PosteriorMLP(shape[0], bins, width or 256)
     if len(shape) == 3:
-        return PosteriorConvNet(shape[0], bins, width or 16)
+        side = max(shape[1:])
+        if min(shape[1:]) < 2 or side > MAX_SIDE:
+            raise NoiseshiftError(f"the learned estimator reads images with sides 2..{MAX_SIDE}"
+                                  f", not {tuple(shape)}")
+        return PosteriorConvNet(shape[0], bins, width or 16, stem=stem_stages(side))
     raise NoiseshiftError(f"the learned estimator reads vectors (d,) or images (C, H, W), "
                           f"not states of shape {shape}")
+
+
+def device_batch_size(shape, device, activation_factor: int = 48, cap: int = 65536) -> int:
+    """A read-out batch for a CUDA device: a quarter of its free memory over an estimate of
+    one state's activations (activation_factor x its float32 size), in [1024, cap]."""
+    free, _ = torch.cuda.mem_get_info(device)
+    per = 4 * activation_factor * max(1, int(torch.tensor(shape).prod()))
+    return int(min(cap, max(1024, free // 4 // per)))
 
 
 class LearnedEstimator(NoiseLevelEstimator):
@@ -124,7 +170,14 @@ class LearnedEstimator(NoiseLevelEstimator):
 
         return sample_batch
 
+    def _device_batch(self) -> None:
+        """On CUDA, read in batches sized to the device's free memory (the CPU default,
+        1024, leaves a GPU mostly idle); an explicit batch_size other than 1024 is kept."""
+        if self.device_.type == "cuda" and self.batch_size == 1024:
+            self.batch_size = device_batch_size(self.shape_, self.device_)
+
     def _fit(self, train: Dataset, progress) -> None:
+        self._device_batch()
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
             torch.manual_seed(self.seed)
             net = self._build()
@@ -155,6 +208,7 @@ class LearnedEstimator(NoiseLevelEstimator):
 
     def _load_state(self, state):
         super()._load_state(state)
+        self._device_batch()
         self.net_ = self._build()
         self.net_.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         self.net_.eval()
@@ -163,4 +217,5 @@ class LearnedEstimator(NoiseLevelEstimator):
         return sum(p.numel() for p in self.net_.parameters())
 
 
-__all__ = ["LearnedEstimator", "PosteriorConvNet", "PosteriorMLP", "build_network"]
+__all__ = ["LearnedEstimator", "PosteriorConvNet", "PosteriorMLP", "build_network",
+           "device_batch_size", "stem_stages"]

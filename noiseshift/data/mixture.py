@@ -1,24 +1,17 @@
-"""Built-in data (upsampled sklearn digits, an analytic Gaussian mixture) and user arrays.
+"""The Gaussian mixture: exact score, x0 prediction and posterior p(t | x) under any schedule.
 
-The Gaussian mixture is the ground truth for the rest of the toolkit: its score, x0
-prediction, velocity and posterior p(t | x) are exact, so estimators and guidance are tested
+It is the ground truth for the rest of the toolkit: estimators and guidance are tested
 against it rather than against another network.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits as sk_digits
 
-from .errors import NoiseshiftError
-from .schedules import Schedule, expand_like, get_schedule
+from ..schedules import Schedule, expand_like, get_schedule
+from .base import Dataset
 
 DEFAULT_T_GRID = 256
 DATA_END = get_schedule("linear")  # at t = 0: alpha = 1, sigma = 0, x_t is the data
@@ -27,87 +20,6 @@ DATA_END = get_schedule("linear")  # at t = 0: alpha = 1, sigma = 0, x_t is the 
 def t_grid(n: int = DEFAULT_T_GRID) -> torch.Tensor:
     """Midpoints of n equal bins of [0, 1] (float64): the grid posteriors over t live on."""
     return (torch.arange(n, dtype=torch.float64) + 0.5) / n
-
-
-@dataclass
-class Dataset:
-    """Samples x (N, *shape) in float32 with optional labels, and how to rebuild them."""
-
-    x: torch.Tensor
-    labels: torch.Tensor | None
-    spec: dict
-    num_classes: int = 0
-    # Orthonormal basis (D, k) of a subspace known to hold every data point, if any.
-    subspace: torch.Tensor | None = None
-    mixture: GaussianMixture | None = None
-    info: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.spec["name"]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-    @property
-    def dim(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def second_moment(self) -> float:
-        """E|x0|^2 per dimension (exact for a mixture)."""
-        if self.mixture is not None:
-            return self.mixture.second_moment()
-        return float(self.x.double().pow(2).mean())
-
-    def split(self, held_out: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """A seeded (train, held-out) split."""
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(self), generator=g)
-        n_held = max(1, int(round(held_out * len(self))))
-        parts = []
-        for idx in (perm[n_held:], perm[:n_held]):
-            labels = None if self.labels is None else self.labels[idx]
-            parts.append(
-                Dataset(self.x[idx], labels, self.spec, self.num_classes, self.subspace,
-                        self.mixture, self.info)
-            )
-        return parts[0], parts[1]
-
-
-# -- digits ---------------------------------------------------------------------------------
-
-def upsample(images: torch.Tensor, side: int) -> torch.Tensor:
-    """Bilinear upsampling of (N, 1, h, w) images to side x side; a fixed linear map."""
-    if images.shape[-1] == side:
-        return images
-    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
-
-
-def load_digits(side: int = 16) -> Dataset:
-    """sklearn's 1797 8x8 digits, scaled to [-1, 1] and upsampled to side x side.
-
-    Upsampling is linear, so the data lie in a 64-dimensional subspace of the side^2 pixels;
-    its basis rides along for the subspace oracle.
-    """
-
-    if side < 8:
-        raise NoiseshiftError(f"digits side must be at least 8, got {side}")
-    d = sk_digits()
-    images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
-    x = upsample(images, side)
-    basis = upsample(torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8), side)
-    q, _ = torch.linalg.qr(basis.reshape(64, side * side).T)
-    return Dataset(
-        x=x.contiguous(),
-        labels=torch.tensor(d.target, dtype=torch.int64),
-        spec={"name": "digits", "side": side},
-        num_classes=10,
-        subspace=q,
-    )
 
 
 # -- Gaussian mixture -----------------------------------------------------------------------
@@ -279,78 +191,3 @@ def make_gmm(dim: int = 64, components: int = 8, std: float = 0.25, seed: int = 
     )
 
 
-# -- user arrays ----------------------------------------------------------------------------
-
-_ARRAY_KEYS = ("x", "data", "images", "arr_0")
-_LABEL_KEYS = ("labels", "y", "targets")
-
-
-def load_array(path: str | Path) -> Dataset:
-    """Data from .npy, .npz (key x/data/images) or .h5 (dataset x/data/images).
-
-    (N, d) is a batch of vectors, (N, H, W) greyscale images, (N, C, H, W) images.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise NoiseshiftError("no such file", path)
-    labels = None
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arr = _pick(z, _ARRAY_KEYS, path)
-                labels = next((z[k] for k in _LABEL_KEYS if k in z), None)
-        elif path.suffix in (".h5", ".hdf5"):
-            with h5py.File(path, "r") as f:
-                arr = _pick(f, _ARRAY_KEYS, path)[()]
-                labels = next((f[k][()] for k in _LABEL_KEYS if k in f), None)
-        else:
-            raise NoiseshiftError("unknown data format; use .npy, .npz or .h5", path)
-    except NoiseshiftError:
-        raise
-    except Exception as e:  # numpy and h5py raise many types for a damaged file
-        raise NoiseshiftError(f"cannot read data ({type(e).__name__}: {e})", path) from e
-    if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3, 4) or arr.shape[0] < 2:
-        raise NoiseshiftError(
-            f"expected a real array of shape (N, d), (N, H, W) or (N, C, H, W) with N >= 2, "
-            f"got {arr.dtype} {arr.shape}", path)
-    if not np.isfinite(arr).all():
-        raise NoiseshiftError("data contain NaN or Inf", path)
-    x = torch.tensor(arr, dtype=torch.float32)
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    lab = None
-    if labels is not None:
-        lab = torch.tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
-        if lab.shape[0] != x.shape[0]:
-            raise NoiseshiftError(f"{lab.shape[0]} labels for {x.shape[0]} samples", path)
-    return Dataset(x=x, labels=lab, spec={"name": "file", "path": str(path)},
-                   num_classes=0 if lab is None else int(lab.max()) + 1)
-
-
-def _pick(container, keys, path):
-    for k in keys:
-        if k in container:
-            return container[k]
-    names = list(container.keys())
-    if len(names) == 1:
-        return container[names[0]]
-    raise NoiseshiftError(f"cannot tell which array is the data among {names}; "
-                          f"name it one of {list(keys)}", path)
-
-
-def load_data(spec: str | dict = "digits", **options) -> Dataset:
-    """A dataset by name ('digits', 'gmm'), by path, or from a stored spec dict."""
-    if isinstance(spec, dict):
-        options = {**{k: v for k, v in spec.items() if k != "name"}, **options}
-        spec = spec["name"]
-    options = {k: v for k, v in options.items() if v is not None}
-    if spec == "digits":
-        return load_digits(**{k: v for k, v in options.items() if k == "side"})
-    if spec == "gmm":
-        keys = ("dim", "components", "std", "seed", "n")
-        return make_gmm(**{k: v for k, v in options.items() if k in keys})
-    if spec == "file":
-        return load_array(options["path"])
-    return load_array(spec)

@@ -1,0 +1,90 @@
+"""Encode image data into VAE latents with a local diffusers `AutoencoderKL`, so a latent
+model's noise-level estimator can be trained where its states live.
+
+Latents are written in diffusion space, z = (mean - shift_factor) * scaling_factor (the
+posterior mean: deterministic, the same latents on every run), to an HDF5 file with the
+dataset `latents` (N, C, h, w), `labels` when the data have them, and the attributes
+`scaling_factor`, `shift_factor` (0 when the VAE has none), `vae` and `data` (the spec);
+`--data latents:FILE` reads it back (`data.load_latents`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..errors import NoiseshiftError
+from ..io import atomic_path
+from ..runtime import resolve_device
+from . import require
+
+
+def load_vae(path, device="cpu"):
+    """An `AutoencoderKL` from a local folder (save_pretrained layout, or a pipeline folder
+    with a `vae/` subfolder)."""
+    diffusers = require("diffusers")
+    path = Path(path)
+    if not path.is_dir():
+        raise NoiseshiftError("no such folder (a diffusers AutoencoderKL saved with "
+                              "save_pretrained)", path)
+    sub = "vae" if (path / "vae" / "config.json").exists() else None
+    try:
+        vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder=sub)
+    except Exception as e:  # diffusers raises many types for a wrong folder
+        raise NoiseshiftError(f"cannot load an AutoencoderKL ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0]})", path) from e
+    return vae.to(resolve_device(device)).eval()
+
+
+def _factors(vae, path) -> tuple[float, float]:
+    scale = getattr(vae.config, "scaling_factor", None)
+    if scale is None:
+        raise NoiseshiftError("the VAE's config has no scaling_factor", path)
+    shift = getattr(vae.config, "shift_factor", None)
+    return float(scale), float(shift or 0.0)
+
+
+def encode_latents(vae_path, data: Dataset, out, *, batch_size: int = 64, device="auto",
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Encode `data` (images in [-1, 1]) with the VAE at `vae_path` into `out` (HDF5,
+    written through a temporary file and a rename). Returns a summary."""
+    if len(data.shape) != 3:
+        raise NoiseshiftError(f"encode needs image data (C, H, W), got {data.shape}")
+    dev = resolve_device(device)
+    vae = load_vae(vae_path, dev)
+    scale, shift = _factors(vae, vae_path)
+    want = int(vae.config.in_channels)
+    x = data.x
+    if x.shape[1] != want:
+        if x.shape[1] != 1:
+            raise NoiseshiftError(f"the VAE takes {want} channels, the data have {x.shape[1]}",
+                                  vae_path)
+        x = x.expand(-1, want, -1, -1)
+    parts, done = [], 0
+    with torch.no_grad():
+        for xb in x.split(batch_size):
+            z = vae.encode(xb.to(dev)).latent_dist.mean
+            parts.append(((z - shift) * scale).float().cpu().numpy())
+            done += len(xb)
+            if progress is not None:
+                progress(done, len(x))
+    lat = np.concatenate(parts)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("latents", data=lat)
+        if data.labels is not None:
+            f.create_dataset("labels", data=data.labels.numpy())
+        f.attrs.update({"scaling_factor": scale, "shift_factor": shift,
+                        "vae": str(Path(vae_path).resolve()),
+                        "data": json.dumps(data.spec, default=str)})
+    return {"out": str(out), "n": int(lat.shape[0]), "shape": list(lat.shape[1:]),
+            "scaling_factor": scale, "shift_factor": shift,
+            "std": float(lat.std()), "mean": float(lat.mean())}
+
+
+__all__ = ["encode_latents", "load_vae"]
