@@ -20,6 +20,8 @@ whether a model trusts its t input is `noiseshift.analysis.probe`.
 """
 
 from .base import (
+    CAPPED_MODES,
+    DEFAULT_CAP,
     DEFAULT_INTERVAL,
     DEFAULT_NAG_MODE,
     FULL_INTERVAL,
@@ -27,15 +29,29 @@ from .base import (
     NAG_MODES,
     GuidanceWarning,
     Guided,
+    capped,
+    default_cap,
+    default_interval,
+    velocity_gain,
 )
 from .build import build_guidance, describe_estimator, low_dim_warning, run_name
 from .classifier_free import NO_NULL_T, ClassifierFreeGuidance
-from .estimator import EstimatorGradientNAG, grad_log_posterior, interpolate_log_posterior, read_t
+from .estimator import (
+    EstimatorGradientNAG,
+    ReadingLikelihoodNAG,
+    calibrated_t,
+    grad_log_posterior,
+    interpolate_log_posterior,
+    read_t,
+    reading_and_grad,
+)
 from .peers import EpsScaling, TimeShift
 
 __all__ = [
-    "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL", "LOW_DIM", "NAG_MODES", "NO_NULL_T",
-    "ClassifierFreeGuidance", "EpsScaling", "EstimatorGradientNAG", "Guided", "GuidanceWarning",
-    "TimeShift", "build_guidance", "describe_estimator", "grad_log_posterior",
-    "interpolate_log_posterior", "low_dim_warning", "read_t", "run_name",
+    "CAPPED_MODES", "DEFAULT_CAP", "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL",
+    "LOW_DIM", "NAG_MODES", "NO_NULL_T", "ClassifierFreeGuidance", "EpsScaling",
+    "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ReadingLikelihoodNAG", "TimeShift",
+    "build_guidance", "calibrated_t", "capped", "default_cap", "default_interval",
+    "describe_estimator", "grad_log_posterior", "interpolate_log_posterior", "low_dim_warning",
+    "read_t", "reading_and_grad", "run_name", "velocity_gain",
 ]

@@ -7,6 +7,8 @@ through ``Schedule.convert`` (in float64).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import NoiseshiftError
@@ -21,11 +23,26 @@ from ..schedules import Schedule
 DEFAULT_INTERVAL = (0.0, 0.8)
 FULL_INTERVAL = (0.0, 1.0)
 LOW_DIM = 16
-NAG_MODES = ("estimator", "estimator-noise", "cf", "cf-read", "cf-read-control")
+NAG_MODES = ("estimator", "estimator-noise", "estimator-reading", "cf", "cf-read",
+             "cf-read-control", "cf-calibrated", "cf-calibrated-control")
+# Modes that cap the score -> velocity factor (t / (1 - t) under the linear schedule) at
+# DEFAULT_CAP instead of skipping t > 0.8, and guide over the whole range.
+CAPPED_MODES = ("estimator-reading", "cf-calibrated", "cf-calibrated-control")
+DEFAULT_CAP = 4.0
 # The mode that helped on the default digits model: the shift shrinks (as the independent
 # subspace oracle reads it) and FD improves a little; plain "estimator" shrinks the shift as
 # much but its content-editing gradient makes FD much worse (bench/bench_guidance.py --digits).
 DEFAULT_NAG_MODE = "estimator-noise"
+
+
+def default_interval(mode: str) -> tuple[float, float]:
+    """The NAG interval a mode uses unless told otherwise."""
+    return FULL_INTERVAL if mode in CAPPED_MODES else DEFAULT_INTERVAL
+
+
+def default_cap(mode: str) -> float | None:
+    """The cap a mode uses unless told otherwise (None: no cap)."""
+    return DEFAULT_CAP if mode in CAPPED_MODES else None
 
 
 class GuidanceWarning(UserWarning):
@@ -69,6 +86,30 @@ def _regular(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(schedule.alpha(t)).abs()
     s = torch.as_tensor(schedule.sigma(t)).abs()
     return (a > 1e-12) & (s > 1e-12)
+
+
+def velocity_gain(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """|d velocity / d score| per row at t (t / (1 - t) under the linear schedule): how far a
+    unit change of the score moves the velocity a sampler steps with. Through
+    ``Schedule.convert``, which is linear in the output when x = 0."""
+    t = t.double()
+    one = torch.ones(t.shape[0], 1, dtype=torch.float64, device=t.device)
+    return schedule.convert(one, "score", "velocity", torch.zeros_like(one), t).abs().squeeze(1)
+
+
+def _cap(cap) -> float | None:
+    """A cap as stored: a float, or None for none (math.inf too)."""
+    return None if cap is None or math.isinf(float(cap)) else float(cap)
+
+
+def capped(schedule: Schedule, t: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Per-row factor (<= 1) on a score change so that the velocity changes by at most
+    ``cap`` times it: min(gain, cap) / gain, with gain = `velocity_gain`; 1 for no cap."""
+    ones = torch.ones(t.shape[0], dtype=torch.float64, device=t.device)
+    if cap is None:
+        return ones
+    gain = velocity_gain(schedule, t)
+    return torch.where(gain > cap, cap / gain.clamp_min(1e-300), ones)
 
 
 def _index(v, idx):
