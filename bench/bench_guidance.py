@@ -27,14 +27,13 @@ import time
 import warnings
 
 import torch
+from guidance_digits import bench_digits
 
 from noiseshift.data import MixtureDenoiser, make_gmm
 from noiseshift.estimators import ExactOracle
 from noiseshift.guidance import GuidanceWarning, build_guidance
 from noiseshift.models import load_model
 from noiseshift.sampling import sample
-
-from guidance_digits import bench_digits
 
 # -- cost -----------------------------------------------------------------------------------
 
