@@ -28,6 +28,7 @@ import warnings
 
 import torch
 from guidance_digits import bench_digits
+from guidance_report import figure, load_rows, table
 
 from noiseshift.data import MixtureDenoiser, make_gmm
 from noiseshift.estimators import ExactOracle
@@ -191,6 +192,10 @@ def main(argv=None):
                    "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8,"
                    "cfg:1+cf-calibrated:1~cap4 (see guidance_digits.parse_setting)")
     p.add_argument("--out", default=None, help="for --digits: append result rows (JSON lines)")
+    p.add_argument("--report", nargs="+", default=None, help="rows files (JSON lines) from "
+                   "--digits --out: print one markdown table")
+    p.add_argument("--figure", default=None, help="with --report: quality against scale, "
+                   "every mode, as a PNG")
     p.add_argument("--model", default=None, help="for --digits: a denoiser checkpoint "
                    "instead of the built-in default")
     p.add_argument("--seeds", default="0")
@@ -208,10 +213,16 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     warnings.simplefilter("ignore", GuidanceWarning)
+    if a.report:
+        rows = load_rows(a.report)
+        print(table(rows))
+        if a.figure:
+            figure(rows, a.figure)
+        return rows
     if a.digits:
         model = None if a.model is None else load_model(a.model, device="cpu")
         return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
-                            a.steps, a.estimator, a.out, model)
+                            a.steps, a.estimator, a.out, model, a.model or "default")
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]

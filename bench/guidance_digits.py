@@ -187,7 +187,8 @@ HEADER = (f"{'setting':<34}{'seed':>4}{'d lrn':>8}{'d sub':>8}{'|d|sub':>7}{'sub
 
 
 def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
-                 estimator: str = "learned", out: str | None = None, model=None) -> list:
+                 estimator: str = "learned", out: str | None = None, model=None,
+                 model_name: str = "default") -> list:
     """Every setting on each seed against that seed's unguided run; rows appended to the
     JSON-lines file ``out`` as they finish (so a long sweep can be read while it runs)."""
     su = setup(model, estimator)
@@ -200,7 +201,8 @@ def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
         base = run(su, "unguided", n, seed, steps)
         for text in settings:
             r = base if text == "unguided" else run(su, text, n, seed, steps)
-            row = {**compare(su, base, r), "text": text, "steps": steps}
+            row = {**compare(su, base, r), "text": text, "steps": steps,
+                   "model": model_name, "guide": estimator}
             print_row(row)
             rows.append(row)
             if out:
