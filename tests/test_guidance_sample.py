@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 from noiseshift.cli import app
 from noiseshift.data import make_gmm
 from noiseshift.errors import NoiseshiftError
+from noiseshift.io import open_trajectories
 from noiseshift.models import save_model
 from noiseshift.training import train_denoiser
-from noiseshift.io import open_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -27,6 +27,7 @@ from .base import (
     FULL_INTERVAL,
     LOW_DIM,
     NAG_MODES,
+    UNCAPPED_INTERVAL,
     GuidanceWarning,
     Guided,
     capped,
@@ -39,6 +40,7 @@ from .classifier_free import NO_NULL_T, ClassifierFreeGuidance
 from .estimator import (
     EstimatorGradientNAG,
     ReadingLikelihoodNAG,
+    ReadingStepNAG,
     calibrated_t,
     grad_log_posterior,
     interpolate_log_posterior,
@@ -50,7 +52,8 @@ from .peers import EpsScaling, TimeShift
 __all__ = [
     "CAPPED_MODES", "DEFAULT_CAP", "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL",
     "LOW_DIM", "NAG_MODES", "NO_NULL_T", "ClassifierFreeGuidance", "EpsScaling",
-    "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ReadingLikelihoodNAG", "TimeShift",
+    "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ReadingLikelihoodNAG", "ReadingStepNAG",
+    "TimeShift", "UNCAPPED_INTERVAL",
     "build_guidance", "calibrated_t", "capped", "default_cap", "default_interval",
     "describe_estimator", "grad_log_posterior", "interpolate_log_posterior", "low_dim_warning",
     "read_t", "reading_and_grad", "run_name", "velocity_gain",

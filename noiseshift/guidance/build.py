@@ -18,7 +18,7 @@ from .base import (
     default_interval,
 )
 from .classifier_free import ClassifierFreeGuidance
-from .estimator import EstimatorGradientNAG, ReadingLikelihoodNAG
+from .estimator import EstimatorGradientNAG, ReadingLikelihoodNAG, ReadingStepNAG
 from .peers import EpsScaling, TimeShift
 
 
@@ -80,6 +80,9 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
     return guided, desc
 
 
+READING_MODES = {"estimator-reading": ReadingLikelihoodNAG, "estimator-step": ReadingStepNAG}
+
+
 def _nag(guided, mode: str, scale: float, cfg_scale: float, interval, estimator, cap):
     """The CFG and NAG wrappers around ``guided`` for one NAG mode."""
     nag_interval = default_interval(mode) if interval is None else interval
@@ -92,9 +95,9 @@ def _nag(guided, mode: str, scale: float, cfg_scale: float, interval, estimator,
             guided, cfg_scale=cfg_scale, nag_scale=cf_nag, cfg_interval=interval,
             nag_interval=nag_interval, read=read, control=mode.endswith("-control"),
             calibrated=mode.startswith("cf-calibrated"), cap=cap if read is not None else None)
-    if scale and mode == "estimator-reading":
-        guided = ReadingLikelihoodNAG(guided, estimator, scale=scale, interval=nag_interval,
-                                      cap=cap)
+    if scale and mode in READING_MODES:
+        guided = READING_MODES[mode](guided, estimator, scale=scale, interval=nag_interval,
+                                     cap=cap)
     elif scale and by_estimator:
         guided = EstimatorGradientNAG(guided, estimator, scale=scale, interval=nag_interval,
                                       project=mode == "estimator-noise", cap=cap)

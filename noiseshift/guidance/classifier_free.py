@@ -17,8 +17,8 @@ import torch
 from ..errors import NoiseshiftError
 from ..schedules import expand_like
 from .base import (
-    DEFAULT_INTERVAL,
     FULL_INTERVAL,
+    UNCAPPED_INTERVAL,
     Guided,
     _cap,
     _in_interval,
@@ -35,7 +35,7 @@ from .estimator import calibrated_t, read_t
 NO_NULL_T = (
     "this model was trained without noise-condition dropout, so it has no null-t branch for "
     "--nag-mode {mode}: train one with `noiseshift train --t-dropout 0.3`, or use "
-    "--nag-mode estimator-noise, which needs no retraining"
+    "--nag-mode estimator-step (the default), which needs no retraining"
 )
 
 
@@ -56,7 +56,7 @@ class ClassifierFreeGuidance(Guided):
         super().__init__(model)
         self.cfg_scale, self.nag_scale = float(cfg_scale), float(nag_scale)
         self.cfg_interval = _interval(cfg_interval, FULL_INTERVAL)
-        self.nag_interval = _interval(nag_interval, DEFAULT_INTERVAL)
+        self.nag_interval = _interval(nag_interval, UNCAPPED_INTERVAL)
         self.read, self.control = read, bool(control)
         self.calibrated, self.cap = bool(calibrated), _cap(cap)
         if (control or calibrated) and read is None:
