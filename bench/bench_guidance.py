@@ -191,6 +191,8 @@ def main(argv=None):
     p.add_argument("--settings", default="unguided,estimator:1,cf:1,cf-read:0.5,eps:1.005,"
                    "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8,"
                    "cfg:1+cf-calibrated:1~cap4 (see guidance_digits.parse_setting)")
+    p.add_argument("--baseline", default="unguided", help="for --digits: the setting every "
+                   "other is compared with (paired), e.g. cfg:1")
     p.add_argument("--out", default=None, help="for --digits: append result rows (JSON lines)")
     p.add_argument("--report", nargs="+", default=None, help="rows files (JSON lines) from "
                    "--digits --out: print one markdown table")
@@ -222,7 +224,8 @@ def main(argv=None):
     if a.digits:
         model = None if a.model is None else load_model(a.model, device="cpu")
         return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
-                            a.steps, a.estimator, a.out, model, a.model or "default")
+                            a.steps, a.estimator, a.out, model, a.model or "default",
+                            a.baseline)
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]

@@ -188,9 +188,10 @@ HEADER = (f"{'setting':<34}{'seed':>4}{'d lrn':>8}{'d sub':>8}{'|d|sub':>7}{'sub
 
 def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
                  estimator: str = "learned", out: str | None = None, model=None,
-                 model_name: str = "default") -> list:
-    """Every setting on each seed against that seed's unguided run; rows appended to the
-    JSON-lines file ``out`` as they finish (so a long sweep can be read while it runs)."""
+                 model_name: str = "default", baseline: str = "unguided") -> list:
+    """Every setting on each seed against that seed's ``baseline`` run (unguided, or e.g.
+    'cfg:1'); rows appended to the JSON-lines file ``out`` as they finish (so a long sweep
+    can be read while it runs)."""
     su = setup(model, estimator)
     print(f"default digits model, euler-maruyama {steps} steps, n={n}, seeds {seeds}; guided "
           f"by the {estimator} estimator; d = mean delta (learned / subspace), % = change "
@@ -198,11 +199,11 @@ def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
     print(HEADER)
     rows = []
     for seed in seeds:
-        base = run(su, "unguided", n, seed, steps)
+        base = run(su, baseline, n, seed, steps)
         for text in settings:
-            r = base if text == "unguided" else run(su, text, n, seed, steps)
+            r = base if text == baseline else run(su, text, n, seed, steps)
             row = {**compare(su, base, r), "text": text, "steps": steps,
-                   "model": model_name, "guide": estimator}
+                   "model": model_name, "guide": estimator, "baseline": baseline}
             print_row(row)
             rows.append(row)
             if out:

@@ -33,7 +33,7 @@ def _groups(rows: list[dict]) -> dict:
     out: dict = {}
     for r in rows:
         key = (r["text"], r.get("steps", 16), r.get("n"), r.get("model", "default"),
-               r.get("guide", "learned"))
+               r.get("guide", "learned"), r.get("baseline", "unguided"))
         out.setdefault(key, {})[r["seed"]] = r  # a later row of the same seed replaces
     return out
 
@@ -55,7 +55,7 @@ def table(rows: list[dict]) -> str:
     head = ("| setting | steps | n | seeds | shift change, subspace (learned) | "
             "dFD [95% CI] per seed | dFD % | d precision | d recall | d accuracy |")
     lines = [head, "|" + "---|" * 10]
-    for (text, steps, n, model, guide), by_seed in _groups(rows).items():
+    for (text, steps, n, model, guide, _), by_seed in _groups(rows).items():
         rs = [by_seed[s] for s in sorted(by_seed)]
         text += "" if model == "default" else f" (model {model})"
         text += "" if guide == "learned" else f" (guided by {guide})"
@@ -74,7 +74,7 @@ def table(rows: list[dict]) -> str:
 def _curves(rows: list[dict]) -> dict:
     """{label: [(scale, dFD %, shift %), ...]} for plain NAG settings at 16 steps."""
     curves: dict = {}
-    for (text, steps, _, model, guide), by_seed in _groups(rows).items():
+    for (text, steps, _, model, guide, _), by_seed in _groups(rows).items():
         opts = parse_setting(text)
         plain = steps == 16 and model == "default" and guide == "learned"
         if not plain or "cfg_scale" in opts or not opts.get("nag_scale"):
