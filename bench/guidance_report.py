@@ -55,8 +55,9 @@ def table(rows: list[dict]) -> str:
     head = ("| setting | steps | n | seeds | shift change, subspace (learned) | "
             "dFD [95% CI] per seed | dFD % | d precision | d recall | d accuracy |")
     lines = [head, "|" + "---|" * 10]
-    for (text, steps, n, model, guide, _), by_seed in _groups(rows).items():
+    for (text, steps, n, model, guide, baseline), by_seed in _groups(rows).items():
         rs = [by_seed[s] for s in sorted(by_seed)]
+        text += "" if baseline == "unguided" else f" (vs {baseline})"
         text += "" if model == "default" else f" (model {model})"
         text += "" if guide == "learned" else f" (guided by {guide})"
         sub = statistics.mean(r["subspace"]["abs_change_pct"] for r in rs)
