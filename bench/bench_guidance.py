@@ -30,25 +30,21 @@ import torch
 from guidance_digits import bench_digits
 from guidance_report import figure, load_rows, table
 
-from noiseshift.data import MixtureDenoiser, make_gmm
-from noiseshift.estimators import ExactOracle
+from noiseshift.data import MixtureDenoiser, load_data, make_gmm
+from noiseshift.defaults import DEFAULT_DATA, cache_dir
+from noiseshift.estimators import ExactOracle, NoiseLevelEstimator
 from noiseshift.guidance import GuidanceWarning, build_guidance
-from noiseshift.models import load_model
+from noiseshift.models import build_model, load_model
+from noiseshift.pretrained import default_model_path
 from noiseshift.sampling import sample
+from noiseshift.training import denoiser_config
 
 # -- cost -----------------------------------------------------------------------------------
 
 def _default_unet():
-    from noiseshift.data import load_data
-    from noiseshift.models import load_model
-    from noiseshift.pretrained import DEFAULT_DATA, default_model_path
-    from noiseshift.training import denoiser_config
-
     path = default_model_path()
     if path.exists():
         return load_model(path), "cached default (trained)"
-    from noiseshift.models import build_model
-
     cfg = denoiser_config(load_data(DEFAULT_DATA), "linear", arch="unet", t_dropout=0.3,
                           class_dropout=0.1, conditional=True, channels=[16, 32])
     torch.manual_seed(0)
@@ -72,12 +68,8 @@ class _FixedPosterior:
 
 
 def _estimator_for_cost(shape):
-    from noiseshift.pretrained import cache_dir
-
     cached = sorted(cache_dir().glob("estimator-*.pt")) if cache_dir().exists() else []
     if cached:
-        from noiseshift.estimators import NoiseLevelEstimator
-
         return NoiseLevelEstimator.load(cached[0]), f"cached {cached[0].name}"
     return _FixedPosterior(shape), "small conv posterior net (untrained)"
 
@@ -90,15 +82,19 @@ def bench_cost(batch: int, repeats: int) -> dict:
     x = torch.randn(batch, *shape, generator=g)
     t = torch.full((batch,), 0.5)
     y = torch.randint(model.num_classes, (batch,), generator=g)
+    def nag(mode, **kw):
+        return build_guidance(model, nag_scale=1.0, nag_mode=mode, estimator=est, **kw)[0]
+
     variants = {
         "unguided": model,
-        "nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf")[0],
-        "cfg+nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf", cfg_scale=1.0)[0],
-        "nag estimator": build_guidance(model, nag_scale=1.0, nag_mode="estimator",
-                                        estimator=est)[0],
-        "nag estimator-noise": build_guidance(model, nag_scale=1.0, estimator=est)[0],
-        "cfg+nag estimator-noise": build_guidance(model, nag_scale=1.0, cfg_scale=1.0,
-                                                  estimator=est)[0],
+        "nag cf": nag("cf"),
+        "cfg+nag cf": nag("cf", cfg_scale=1.0),
+        "nag estimator": nag("estimator"),
+        "nag estimator-noise": nag("estimator-noise"),
+        "nag estimator-step": nag("estimator-step"),
+        "cfg+nag estimator-step": nag("estimator-step", cfg_scale=1.0),
+        "nag cf-calibrated": nag("cf-calibrated"),
+        "nag estimator-reading": nag("estimator-reading"),
     }
     times = {k: [] for k in variants}
     with torch.no_grad():
