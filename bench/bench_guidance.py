@@ -1,8 +1,12 @@
-"""Guidance: step cost against an unguided step, and the shift it removes on the exact mixture.
+"""Guidance: step cost, the shift it removes on the exact mixture, and what every NAG mode
+does to the default digits model's shift and samples.
 
     python bench/bench_guidance.py                 # cost: NAG and CFG+NAG vs unguided
     python bench/bench_guidance.py --mixture       # exact-score NAG on Gaussian mixtures
-    python bench/bench_guidance.py --digits --settings unguided,estimator:1,cf:1 --seeds 0,1
+    python bench/bench_guidance.py --digits --settings unguided,estimator-step:1.5,cf:1 \
+        --seeds 0,1,2 --n 1000 --out rows.jsonl    # digits; see guidance_digits.py
+    python bench/bench_guidance.py --digits --baseline cfg:1 --settings cfg:1+cf:1 ...
+    python bench/bench_guidance.py --report rows.jsonl --figure quality.png
 
 Cost: one forward step of the default digits UNet (the cached trained one if present,
 else the same architecture untrained: cost does not depend on the weights), unguided,
@@ -15,6 +19,10 @@ posterior's calibrated reading minus its reading of true x_t at the same t (the 
 delta), averaged over all steps and over the late steps (t <= 0.5). Quality: the energy
 distance to true samples (0 is perfect) and the dispersion about the nearest mode (1 for
 true data; the exact likelihood would reward collapse onto the modes, so it is not used).
+
+Digits (guidance_digits.py): each setting against the unguided run of the same seed, shift
+by both meters, FD (classifier features and pixel PCA), precision, recall and accuracy, all
+with paired-bootstrap 95% CIs; --report prints one table and draws quality against scale.
 """
 
 from __future__ import annotations
