@@ -9,7 +9,12 @@ every sampler runs every guidance and wrappers compose:
   one batched forward pass; ``cf-read`` turns the NAG branch into a score at an estimator's
   reading t' of the state, ``cf-read-control`` reads the conditional output there.
 - `EstimatorGradientNAG` (estimator.py): ``score(x|t) + w grad_x log p(t|x)`` from a
-  noise-level estimator's posterior; works on any denoiser.
+  noise-level estimator's posterior; works on any denoiser. `ReadingStepNAG`
+  (``estimator-step``, the default): a damped Newton step on the estimator's reading, along
+  the predicted noise; `ReadingLikelihoodNAG` (``estimator-reading``): the gradient of a
+  Gaussian likelihood of the reading. ``cf-calibrated`` (in `ClassifierFreeGuidance`)
+  converts the null-t branch at the calibrated reading, with the score -> velocity factor
+  capped.
 - `EpsScaling` (Ning et al., ICLR 2024) and `TimeShift` (Li et al., ICLR 2024) (peers.py).
 - `build_guidance` builds any combination from CLI-style options; `run_name` names the run
   (build.py).
