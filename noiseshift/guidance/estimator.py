@@ -15,6 +15,7 @@ from ..estimators.base import (
 )
 from ..schedules import expand_like
 from .base import (
+    DEFAULT_CAP,
     FULL_INTERVAL,
     UNCAPPED_INTERVAL,
     Guided,
@@ -154,10 +155,12 @@ class ReadingLikelihoodNAG(EstimatorGradientNAG):
     calibrated posterior-mean reading r(x) (`reading_and_grad`), centred on the reference
     r_ref(t), the mean reading of true x_t. It pulls the reading itself back to where true
     states read, along the direction that changes the reading, instead of raising the binned
-    log p(t|x) at the scheduled t (mode ``estimator``). Capped like the other modes."""
+    log p(t|x) at the scheduled t (mode ``estimator``). By default over the whole range with
+    the score -> velocity factor capped at `DEFAULT_CAP`."""
 
     def __init__(self, model, estimator, *, scale: float, interval=None,
-                 cap: float | None = None, width: float = 0.05):
+                 cap: float | None = DEFAULT_CAP, width: float = 0.05):
+        interval = FULL_INTERVAL if interval is None else interval
         super().__init__(model, estimator, scale=scale, interval=interval, cap=cap)
         self.width = float(width)
 
