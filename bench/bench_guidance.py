@@ -1,8 +1,12 @@
-"""Guidance: step cost against an unguided step, and the shift it removes on the exact mixture.
+"""Guidance: step cost, the shift it removes on the exact mixture, and what every NAG mode
+does to the default digits model's shift and samples.
 
     python bench/bench_guidance.py                 # cost: NAG and CFG+NAG vs unguided
     python bench/bench_guidance.py --mixture       # exact-score NAG on Gaussian mixtures
-    python bench/bench_guidance.py --digits --settings unguided,estimator:1,cf:1 --seeds 0,1
+    python bench/bench_guidance.py --digits --settings unguided,estimator-step:1.5,cf:1 \
+        --seeds 0,1,2 --n 1000 --out rows.jsonl    # digits; see guidance_digits.py
+    python bench/bench_guidance.py --digits --baseline cfg:1 --settings cfg:1+cf:1 ...
+    python bench/bench_guidance.py --report rows.jsonl --figure quality.png
 
 Cost: one forward step of the default digits UNet (the cached trained one if present,
 else the same architecture untrained: cost does not depend on the weights), unguided,
@@ -15,6 +19,10 @@ posterior's calibrated reading minus its reading of true x_t at the same t (the 
 delta), averaged over all steps and over the late steps (t <= 0.5). Quality: the energy
 distance to true samples (0 is perfect) and the dispersion about the nearest mode (1 for
 true data; the exact likelihood would reward collapse onto the modes, so it is not used).
+
+Digits (guidance_digits.py): each setting against the unguided run of the same seed, shift
+by both meters, FD (classifier features and pixel PCA), precision, recall and accuracy, all
+with paired-bootstrap 95% CIs; --report prints one table and draws quality against scale.
 """
 
 from __future__ import annotations
@@ -27,25 +35,24 @@ import time
 import warnings
 
 import torch
+from guidance_digits import bench_digits
+from guidance_report import figure, load_rows, table
 
-from noiseshift.data import MixtureDenoiser, make_gmm
-from noiseshift.estimators import ExactOracle
+from noiseshift.data import MixtureDenoiser, load_data, make_gmm
+from noiseshift.defaults import DEFAULT_DATA, cache_dir
+from noiseshift.estimators import ExactOracle, NoiseLevelEstimator
 from noiseshift.guidance import GuidanceWarning, build_guidance
+from noiseshift.models import build_model, load_model
+from noiseshift.pretrained import default_model_path
 from noiseshift.sampling import sample
+from noiseshift.training import denoiser_config
 
 # -- cost -----------------------------------------------------------------------------------
 
 def _default_unet():
-    from noiseshift.data import load_data
-    from noiseshift.models import load_model
-    from noiseshift.pretrained import DEFAULT_DATA, default_model_path
-    from noiseshift.training import denoiser_config
-
     path = default_model_path()
     if path.exists():
         return load_model(path), "cached default (trained)"
-    from noiseshift.models import build_model
-
     cfg = denoiser_config(load_data(DEFAULT_DATA), "linear", arch="unet", t_dropout=0.3,
                           class_dropout=0.1, conditional=True, channels=[16, 32])
     torch.manual_seed(0)
@@ -69,12 +76,8 @@ class _FixedPosterior:
 
 
 def _estimator_for_cost(shape):
-    from noiseshift.pretrained import cache_dir
-
     cached = sorted(cache_dir().glob("estimator-*.pt")) if cache_dir().exists() else []
     if cached:
-        from noiseshift.estimators import NoiseLevelEstimator
-
         return NoiseLevelEstimator.load(cached[0]), f"cached {cached[0].name}"
     return _FixedPosterior(shape), "small conv posterior net (untrained)"
 
@@ -87,15 +90,19 @@ def bench_cost(batch: int, repeats: int) -> dict:
     x = torch.randn(batch, *shape, generator=g)
     t = torch.full((batch,), 0.5)
     y = torch.randint(model.num_classes, (batch,), generator=g)
+    def nag(mode, **kw):
+        return build_guidance(model, nag_scale=1.0, nag_mode=mode, estimator=est, **kw)[0]
+
     variants = {
         "unguided": model,
-        "nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf")[0],
-        "cfg+nag cf": build_guidance(model, nag_scale=1.0, nag_mode="cf", cfg_scale=1.0)[0],
-        "nag estimator": build_guidance(model, nag_scale=1.0, nag_mode="estimator",
-                                        estimator=est)[0],
-        "nag estimator-noise": build_guidance(model, nag_scale=1.0, estimator=est)[0],
-        "cfg+nag estimator-noise": build_guidance(model, nag_scale=1.0, cfg_scale=1.0,
-                                                  estimator=est)[0],
+        "nag cf": nag("cf"),
+        "cfg+nag cf": nag("cf", cfg_scale=1.0),
+        "nag estimator": nag("estimator"),
+        "nag estimator-noise": nag("estimator-noise"),
+        "nag estimator-step": nag("estimator-step"),
+        "cfg+nag estimator-step": nag("estimator-step", cfg_scale=1.0),
+        "nag cf-calibrated": nag("cf-calibrated"),
+        "nag estimator-reading": nag("estimator-reading"),
     }
     times = {k: [] for k in variants}
     with torch.no_grad():
@@ -180,87 +187,23 @@ def bench_mixture(dims, n, steps, seed, modes, scales, intervals):
     return out
 
 
-# -- digits: the default model ----------------------------------------------------------------
-
-BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
-
-
-def parse_setting(text: str) -> dict:
-    """'unguided', 'estimator:1', 'cf:1.5@0.2-0.8', 'eps:1.005', 'ts:0.2-0.3'."""
-    if text == "unguided":
-        return {}
-    kind, _, rest = text.partition(":")
-    rest, _, iv = rest.partition("@")
-    interval = tuple(float(v) for v in iv.split("-")) if iv else None
-    if kind == "eps":
-        return {"eps_scale": float(rest), "interval": interval}
-    if kind == "ts":
-        return {"time_shift": tuple(float(v) for v in rest.split("-"))}
-    return {"nag_mode": kind, "nag_scale": float(rest), "interval": interval}
-
-
-def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
-                 estimator: str = "learned"):
-    """Every setting on the default digits model and sampler: mean delta per t band as read
-    by the learned estimator (the one estimator-based modes are guided by) and by the
-    subspace oracle (an independent meter), FD in the digits classifier's features and its
-    change against the first setting with a paired bootstrap 95% CI (same seeds)."""
-    from noiseshift.analysis.quality import fd_difference, feature_space, frechet_distance
-    from noiseshift.data import load_data
-    from noiseshift.estimators import SubspaceOracle
-    from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
-
-    data = load_data(DEFAULT_DATA)
-    model = default_model(device="cpu")
-    meter = SubspaceOracle().fit(data, model.schedule)
-    # The estimator that estimator-based modes are guided by; deltas are read by the learned
-    # one and by the subspace oracle either way.
-    learned = default_estimator(device="cpu")
-    guide = learned if estimator == "learned" else meter
-    space = feature_space(data)
-    head = "".join(f"{f't {lo:g}-{hi:g}':>15}" for lo, hi in BANDS)
-    print(f"default digits model, euler-maruyama {steps} steps, n={n}; guided by the "
-          f"{estimator} estimator; delta = learned / subspace oracle per t band")
-    print(f"{'setting':<26}{'seed':>5}{'all steps':>17}{head}{'FD':>7}  dFD [95% CI]")
-    rows = []
-    for seed in seeds:
-        base = None
-        for text in settings:
-            guided, desc = build_guidance(model, estimator=guide, **parse_setting(text))
-            states: list = []
-            out = sample(guided, n, steps=steps, seed=seed,
-                         callback=lambda info, s=states: s.append((info["t"], info["x"])))
-            per = []
-            for t, x in states:
-                a = float(learned.predict(x)[0].mean()) - float(learned.reference(t))
-                b = float(meter.predict(x)[0].mean()) - float(meter.reference(t))
-                per.append((t, a, b))
-            bands = []
-            for lo, hi in BANDS:
-                sel = [(a, b) for t, a, b in per if lo < t <= hi or (lo == 0 and t == 0)]
-                bands.append(tuple(statistics.mean(v) for v in zip(*sel, strict=True)))
-            overall = tuple(statistics.mean(v) for v in zip(*[p[1:] for p in per], strict=True))
-            feats = space(out.float())
-            fd = frechet_distance(feats, space.reference)
-            base = feats if base is None else base
-            d = fd_difference(base, feats, space.reference)
-            cells = "".join(f"{f'{a:+.3f}/{b:+.3f}':>15}" for a, b in bands)
-            print(f"{desc['kind']:<26}{seed:>5}{f'{overall[0]:+.4f}/{overall[1]:+.4f}':>17}"
-                  f"{cells}{fd:>7.2f}  {d:+.2f}")
-            sys.stdout.flush()
-            rows.append({"setting": desc["kind"], "seed": seed, "delta_learned": overall[0],
-                         "delta_oracle": overall[1], "bands": bands, "fd": fd,
-                         "dfd": [d.value, d.lo, d.hi]})
-    return rows
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mixture", action="store_true", help="run the mixture experiment")
     p.add_argument("--digits", action="store_true", help="every setting on the default "
                    "digits model (trains and caches it on first use)")
     p.add_argument("--settings", default="unguided,estimator:1,cf:1,cf-read:0.5,eps:1.005,"
-                   "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8")
+                   "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8,"
+                   "cfg:1+cf-calibrated:1~cap4 (see guidance_digits.parse_setting)")
+    p.add_argument("--baseline", default="unguided", help="for --digits: the setting every "
+                   "other is compared with (paired), e.g. cfg:1")
+    p.add_argument("--out", default=None, help="for --digits: append result rows (JSON lines)")
+    p.add_argument("--report", nargs="+", default=None, help="rows files (JSON lines) from "
+                   "--digits --out: print one markdown table")
+    p.add_argument("--figure", default=None, help="with --report: quality against scale, "
+                   "every mode, as a PNG")
+    p.add_argument("--model", default=None, help="for --digits: a denoiser checkpoint "
+                   "instead of the built-in default")
     p.add_argument("--seeds", default="0")
     p.add_argument("--estimator", default="learned", choices=["learned", "subspace"],
                    help="for --digits: the estimator that guides estimator-based modes")
@@ -276,9 +219,17 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     warnings.simplefilter("ignore", GuidanceWarning)
+    if a.report:
+        rows = load_rows(a.report)
+        print(table(rows))
+        if a.figure:
+            figure(rows, a.figure)
+        return rows
     if a.digits:
+        model = None if a.model is None else load_model(a.model, device="cpu")
         return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
-                            a.steps, a.estimator)
+                            a.steps, a.estimator, a.out, model, a.model or "default",
+                            a.baseline)
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]

@@ -9,7 +9,7 @@ from noiseshift.data import GaussianMixture, t_grid
 from noiseshift.data import MixtureDenoiser as _MixtureDenoiser
 from noiseshift.errors import NoiseshiftError
 from noiseshift.guidance import (
-    DEFAULT_INTERVAL,
+    UNCAPPED_INTERVAL,
     ClassifierFreeGuidance,
     EpsScaling,
     EstimatorGradientNAG,
@@ -276,7 +276,7 @@ def test_interval_applies_per_row(mix):
     x, t, _ = _states(mix, LIN, n=40)
     g = ClassifierFreeGuidance(model, nag_scale=1.0)  # default interval
     out = g(x, t)
-    lo, hi = DEFAULT_INTERVAL
+    lo, hi = UNCAPPED_INTERVAL
     inside = (t >= lo) & (t <= hi)
     assert inside.any() and (~inside).any()
     assert torch.equal(out[~inside], model(x, t)[~inside])
@@ -395,7 +395,9 @@ def test_build_guidance_composes_and_names(mix):
     model = ClassMixtureDenoiser(mix, labels, LIN)
     est = ExactPosterior(mix, LIN)
     _, d = build_guidance(model, nag_scale=1.5, estimator=est)
-    assert run_name(d) == d["kind"] == "nag-estimator-noise-1.5"
+    assert run_name(d) == d["kind"] == "nag-estimator-step-1.5"
+    _, d = build_guidance(model, nag_scale=1.5, nag_mode="estimator-noise", estimator=est)
+    assert run_name(d) == "nag-estimator-noise-1.5"
     _, d = build_guidance(model, nag_scale=1.5, nag_mode="estimator", estimator=est)
     assert run_name(d) == "nag-estimator-1.5"
     assert d["nag"]["estimator"]["kind"] == "ExactPosterior"

@@ -9,7 +9,12 @@ every sampler runs every guidance and wrappers compose:
   one batched forward pass; ``cf-read`` turns the NAG branch into a score at an estimator's
   reading t' of the state, ``cf-read-control`` reads the conditional output there.
 - `EstimatorGradientNAG` (estimator.py): ``score(x|t) + w grad_x log p(t|x)`` from a
-  noise-level estimator's posterior; works on any denoiser.
+  noise-level estimator's posterior; works on any denoiser. `ReadingStepNAG`
+  (``estimator-step``, the default): a damped Newton step on the estimator's reading, along
+  the predicted noise; `ReadingLikelihoodNAG` (``estimator-reading``): the gradient of a
+  Gaussian likelihood of the reading. ``cf-calibrated`` (in `ClassifierFreeGuidance`)
+  converts the null-t branch at the calibrated reading, with the score -> velocity factor
+  capped.
 - `EpsScaling` (Ning et al., ICLR 2024) and `TimeShift` (Li et al., ICLR 2024) (peers.py).
 - `build_guidance` builds any combination from CLI-style options; `run_name` names the run
   (build.py).
@@ -20,22 +25,41 @@ whether a model trusts its t input is `noiseshift.analysis.probe`.
 """
 
 from .base import (
+    CAPPED_MODES,
+    DEFAULT_CAP,
     DEFAULT_INTERVAL,
     DEFAULT_NAG_MODE,
     FULL_INTERVAL,
     LOW_DIM,
     NAG_MODES,
+    UNCAPPED_INTERVAL,
     GuidanceWarning,
     Guided,
+    capped,
+    default_cap,
+    default_interval,
+    velocity_gain,
 )
 from .build import build_guidance, describe_estimator, low_dim_warning, run_name
 from .classifier_free import NO_NULL_T, ClassifierFreeGuidance
-from .estimator import EstimatorGradientNAG, grad_log_posterior, interpolate_log_posterior, read_t
+from .estimator import (
+    EstimatorGradientNAG,
+    ReadingLikelihoodNAG,
+    ReadingStepNAG,
+    calibrated_t,
+    grad_log_posterior,
+    interpolate_log_posterior,
+    read_t,
+    reading_and_grad,
+)
 from .peers import EpsScaling, TimeShift
 
 __all__ = [
-    "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL", "LOW_DIM", "NAG_MODES", "NO_NULL_T",
-    "ClassifierFreeGuidance", "EpsScaling", "EstimatorGradientNAG", "Guided", "GuidanceWarning",
-    "TimeShift", "build_guidance", "describe_estimator", "grad_log_posterior",
-    "interpolate_log_posterior", "low_dim_warning", "read_t", "run_name",
+    "CAPPED_MODES", "DEFAULT_CAP", "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL",
+    "LOW_DIM", "NAG_MODES", "NO_NULL_T", "ClassifierFreeGuidance", "EpsScaling",
+    "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ReadingLikelihoodNAG", "ReadingStepNAG",
+    "TimeShift", "UNCAPPED_INTERVAL",
+    "build_guidance", "calibrated_t", "capped", "default_cap", "default_interval",
+    "describe_estimator", "grad_log_posterior", "interpolate_log_posterior", "low_dim_warning",
+    "read_t", "reading_and_grad", "run_name", "velocity_gain",
 ]

@@ -7,25 +7,50 @@ through ``Schedule.convert`` (in float64).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import NoiseshiftError
 from ..schedules import Schedule
 
-# NAG applies for t in this interval unless told otherwise. Near t = 1 the score -> velocity
+# The uncapped score-space modes (estimator, estimator-noise, cf, cf-read, cf-read-control)
+# apply for t in this interval unless told otherwise. Near t = 1 the score -> velocity
 # factor t / (1 - t) is singular and p(t|x) is biased at the boundary: guiding t > 0.8 added
 # +0.007 to +0.011 of spurious shift there on the default digits model, and at d = 64 on the
 # exact mixture it cut the shift less (-49% against -64% at w = 2). Skipping t < 0.2 as well
 # kept mixture samples better dispersed but lost the FD gain on digits, whose largest shift
 # is at small t. Measured by bench/bench_guidance.py (--mixture, --digits).
-DEFAULT_INTERVAL = (0.0, 0.8)
+UNCAPPED_INTERVAL = (0.0, 0.8)
 FULL_INTERVAL = (0.0, 1.0)
 LOW_DIM = 16
-NAG_MODES = ("estimator", "estimator-noise", "cf", "cf-read", "cf-read-control")
-# The mode that helped on the default digits model: the shift shrinks (as the independent
-# subspace oracle reads it) and FD improves a little; plain "estimator" shrinks the shift as
-# much but its content-editing gradient makes FD much worse (bench/bench_guidance.py --digits).
-DEFAULT_NAG_MODE = "estimator-noise"
+NAG_MODES = ("estimator-step", "estimator", "estimator-noise", "estimator-reading", "cf",
+             "cf-read", "cf-read-control", "cf-calibrated", "cf-calibrated-control")
+# Modes that cap the score -> velocity factor (t / (1 - t) under the linear schedule) at
+# DEFAULT_CAP instead of skipping t > 0.8.
+CAPPED_MODES = ("estimator-reading", "cf-calibrated", "cf-calibrated-control")
+DEFAULT_CAP = 4.0
+# The default: a damped Newton step on the learned estimator's reading, along the predicted
+# noise, over the whole range (it needs no cap: its velocity change is finite at t = 1). On
+# the default digits model (Euler-Maruyama, 16 steps, n = 1000) it was the only form that
+# lowered FD: -18% and -12% (resolved) and -5% (not) on seeds 0 / 1 / 2 at scale 1.5, with
+# the shift -21% by the independent meter, accuracy unchanged and recall -0.02. Guided over
+# [0, 0.3] only, the FD gain was about the same and the shift cut half as large. Scale 1.5
+# removes three fifths of the read excess per step. docs/results.md has the sweep
+# (bench/bench_guidance.py --digits).
+DEFAULT_NAG_MODE = "estimator-step"
+DEFAULT_INTERVAL = FULL_INTERVAL
+WHOLE_RANGE_MODES = (*CAPPED_MODES, "estimator-step")
+
+
+def default_interval(mode: str) -> tuple[float, float]:
+    """The NAG interval a mode uses unless told otherwise."""
+    return FULL_INTERVAL if mode in WHOLE_RANGE_MODES else UNCAPPED_INTERVAL
+
+
+def default_cap(mode: str) -> float | None:
+    """The cap a mode uses unless told otherwise (None: no cap)."""
+    return DEFAULT_CAP if mode in CAPPED_MODES else None
 
 
 class GuidanceWarning(UserWarning):
@@ -69,6 +94,30 @@ def _regular(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(schedule.alpha(t)).abs()
     s = torch.as_tensor(schedule.sigma(t)).abs()
     return (a > 1e-12) & (s > 1e-12)
+
+
+def velocity_gain(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """|d velocity / d score| per row at t (t / (1 - t) under the linear schedule): how far a
+    unit change of the score moves the velocity a sampler steps with. Through
+    ``Schedule.convert``, which is linear in the output when x = 0."""
+    t = t.double()
+    one = torch.ones(t.shape[0], 1, dtype=torch.float64, device=t.device)
+    return schedule.convert(one, "score", "velocity", torch.zeros_like(one), t).abs().squeeze(1)
+
+
+def _cap(cap) -> float | None:
+    """A cap as stored: a float, or None for none (math.inf too)."""
+    return None if cap is None or math.isinf(float(cap)) else float(cap)
+
+
+def capped(schedule: Schedule, t: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Per-row factor (<= 1) on a score change so that the velocity changes by at most
+    ``cap`` times it: min(gain, cap) / gain, with gain = `velocity_gain`; 1 for no cap."""
+    ones = torch.ones(t.shape[0], dtype=torch.float64, device=t.device)
+    if cap is None:
+        return ones
+    gain = velocity_gain(schedule, t)
+    return torch.where(gain > cap, cap / gain.clamp_min(1e-300), ones)
 
 
 def _index(v, idx):

@@ -9,15 +9,16 @@ import numpy as np
 
 from ..errors import NoiseshiftError
 from .base import (
-    DEFAULT_INTERVAL,
     DEFAULT_NAG_MODE,
     FULL_INTERVAL,
     LOW_DIM,
     NAG_MODES,
     GuidanceWarning,
+    default_cap,
+    default_interval,
 )
 from .classifier_free import ClassifierFreeGuidance
-from .estimator import EstimatorGradientNAG
+from .estimator import EstimatorGradientNAG, ReadingLikelihoodNAG, ReadingStepNAG
 from .peers import EpsScaling, TimeShift
 
 
@@ -32,16 +33,21 @@ def low_dim_warning(dim: int) -> str | None:
 
 def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG_MODE,
                    cfg_scale: float = 0.0, eps_scale=None, time_shift=None, interval=None,
-                   estimator=None, data=None):
+                   estimator=None, data=None, cap: float | None = None):
     """A guided model from CLI-style options, and the JSON-able dict that describes it.
 
     nag_mode: "estimator" (gradient of the estimator's log p(t|x)), "estimator-noise" (that
     gradient projected on the predicted noise), "cf" (classifier-free, as published),
-    "cf-read" (null-t branch read at the estimator's t'), "cf-read-control".
+    "cf-read" (null-t branch read at the estimator's t'), "cf-read-control",
+    "cf-calibrated" (null-t branch converted at the calibrated reading, capped),
+    "cf-calibrated-control", "estimator-reading" (gradient of a Gaussian likelihood of the
+    estimator's reading, capped).
     eps_scale: lambda_t's constant b, or (b, k) for lambda_t = k t + b.
     time_shift: (window, cutoff); E|x0|^2 comes from ``data``, else the model's config.
-    interval: (lo, hi) for every guidance term; default NAG in `DEFAULT_INTERVAL`, CFG and
-    eps scaling everywhere.
+    interval: (lo, hi) for every guidance term; default NAG in `default_interval(nag_mode)`,
+    CFG and eps scaling everywhere.
+    cap: the most the velocity moves per unit of score change (the linear schedule's
+    t / (1 - t) is capped there); None: the mode's `default_cap`; math.inf: no cap.
     The dict has ``kind`` (the run name, "none" when unguided) and one entry per term. With
     nothing asked for, the model itself comes back. Warns (`GuidanceWarning`) for NAG on
     data of dimension <= 16.
@@ -61,17 +67,8 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
         b, k = (*np.atleast_1d(np.asarray(eps_scale, dtype=float)), 0.0)[:2]
         guided = EpsScaling(guided, scale=b, slope=k, interval=interval)
         desc.update(guided.describe())
-    by_estimator = nag_mode.startswith("estimator")
-    cf_nag = 0.0 if by_estimator else nag_scale
-    if cfg_scale or cf_nag:
-        guided = ClassifierFreeGuidance(
-            guided, cfg_scale=cfg_scale, nag_scale=cf_nag, cfg_interval=interval,
-            nag_interval=interval, read=estimator if nag_mode.startswith("cf-read") else None,
-            control=nag_mode == "cf-read-control")
-        desc.update(guided.describe())
-    if nag_scale and by_estimator:
-        guided = EstimatorGradientNAG(guided, estimator, scale=nag_scale, interval=interval,
-                                      project=nag_mode == "estimator-noise")
+    guided = _nag(guided, nag_mode, nag_scale, cfg_scale, interval, estimator, cap)
+    if isinstance(guided, (ClassifierFreeGuidance, EstimatorGradientNAG)):
         desc.update(guided.describe())
     if "nag" in desc:
         if needs_est:
@@ -81,6 +78,30 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
             warnings.warn(low_dim_warning(dim), GuidanceWarning, stacklevel=2)
     desc = {"kind": run_name(desc) if desc else "none", **desc}
     return guided, desc
+
+
+READING_MODES = {"estimator-reading": ReadingLikelihoodNAG, "estimator-step": ReadingStepNAG}
+
+
+def _nag(guided, mode: str, scale: float, cfg_scale: float, interval, estimator, cap):
+    """The CFG and NAG wrappers around ``guided`` for one NAG mode."""
+    nag_interval = default_interval(mode) if interval is None else interval
+    cap = default_cap(mode) if cap is None else cap
+    by_estimator = mode.startswith("estimator")
+    cf_nag = 0.0 if by_estimator else scale
+    if cfg_scale or cf_nag:
+        read = estimator if mode.startswith("cf-") else None
+        guided = ClassifierFreeGuidance(
+            guided, cfg_scale=cfg_scale, nag_scale=cf_nag, cfg_interval=interval,
+            nag_interval=nag_interval, read=read, control=mode.endswith("-control"),
+            calibrated=mode.startswith("cf-calibrated"), cap=cap if read is not None else None)
+    if scale and mode in READING_MODES:
+        guided = READING_MODES[mode](guided, estimator, scale=scale, interval=nag_interval,
+                                     cap=cap)
+    elif scale and by_estimator:
+        guided = EstimatorGradientNAG(guided, estimator, scale=scale, interval=nag_interval,
+                                      project=mode == "estimator-noise", cap=cap)
+    return guided
 
 
 def _data_m2(model, data) -> float:
@@ -124,11 +145,11 @@ def run_name(guidance: dict) -> str:
     """A run name from a guidance dict: 'unguided', 'nag-estimator-1.5', 'cfg-2+nag-cf-1',
     'eps-scale-1.004', 'time-shift-0.1-0.2'; a non-default interval adds '@lo-hi'."""
     parts: list[str] = []
-    for key, default in (("cfg", FULL_INTERVAL), ("nag", DEFAULT_INTERVAL),
-                         ("eps_scale", FULL_INTERVAL)):
+    for key in ("cfg", "nag", "eps_scale"):
         g = guidance.get(key)
         if not g:
             continue
+        default = default_interval(g["mode"]) if key == "nag" else FULL_INTERVAL
         if key == "cfg":
             name = f"cfg-{_num(g['scale'])}"
         elif key == "nag":

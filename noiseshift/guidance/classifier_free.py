@@ -4,7 +4,10 @@
 al., 2025), all branches in one batched forward pass. With ``read=estimator`` the NAG branch
 is turned into a score at the estimator's reading t' of the state instead of at the scheduled
 t (``cf-read``); with ``control=True`` that branch is the *conditional* output read at t'
-(``cf-read-control``).
+(``cf-read-control``). ``calibrated=True`` converts it at the calibrated level t-hat (the
+reading through the inverse of the estimator's reference curve) and ``cap`` bounds the score
+-> velocity factor (``cf-calibrated``, ``cf-calibrated-control``): the velocity change is
+``-w min(t/(1-t), cap) (s_c(x|t) - s_u(x|t-hat))`` under the linear schedule.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import torch
 from ..errors import NoiseshiftError
 from ..schedules import expand_like
 from .base import (
-    DEFAULT_INTERVAL,
     FULL_INTERVAL,
+    UNCAPPED_INTERVAL,
     Guided,
+    _cap,
     _in_interval,
     _index,
     _interval,
@@ -24,13 +28,14 @@ from .base import (
     _regular,
     _rows,
     _take,
+    capped,
 )
-from .estimator import read_t
+from .estimator import calibrated_t, read_t
 
 NO_NULL_T = (
     "this model was trained without noise-condition dropout, so it has no null-t branch for "
     "--nag-mode {mode}: train one with `noiseshift train --t-dropout 0.3`, or use "
-    "--nag-mode estimator-noise, which needs no retraining"
+    "--nag-mode estimator-step (the default), which needs no retraining"
 )
 
 
@@ -46,24 +51,29 @@ class ClassifierFreeGuidance(Guided):
     """
 
     def __init__(self, model, *, cfg_scale: float = 0.0, nag_scale: float = 0.0,
-                 cfg_interval=None, nag_interval=None, read=None, control: bool = False):
+                 cfg_interval=None, nag_interval=None, read=None, control: bool = False,
+                 calibrated: bool = False, cap: float | None = None):
         super().__init__(model)
         self.cfg_scale, self.nag_scale = float(cfg_scale), float(nag_scale)
         self.cfg_interval = _interval(cfg_interval, FULL_INTERVAL)
-        self.nag_interval = _interval(nag_interval, DEFAULT_INTERVAL)
+        self.nag_interval = _interval(nag_interval, UNCAPPED_INTERVAL)
         self.read, self.control = read, bool(control)
-        if control and read is None:
-            raise NoiseshiftError("the cf-read control needs an estimator to read t'")
+        self.calibrated, self.cap = bool(calibrated), _cap(cap)
+        if (control or calibrated) and read is None:
+            raise NoiseshiftError("the cf-read and cf-calibrated modes need an estimator to "
+                                  "read t'")
         if self.cfg_scale and not model.num_classes:
             raise NoiseshiftError("--cfg-scale needs a class-conditional model; this one has "
                                   "no classes")
         if self.nag_scale and not control and not model.supports_null_t:
-            mode = "cf" if read is None else "cf-read"
-            raise NoiseshiftError(NO_NULL_T.format(mode=mode))
+            raise NoiseshiftError(NO_NULL_T.format(mode=self.mode))
 
     @property
     def mode(self) -> str:
-        return "cf" if self.read is None else ("cf-read-control" if self.control else "cf-read")
+        if self.read is None:
+            return "cf"
+        base = "cf-calibrated" if self.calibrated else "cf-read"
+        return f"{base}-control" if self.control else base
 
     def describe(self) -> dict:
         out = {}
@@ -72,6 +82,8 @@ class ClassifierFreeGuidance(Guided):
         if self.nag_scale:
             out["nag"] = {"scale": self.nag_scale, "mode": self.mode,
                           "interval": list(self.nag_interval)}
+            if self.cap is not None:
+                out["nag"]["cap"] = self.cap
         return out
 
     def forward(self, x, t, y=None, drop_t=None, drop_y=None):
@@ -120,8 +132,12 @@ class ClassifierFreeGuidance(Guided):
         s = self.convert(out[i], p, "score", xi, ti)
         s_c = self.convert(cond[i], p, "score", xi, ti)
         branch = cond[i] if self.control else nul_t
-        s_r = self.convert(branch, p, "score", xi, read_t(self.read, xi))
-        s = s + expand_like(w_nag[i].double(), s) * (s_c - s_r)
+        t_read = calibrated_t(self.read, xi) if self.calibrated else read_t(self.read, xi)
+        s_r = self.convert(branch, p, "score", xi, t_read)
+        w = w_nag[i].double()
+        if self.cap is not None:
+            w = w * capped(self.schedule, ti, self.cap)
+        s = s + expand_like(w, s) * (s_c - s_r)
         out = out.clone()
         out[i] = self.convert(s, "score", p, xi, ti).to(out.dtype)
         return out
