@@ -2,22 +2,11 @@
 trained on first use (with a note), and its data spec travels in the checkpoint and the run."""
 
 import json
-import sys
+
+from test_cli_estimate import cli  # the real entry point: (exit code, stdout, stderr)
 
 from noiseshift import pretrained
-from noiseshift.cli import main
 from noiseshift.io import open_trajectories
-
-
-def cli(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["noiseshift", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_train_gmm_then_sample_with_estimator_nag(tmp_path, capsys, monkeypatch):
