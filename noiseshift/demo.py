@@ -26,23 +26,24 @@ from .data import load_data
 from .errors import NoiseshiftError
 from .estimation import estimate_file
 from .estimators.accuracy import heldout_states, mae_by_band
-from .guidance import build_guidance
+from .guidance import DEFAULT_NAG_MODE, build_guidance
 from .pretrained import get_estimator
 from .recording import record_with_baseline, run_name
 from .report import build_report, write_report
 
-# The runs, all with the same seed and sampler: the default NAG (estimator-noise) at two
-# scales, the other NAG modes at scale 1, and the two peers at their best settings on the
-# default model. docs/results.md has the full sweep (bench/bench_guidance.py --digits).
-DEFAULT_NAG = {"nag_scale": 2.0, "nag_mode": "estimator-noise"}
+# The runs, all with the same seed and sampler: the default NAG (`DEFAULT_NAG_MODE`,
+# estimator-step, at scale 1.5), estimator-noise and estimator, the classifier-free modes,
+# and the two peers at their best settings on the default model. docs/results.md has the
+# full sweep (bench/bench_guidance.py --digits).
+DEFAULT_NAG = {"nag_scale": 1.5, "nag_mode": DEFAULT_NAG_MODE}
 RUNS: tuple[dict, ...] = (
     {},
     DEFAULT_NAG,
     {"nag_scale": 4.0, "nag_mode": "estimator-noise"},
-    {"nag_scale": 1.0, "nag_mode": "estimator"},
+    {"nag_scale": 0.5, "nag_mode": "estimator"},
     {"nag_scale": 1.0, "nag_mode": "cf"},
-    {"nag_scale": 1.0, "nag_mode": "cf-read"},
-    {"nag_scale": 1.0, "nag_mode": "cf-read-control"},
+    {"nag_scale": 0.5, "nag_mode": "cf-calibrated"},
+    {"nag_scale": 0.5, "nag_mode": "cf-calibrated-control"},
     {"eps_scale": 0.99},
     {"time_shift": (0.1, 0.3)},
 )

@@ -7,9 +7,9 @@ adapters alike:
 
     from noiseshift.recording import load_denoiser, record_with_baseline
     model = load_denoiser()                      # the built-in default, or a checkpoint path
-    guided, desc = build_guidance(model, nag_scale=2.0, estimator=est)
+    guided, desc = build_guidance(model, nag_scale=1.5, estimator=est)
     rec = record_with_baseline(model, "traj.h5", guided=guided, guidance=desc, n=512)
-    rec.run, rec.baseline                        # e.g. "nag-estimator-noise-2", "unguided"
+    rec.run, rec.baseline                        # e.g. "nag-estimator-step-1.5", "unguided"
 
 `sample_and_record` records one run; `find_baseline`, `baseline_name`, `run_exists` and
 `record_baseline` are the steps `record_with_baseline` takes.

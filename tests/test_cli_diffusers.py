@@ -92,7 +92,7 @@ def test_guided_run_beside_its_baseline_then_estimate_report_inspect(ddpm_dir, e
                                                                      tmp_path):
     path, est = tmp_path / "t.h5", estimators["good"]
     s = _sample(ddpm_dir, path, "--nag-scale", 1.5, "--estimator", est)
-    assert s["run"] == "nag-estimator-noise-1.5" and s["baseline"] == "unguided"
+    assert s["run"] == "nag-estimator-step-1.5" and s["baseline"] == "unguided"
     # a second guided run finds the baseline rather than recording another
     s2 = _sample(ddpm_dir, path, "--nag-scale", 3, "--estimator", est, "--nag-mode",
                  "estimator")
@@ -116,7 +116,7 @@ def test_guided_run_beside_its_baseline_then_estimate_report_inspect(ddpm_dir, e
     res = _run("report", path, "--out", tmp_path / "rep", "--no-quality", "--bootstrap", 20)
     assert res.exit_code == 0, res.output
     res = _run("inspect", path, "--json")
-    assert res.exit_code == 0 and "nag-estimator-noise-1.5" in res.output, res.output
+    assert res.exit_code == 0 and "nag-estimator-step-1.5" in res.output, res.output
 
 
 def test_estimate_without_an_estimator_says_what_to_do(ddpm_dir, tmp_path, capsys):
@@ -164,7 +164,7 @@ def _one_line(argv, message, capsys, out=None):
     (["--scheduler", "flow-euler"], "does not fit a diffusion"),
     (["--scheduler", "euler"], "never calls scale_model_input"),
     (["--spacing", "odd"], "unknown spacing"),
-    (["--nag-scale", "1", "--nag-mode", "cf"], "null-t branch"),
+    (["--nag-scale", "1", "--nag-mode", "cf"], "use --nag-mode estimator-step, estimator-noise"),
     (["--nag-scale", "1"], "needs --estimator est.pt"),
     (["--prompt", "a cat"], "takes no prompt"),
     (["--class", "3"], "not class-conditional"),

@@ -7,8 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from noiseshift.cli import app
-from noiseshift.demo import QUICK_RUNS, DemoSettings
+from noiseshift.demo import DEFAULT_NAG, QUICK_RUNS, RUNS, DemoSettings
 from noiseshift.errors import NoiseshiftError
+from noiseshift.guidance import DEFAULT_NAG_MODE, NAG_MODES
 from noiseshift.io import open_estimates, open_trajectories, validate
 
 
@@ -24,6 +25,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert summary is not None
     with open_trajectories(traj) as f:
         assert len(f.runs) == len(QUICK_RUNS) and "unguided" in f.runs
+        assert f"nag-{DEFAULT_NAG_MODE}-1.5" in f.runs
         run = f.run("unguided")
         assert run.complete and run.num_steps == 8 and run.n == 128
     with open_estimates(out / "trajectories.estimates.h5") as e:
@@ -43,3 +45,9 @@ def test_quick_demo_end_to_end(tmp_path):
 def test_demo_refuses_other_data():
     with pytest.raises(NoiseshiftError):
         DemoSettings.make("cifar10")
+
+
+def test_demo_runs_the_library_default():
+    assert DEFAULT_NAG == {"nag_scale": 1.5, "nag_mode": DEFAULT_NAG_MODE}
+    assert DEFAULT_NAG in RUNS and DEFAULT_NAG in QUICK_RUNS
+    assert all(r["nag_mode"] in NAG_MODES for r in RUNS if "nag_mode" in r)

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from noiseshift.cli import app
 from noiseshift.data import make_gmm
 from noiseshift.errors import NoiseshiftError
+from noiseshift.guidance import DEFAULT_INTERVAL, DEFAULT_NAG_MODE
 from noiseshift.io import open_trajectories
 from noiseshift.models import save_model
 from noiseshift.training import train_denoiser
@@ -58,6 +59,20 @@ def test_sample_records_guided_runs_beside_their_baseline(tiny_models, tmp_path)
     assert nag["estimator"]["name"] == "oracle"
     # The seed-1 run replaced nag-cf-1 (same name) and got a seed-1 baseline of its own.
     assert runs["nag-cf-1"]["seed"] == runs["unguided-euler-maruyama-3-seed1-n8"]["seed"] == 1
+
+
+def test_cli_nag_mode_default_is_the_library_default(tiny_models, tmp_path):
+    """`noiseshift sample --nag-scale W` guides as `build_guidance(model, nag_scale=W)` does:
+    the same mode (DEFAULT_NAG_MODE) over the same interval; --help names it."""
+    out = json.loads(_cli("sample", "--model", tiny_models["plain"], "--n", 4, "--steps", 2,
+                          "--nag-scale", 1.5, "--estimator", "oracle", "--record",
+                          tmp_path / "t.h5", "--json").stdout)
+    assert DEFAULT_NAG_MODE == "estimator-step"
+    assert out["run"] == f"nag-{DEFAULT_NAG_MODE}-1.5"
+    assert out["guidance"]["nag"]["mode"] == DEFAULT_NAG_MODE
+    assert out["guidance"]["nag"]["interval"] == list(DEFAULT_INTERVAL)
+    res = CliRunner().invoke(app, ["sample", "--help"], env={"COLUMNS": "200"})
+    assert f"default {DEFAULT_NAG_MODE}" in " ".join(res.stdout.split())
 
 
 def test_sample_guidance_errors(tiny_models, tmp_path):

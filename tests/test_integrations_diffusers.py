@@ -40,6 +40,7 @@ from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 from noiseshift.data import Dataset, load_data, make_gmm  # noqa: E402
 from noiseshift.errors import NoiseshiftError  # noqa: E402
 from noiseshift.estimation import estimate_file  # noqa: E402
+from noiseshift.guidance import DEFAULT_NAG_MODE  # noqa: E402
 from noiseshift.integrations.diffusers import (  # noqa: E402
     guide,
     load_pipeline,
@@ -407,22 +408,27 @@ def trained(digits):
     return cached_ddpm(digits, steps=150, batch_size=32, channels=(8, 16))
 
 
-def test_nag_cuts_the_shift_of_a_trained_ddpm(tmp_path, trained, digits):
-    """Record a trained pipeline unguided and guided; `estimate_file` reads the files as
-    they are. Guided by the subspace posterior and read by the same meter, so this checks
-    the signs and conversions of guide end to end, not NAG's merit."""
+@pytest.mark.parametrize("mode", [None, "estimator-noise"])
+def test_nag_cuts_the_shift_of_a_trained_ddpm(tmp_path, trained, digits, mode):
+    """Record a trained pipeline unguided and guided (the default mode, estimator-step, and
+    estimator-noise); `estimate_file` reads the files as they are. Guided by the subspace
+    posterior and read by the same meter, so this checks the signs and conversions of guide
+    end to end, not NAG's merit."""
     sub = get_estimator("subspace", digits, "vp-cosine", device="cpu")
     f = tmp_path / "t.h5"
     kw = dict(batch_size=32, num_inference_steps=20, output_type="np")
     with record(trained, f, data=digits.spec, seed=0):
         trained(**kw, generator=torch.Generator().manual_seed(0))
-    with record(trained, f, data=digits.spec, seed=0), guide(trained, sub, 3.0):
+    mode_kw = {} if mode is None else {"mode": mode}
+    with record(trained, f, data=digits.spec, seed=0), guide(trained, sub, 3.0, **mode_kw):
         trained(**kw, generator=torch.Generator().manual_seed(0))
     res = {r.run: r for r in estimate_file(f, "subspace", device="cpu").results}
     shift = {name: float(np.mean([abs(s["delta"]) for s in r.records]))
              for name, r in res.items()}
-    assert set(shift) == {"unguided", "nag-estimator-noise-3"}
-    assert shift["nag-estimator-noise-3"] < 0.8 * shift["unguided"], shift
+    name = f"nag-{mode or DEFAULT_NAG_MODE}-3"
+    assert DEFAULT_NAG_MODE == "estimator-step"
+    assert set(shift) == {"unguided", name}
+    assert shift[name] < 0.8 * shift["unguided"], shift
 
 
 def test_example_records_estimates_guides_and_reports(tmp_path):
@@ -433,10 +439,10 @@ def test_example_records_estimates_guides_and_reports(tmp_path):
                           text=True, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = {r["name"]: r for r in validate(tmp_path / "trajectories.h5")["runs"]}
-    assert set(runs) == {"unguided", "nag-estimator-noise-1.5"}
+    assert set(runs) == {"unguided", "nag-estimator-step-1.5"}
     assert all(r["complete"] and r["steps"] == 6 and r["n"] == 32 for r in runs.values())
     assert (tmp_path / "report" / "report.md").is_file()
-    assert "nag-estimator-noise-1.5" in proc.stdout
+    assert "nag-estimator-step-1.5" in proc.stdout
 
 
 def test_guide_edits_only_the_mean_of_a_learned_variance_output(gmm, oracle):

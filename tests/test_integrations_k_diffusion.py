@@ -170,11 +170,37 @@ def test_nag_denoiser_adds_the_estimator_gradient(eps_model, oracle):
     assert guided.guidance["kind"] == "nag-estimator-1.5@0-1"
 
 
-def test_guided_denoiser_drives_k_diffusion_samplers(tmp_path, eps_model, oracle):
+def test_default_mode_moves_denoised_along_the_predicted_noise(eps_model, oracle):
+    """mode 'estimator-step' (the default): denoised moves along the wrapped denoiser's
+    predicted noise (x - denoised) / sigma, row by row, and only where the state reads
+    off its level; the k-diffusion wrapper's conversions keep that direction."""
+    sigma = torch.full((6,), 1.5)
+    x = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(4)) * 1.5
+    x[:3] *= 1.3  # noisier than scheduled: these rows read a larger t
+    base = eps_model(x, sigma).double()
+    guided = NAGDenoiser(eps_model, oracle, 1.5, convention="eps")
+    assert guided.guidance["nag"]["mode"] == "estimator-step"
+    move = (guided(x, sigma).double() - base).flatten(1)
+    eps = ((x.double() - base) / 1.5).flatten(1)
+    assert (move.norm(dim=1) > 0).all()
+    cos = (move * eps).sum(1) / (move.norm(dim=1) * eps.norm(dim=1))
+    torch.testing.assert_close(cos.abs(), torch.ones(6, dtype=torch.float64), rtol=0,
+                               atol=1e-4)
+    # Too much noise: the step c < 0 moves denoised against the predicted noise, so the
+    # sampler's next state, between x and denoised, keeps less of it.
+    assert (cos[:3] < 0).all()
+
+
+@pytest.mark.parametrize("mode", [None, "estimator-noise"])
+def test_guided_denoiser_drives_k_diffusion_samplers(tmp_path, eps_model, oracle, mode):
+    """The default mode (estimator-step) and estimator-noise, through dpmpp_2m."""
     sigmas = eps_model.get_sigmas(8)
     x = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(0)) * sigmas[0]
     plain = K.sampling.sample_dpmpp_2m(eps_model, x, sigmas, disable=True)
-    nag = NAGDenoiser(eps_model, oracle, 2.0, convention="eps")
+    nag = NAGDenoiser(eps_model, oracle, 2.0, convention="eps",
+                      **({} if mode is None else {"mode": mode}))
+    name = f"nag-{mode or 'estimator-step'}-2"
+    assert nag.guidance["kind"] == name
     rec = KDiffusionRecorder(tmp_path / "t.h5", nag.guidance["kind"], convention="eps",
                              guidance=nag.guidance)
     with rec:
@@ -182,7 +208,7 @@ def test_guided_denoiser_drives_k_diffusion_samplers(tmp_path, eps_model, oracle
         rec.finish(out)
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
     with open_trajectories(tmp_path / "t.h5") as tf:
-        assert tf.run("nag-estimator-noise-2").attrs["guidance"]["nag"]["scale"] == 2.0
+        assert tf.run(name).attrs["guidance"]["nag"]["scale"] == 2.0
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, eps_model, oracle, gmm):

@@ -82,6 +82,7 @@ def test_a_model_that_reads_x_leaves_no_signal(low_rank):
         assert r["gain_cond"] == pytest.approx(r["ideal_null"], rel=0.04)
     assert abs(res.trusts_t) < 0.05
     assert "reads its noise level from x" in res.verdict
+    assert "--nag-mode estimator-step, the default" in res.verdict
 
 
 def test_without_a_null_branch_the_conditional_gain_decides(low_rank):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import NoiseshiftError
+from ..guidance import DEFAULT_NAG_MODE
 from ..schedules import Schedule, get_schedule
 
 
@@ -147,7 +148,7 @@ def _verdict(rows, kind, c2, null) -> ProbeResult:
     if frac < 0.25:
         verdict = ("this model reads its noise level from x, not from t: classifier-free NAG "
                    f"will have little to correct with ({pct} of the ideal signal); use "
-                   "--nag-mode estimator")
+                   f"an estimator-based mode (--nag-mode {DEFAULT_NAG_MODE}, the default)")
     elif frac < 0.6:
         verdict = (f"this model partly trusts its t input: classifier-free NAG gets {pct} of "
                    "the ideal correcting signal")

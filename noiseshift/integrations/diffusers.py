@@ -4,7 +4,7 @@
 
     with record(pipe, "traj.h5"):                       # run "unguided"
         pipe(batch_size=16, generator=torch.Generator().manual_seed(0))
-    with record(pipe, "traj.h5"), guide(pipe, estimator, 1.5):   # run "nag-estimator-noise-1.5"
+    with record(pipe, "traj.h5"), guide(pipe, estimator, 1.5):   # run "nag-estimator-step-1.5"
         pipe(batch_size=16, generator=torch.Generator().manual_seed(0))
 
 Both hook ``pipe.scheduler.step`` on the instance (`stephook.StepHook`) and put it back on
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NoiseshiftError
+from ..guidance import DEFAULT_NAG_MODE
 from ..io import TrajectoryWriter
 from ..recording import recorded_settings
 from ..schedules import get_schedule
@@ -110,12 +111,15 @@ class Guide:
 
 
 @contextlib.contextmanager
-def guide(pipe, estimator, scale: float, *, mode: str = "estimator-noise", interval=None,
+def guide(pipe, estimator, scale: float, *, mode: str = DEFAULT_NAG_MODE, interval=None,
           eps_scale=None):
     """Estimator-based NAG on any diffusers pipeline, inside the step hook.
 
-    ``mode``: "estimator-noise" (the gradient of log p(t|x) projected on the predicted noise)
-    or "estimator"; ``interval``: (lo, hi) in noiseshift t (default NAG's (0, 0.8));
+    ``mode``: "estimator-step" (the default: a damped Newton step on the estimator's reading,
+    along the predicted noise), "estimator-noise" (the gradient of log p(t|x) projected on
+    the predicted noise), "estimator" or "estimator-reading"; ``interval``: (lo, hi) in
+    noiseshift t (default: the mode's, `guidance.default_interval`: (0, 1) for
+    estimator-step and estimator-reading, (0, 0.8) for the others);
     ``eps_scale``: epsilon scaling's lambda_t = b, or (b, k) for k t + b. ``scale=0`` (and
     no eps_scale) leaves every step untouched, bit for bit. `record` entered around or
     inside it records the guided states under the guidance's run name.

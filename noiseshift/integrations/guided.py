@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 
 from ..errors import NoiseshiftError
-from ..guidance import NAG_MODES, build_guidance
+from ..guidance import DEFAULT_NAG_MODE, NAG_MODES, build_guidance
 from ..schedules import get_schedule
 
 CF_MODES = tuple(m for m in NAG_MODES if m.startswith("cf"))
 NO_NULL_T = ("nag mode {mode!r} is classifier-free NAG, which needs a null-t branch (a model "
              "trained with noise-condition dropout); {library} models have none: use "
-             "mode='estimator-noise' or 'estimator'")
+             "mode='estimator-step', 'estimator-noise' or 'estimator'")
 
 
 class _Given(torch.nn.Module):
@@ -35,8 +35,9 @@ class _Given(torch.nn.Module):
 
 
 class OutputGuidance:
-    """Estimator-based NAG (modes "estimator-noise", "estimator") and epsilon scaling on a
-    model output in noiseshift's parametrisation ``prediction`` under ``schedule``.
+    """Estimator-based NAG (modes "estimator-step", the default, "estimator-noise",
+    "estimator", "estimator-reading") and epsilon scaling on a model output in noiseshift's
+    parametrisation ``prediction`` under ``schedule``.
 
     ``guidance`` is the run's guidance dict (its ``kind`` names the run); ``passthrough`` is
     True when nothing was asked for (scale 0, no eps scaling), and then outputs are never
@@ -44,7 +45,7 @@ class OutputGuidance:
     """
 
     def __init__(self, estimator, scale: float, *, schedule, prediction: str,
-                 mode: str = "estimator-noise", interval=None, eps_scale=None, shape=None,
+                 mode: str = DEFAULT_NAG_MODE, interval=None, eps_scale=None, shape=None,
                  library: str = "diffusers"):
         if mode in CF_MODES:
             raise NoiseshiftError(NO_NULL_T.format(mode=mode, library=library))

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NoiseshiftError
+from ..guidance import DEFAULT_NAG_MODE
 from ..io import TrajectoryWriter
 from ..recording import recorded_settings
 from ..schedules import get_schedule
@@ -129,15 +130,19 @@ class KDiffusionRecorder:
 class NAGDenoiser(torch.nn.Module):
     """A k-diffusion denoiser ``(x, sigma, **kw) -> denoised`` with estimator-based NAG.
 
-    The wrapped denoiser's x0 is edited by noiseshift's `EstimatorGradientNAG` (and epsilon
-    scaling with ``eps_scale``) in the convention's schedule: for the VP conventions this
-    adds ``w sigma^2 / sqrt(1 + sigma^2) * g`` to denoised, g the estimator's gradient in
-    vp-cosine coordinates (projected on the predicted noise in mode "estimator-noise").
+    The wrapped denoiser's x0 is edited by noiseshift's estimator-based NAG (`ReadingStepNAG`
+    in mode "estimator-step", the default; `EstimatorGradientNAG` in modes "estimator-noise"
+    and "estimator") and epsilon scaling with ``eps_scale``, in the convention's schedule.
+    In mode "estimator" and the VP conventions this adds ``w sigma^2 / sqrt(1 + sigma^2) * g``
+    to denoised, g the estimator's gradient in vp-cosine coordinates ("estimator-noise"
+    projects g on the predicted noise); "estimator-step" moves denoised along the predicted
+    noise by w / (1 + w) of the step that brings the estimator's reading back to that of
+    true states.
     ``scale=0`` returns the wrapped denoiser's output untouched.
     """
 
     def __init__(self, model, estimator, scale: float, *, convention: str,
-                 mode: str = "estimator-noise", interval=None, eps_scale=None, schedule=None):
+                 mode: str = DEFAULT_NAG_MODE, interval=None, eps_scale=None, schedule=None):
         super().__init__()
         self.inner_model = model
         self.schedule = convention_schedule(convention, schedule)

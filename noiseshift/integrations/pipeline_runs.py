@@ -6,7 +6,7 @@ What `noiseshift sample --model diffusers:DIR` does, as a library call:
     pipe = load_pipeline("ddpm-digits/", scheduler="ddim")
     out = sample_pipeline(pipe, "traj.h5", n=64, steps=20, seed=0, estimator=est,
                           nag_scale=1.5)
-    out.run, out.baseline          # "nag-estimator-noise-1.5", "unguided"
+    out.run, out.baseline          # "nag-estimator-step-1.5", "unguided"
 
 A guided run says something only beside an unguided run of the same pipeline, scheduler,
 steps, seed, recorded subset, labels and call settings (prompt, guidance scale): the same
@@ -27,6 +27,7 @@ import torch
 
 from ..defaults import DEFAULT_SAMPLER
 from ..errors import NoiseshiftError
+from ..guidance import DEFAULT_NAG_MODE
 from ..io.images import save_grid
 from ..pretrained import get_estimator
 from ..recording import baseline_name, find_baseline, recorded_settings, run_exists, run_name
@@ -129,14 +130,15 @@ def state_shape(pipe) -> tuple[int, ...] | None:
 # -- guidance ---------------------------------------------------------------------------------
 
 def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
-                   nag_mode: str = "estimator-noise", eps_scale=None, interval=None,
+                   nag_mode: str = DEFAULT_NAG_MODE, eps_scale=None, interval=None,
                    device: str = "cpu") -> tuple[Guide | None, object]:
     """(a `Guide` to check the settings and name the run, or None without guidance; the
     estimator). ``estimator`` is an estimator or a checkpoint path; it must be trained for
     the schedule the pipeline's states map onto and for their shape."""
     if nag_mode in CF_MODES:
         raise NoiseshiftError(NO_NULL_T.format(mode=nag_mode, library="diffusers").replace(
-            "mode='estimator-noise' or 'estimator'", "--nag-mode estimator-noise or estimator"))
+            "mode='estimator-step', 'estimator-noise' or 'estimator'",
+            "--nag-mode estimator-step, estimator-noise or estimator"))
     if not nag_scale and eps_scale is None:
         return None, None
     est = None
@@ -250,7 +252,7 @@ def _summary(model: str, pipe, out: PipelineRun, *, n, steps, seed, path, grid) 
 
 def sample_pipeline(pipe, path=None, run: str | None = None, *, n: int, steps: int,
                     seed: int = 0, estimator=None, nag_scale: float = 0.0,
-                    nag_mode: str = "estimator-noise", eps_scale=None, interval=None,
+                    nag_mode: str = DEFAULT_NAG_MODE, eps_scale=None, interval=None,
                     class_label=None, prompt: str | None = None, cfg_scale: float = 0.0,
                     max_samples: int | None = None, every: int = 1, data: dict | None = None,
                     on_baseline=None) -> PipelineRun:
