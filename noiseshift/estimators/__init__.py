@@ -9,11 +9,12 @@ Getting one by name or checkpoint path is `pretrained.get_estimator` (a layer ab
 from __future__ import annotations
 
 from .base import ESTIMATORS, NoiseLevelEstimator, forward_noise, in_zones, interp
-from .classical import VarianceMatching, WaveletMAD, haar_detail
+from .classical import VarianceMatching, WaveletMAD, haar_detail, haar_level
 from .learned import LearnedEstimator
 from .oracle import ExactOracle, SubspaceOracle
 
 __all__ = [
     "ESTIMATORS", "ExactOracle", "LearnedEstimator", "NoiseLevelEstimator", "SubspaceOracle",
-    "VarianceMatching", "WaveletMAD", "forward_noise", "haar_detail", "in_zones", "interp",
+    "VarianceMatching", "WaveletMAD", "forward_noise", "haar_detail", "haar_level", "in_zones",
+    "interp",
 ]

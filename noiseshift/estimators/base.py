@@ -107,6 +107,8 @@ class NoiseLevelEstimator(BaseEstimator):
 
     name: ClassVar[str] = ""
     has_posterior: ClassVar[bool] = False
+    #: Parameters a checkpoint saved before they existed was made with (`load` fills them in).
+    LEGACY_PARAMS: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -324,7 +326,7 @@ class NoiseLevelEstimator(BaseEstimator):
         if cls is not NoiseLevelEstimator and not issubclass(kind, cls):
             raise CheckpointError(f"this is a {kind.name} estimator, not {cls.name}", path)
         try:
-            est = kind(**{**config["params"], "device": device})
+            est = kind(**{**kind.LEGACY_PARAMS, **config["params"], "device": device})
             est.schedule_ = get_schedule(config["schedule"])
             est.data_spec_ = dict(config["data"])
             est.shape_ = tuple(int(s) for s in config["shape"])

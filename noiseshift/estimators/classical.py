@@ -61,19 +61,26 @@ class VarianceMatching(NoiseLevelEstimator):
         self.m2_ = state["m2"]
 
 
+def haar_level(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One level of an orthonormal 2-d Haar transform of images (..., H, W) (odd sides lose
+    their last row / column): (approximation, (horizontal, vertical, diagonal detail)), each
+    (..., H // 2, W // 2). White noise of std s gives detail coefficients of std s."""
+    h, w = x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2
+    a, b = x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]
+    c, d = x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
+    return (a + b + c + d) / 2, ((a - b + c - d) / 2, (a + b - c - d) / 2, (a - b - c + d) / 2)
+
+
 def haar_detail(x: torch.Tensor) -> torch.Tensor:
     """Finest-level diagonal detail coefficients of an orthonormal Haar transform, (N, M).
 
-    Images (N, C, H, W): HH = (a - b - c + d) / 2 on each 2x2 block; vectors (N, d): the 1-d
-    detail (x_2i - x_2i+1) / sqrt(2). White noise of std s gives coefficients of std s.
+    Images (N, C, H, W): HH of `haar_level`; vectors (N, d): the 1-d detail
+    (x_2i - x_2i+1) / sqrt(2). White noise of std s gives coefficients of std s.
     """
     if x.ndim == 2:
         d = x.shape[1] - x.shape[1] % 2
         return (x[:, 0:d:2] - x[:, 1:d:2]) / 2**0.5
-    h, w = x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2
-    x = x[..., :h, :w]
-    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
-    return hh.reshape(len(x), -1)
+    return haar_level(x)[1][2].reshape(len(x), -1)
 
 
 class WaveletMAD(NoiseLevelEstimator):
@@ -96,4 +103,4 @@ class WaveletMAD(NoiseLevelEstimator):
         return self.schedule_.t_from_sigma(sigma), None
 
 
-__all__ = ["MAD_TO_STD", "VarianceMatching", "WaveletMAD", "haar_detail"]
+__all__ = ["MAD_TO_STD", "VarianceMatching", "WaveletMAD", "haar_detail", "haar_level"]

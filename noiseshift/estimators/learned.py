@@ -4,6 +4,14 @@ A small network (MLP for vectors, conv net for images) is trained with cross-ent
 classify the noise level of forward-noised data, t ~ U[0, 1], into `bins` equal bins. Its
 read-out is the posterior mean and std; `log_posterior` is differentiable in x, so guidance
 can follow grad_x log p(t | x).
+
+Two choices make it sharp in 800 steps (held-out 3x32x32 photos, linear schedule, MAE of t:
+0.021 with neither, 0.017 with the first, 0.013 with the second, 0.0096 with both; wavelet
+MAD 0.022; on 16x16 digits 0.020 -> 0.018):
+- the robust noise statistics of a Haar pyramid (log MAD and log rms of each detail band)
+  join the pooled features, since edges inflate a mean square but hardly move a median;
+- the "gauss" head adds a Gaussian peak at a regressed location to the free logits, since a
+  free categorical head learns a posterior a few bins wide only slowly.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from ..data import Dataset
 from ..errors import NoiseshiftError
 from ..training import train_loop
 from .base import NoiseLevelEstimator, forward_noise, posterior_moments
+from .classical import MAD_TO_STD, haar_level
+
+HEADS = ("bins", "gauss")
 
 
 def _scale_free(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,19 +36,50 @@ def _scale_free(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x / rms.reshape(-1, *([1] * (x.ndim - 1))), rms.log()[:, None]
 
 
+def band_noise(h: torch.Tensor, levels: int) -> torch.Tensor:
+    """(N, 6 levels): log of the MAD noise std and log rms of each detail band of a
+    `levels`-level Haar pyramid of images h (N, C, H, W)."""
+    out = []
+    for _ in range(levels):
+        h, details = haar_level(h)
+        for band in details:
+            v = band.reshape(len(band), -1)
+            out.append((v.abs().median(1).values / MAD_TO_STD).add(1e-6).log())
+            out.append(v.pow(2).mean(1).add(1e-12).log() / 2)
+    return torch.stack(out, 1)
+
+
+def head_outputs(bins: int, head: str) -> int:
+    if head not in HEADS:
+        raise NoiseshiftError(f"unknown estimator head {head!r}: use one of {', '.join(HEADS)}")
+    return bins + 2 if head == "gauss" else bins
+
+
+def peaked(out: torch.Tensor, head: str) -> torch.Tensor:
+    """Logits over the bins: the head's own ("bins"), or free logits plus a Gaussian peak at
+    location out[-2] + 1/2 with width softplus(out[-1]) ("gauss")."""
+    if head == "bins":
+        return out
+    bins = out.shape[1] - 2
+    grid = (torch.arange(bins, device=out.device, dtype=out.dtype) + 0.5) / bins
+    mu, s = out[:, -2:-1] + 0.5, F.softplus(out[:, -1:]) + 1e-3
+    return out[:, :-2] - (grid - mu).pow(2) / (2 * s * s)
+
+
 class PosteriorMLP(nn.Module):
-    def __init__(self, dim: int, bins: int, width: int = 256):
+    def __init__(self, dim: int, bins: int, width: int = 256, head: str = "bins"):
         super().__init__()
+        self.head = head
         self.net = nn.Sequential(
             nn.Linear(dim + 1, width), nn.SiLU(),
             nn.Linear(width, width), nn.SiLU(),
             nn.Linear(width, width), nn.SiLU(),
-            nn.Linear(width, bins),
+            nn.Linear(width, head_outputs(bins, head)),
         )
 
     def forward(self, x):
         h, log_rms = _scale_free(x)
-        return self.net(torch.cat([h.reshape(len(x), -1), log_rms], 1))
+        return peaked(self.net(torch.cat([h.reshape(len(x), -1), log_rms], 1)), self.head)
 
 
 class PosteriorConvNet(nn.Module):
@@ -45,11 +87,13 @@ class PosteriorConvNet(nn.Module):
     3x3 conv sees the finest texture (a Haar detail is one linear combination of those
     channels) at a quarter of the cost of a full-resolution layer. A strided layer widens the
     view, and pooling the mean and mean square of the features (so energy as well as level
-    survives) makes the read-out global."""
+    survives) makes the read-out global. `band_noise` of the input (``levels`` Haar levels)
+    joins the pooled features."""
 
-    def __init__(self, channels: int, bins: int, width: int = 16, stem: int = 0):
+    def __init__(self, channels: int, bins: int, width: int = 16, stem: int = 0,
+                 head: str = "bins", levels: int = 0):
         super().__init__()
-        w = width
+        w, self.kind, self.levels = width, head, levels
         if stem:  # only for sides above STEM_SIDE: today's shapes keep today's weights
             self.stem = nn.Sequential(*[
                 layer for k in range(stem) for layer in (
@@ -62,17 +106,19 @@ class PosteriorConvNet(nn.Module):
             nn.Conv2d(4 * channels, 2 * w, 3, padding=1), nn.SiLU(),
             nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.SiLU(),
         )
-        self.head = nn.Sequential(nn.Linear(8 * w + 1, 8 * w), nn.SiLU(), nn.Linear(8 * w, bins))
+        self.head = nn.Sequential(nn.Linear(8 * w + 1 + 6 * levels, 8 * w), nn.SiLU(),
+                                  nn.Linear(8 * w, head_outputs(bins, head)))
 
     def forward(self, x):
         h, log_rms = _scale_free(x)
+        pooled = [log_rms] + ([band_noise(h, self.levels)] if self.levels else [])
         if hasattr(self, "stem"):
             h = self.stem(h)
         if h.shape[-2] % 2 or h.shape[-1] % 2:
             h = F.pad(h, (0, h.shape[-1] % 2, 0, h.shape[-2] % 2), mode="replicate")
         f = self.features(h)
-        pooled = torch.cat([f.mean((2, 3)), f.pow(2).mean((2, 3)), log_rms], 1)
-        return self.head(pooled)
+        return peaked(self.head(torch.cat([f.mean((2, 3)), f.pow(2).mean((2, 3)), *pooled], 1)),
+                      self.kind)
 
 
 class _EvenPad(nn.Module):
@@ -97,19 +143,23 @@ def stem_stages(side: int) -> int:
     return k
 
 
-def build_network(shape: tuple[int, ...], bins: int, width: int | None = None) -> nn.Module:
+def build_network(shape: tuple[int, ...], bins: int, width: int | None = None, *,
+                  head: str = "bins", haar_levels: int = 0) -> nn.Module:
     """MLP for vectors (d,); conv net for images (C, H, W) of any channel count, with a
     learned downsampling stem (pixel-unshuffle + conv per halving) for sides above
-    STEM_SIDE, up to MAX_SIDE. Shapes up to 32 x 32 get exactly the network they always had,
-    so cached estimators (the built-in digits one) load and read as before."""
+    STEM_SIDE, up to MAX_SIDE, and up to ``haar_levels`` Haar levels of band noise (as many
+    as the smaller side allows). head="bins" without Haar levels is the network of
+    checkpoints that name neither, so those load and read as before."""
     if len(shape) == 1:
-        return PosteriorMLP(shape[0], bins, width or 256)
+        return PosteriorMLP(shape[0], bins, width or 256, head=head)
     if len(shape) == 3:
         side = max(shape[1:])
         if min(shape[1:]) < 2 or side > MAX_SIDE:
             raise NoiseshiftError(f"the learned estimator reads images with sides 2..{MAX_SIDE}"
                                   f", not {tuple(shape)}")
-        return PosteriorConvNet(shape[0], bins, width or 16, stem=stem_stages(side))
+        levels = min(haar_levels, int(min(shape[1:])).bit_length() - 1)
+        return PosteriorConvNet(shape[0], bins, width or 16, stem=stem_stages(side), head=head,
+                                levels=levels)
     raise NoiseshiftError(f"the learned estimator reads vectors (d,) or images (C, H, W), "
                           f"not states of shape {shape}")
 
@@ -127,21 +177,27 @@ class LearnedEstimator(NoiseLevelEstimator):
 
     Parameters: `bins`, training `steps`, peak `lr` (AdamW, warm-up then cosine, in
     `training.train_loop`), `train_batch`, `ema_decay`, `width` (None: 256 for the MLP, 16
-    base channels for the conv net), plus the base options (calibration grid, held-out
-    fraction, seed, inference `batch_size`, device). Defaults: 100 bins, 800 steps of 256,
-    lr 1e-2 (one-seed sweep on 16x16 digits, 800 steps: held-out MAE 0.026 at lr 5e-3,
-    0.020 at 1e-2, 0.018 at 2e-2; 1e-2 leaves headroom for other data).
+    base channels for the conv net), `head` ("gauss" or "bins", see the module docstring),
+    `haar_levels` (Haar levels of band noise the conv net reads), plus the base options
+    (calibration grid, held-out fraction, seed, inference `batch_size`, device). Defaults:
+    100 bins, 800 steps of 256, lr 1e-2 (one-seed sweep on 16x16 digits, 800 steps: held-out
+    MAE 0.026 at lr 5e-3, 0.020 at 1e-2, 0.018 at 2e-2; 1e-2 leaves headroom for other data).
     """
 
     name = "learned"
     has_posterior = True
+    LEGACY_PARAMS = {"head": "bins", "haar_levels": 0}
 
     def __init__(self, *, bins: int = 100, steps: int = 800, lr: float = 1e-2,
                  train_batch: int = 256, ema_decay: float | None = 0.99, width: int | None = None,
+                 head: str = "gauss", haar_levels: int = 2,
                  calib_points: int = 50, calib_samples: int = 256, held_out: float = 0.2,
                  seed: int = 0, batch_size: int = 1024, device: str = "auto"):
         super().__init__(calib_points=calib_points, calib_samples=calib_samples,
                          held_out=held_out, seed=seed, batch_size=batch_size, device=device)
+        head_outputs(bins, head)
+        self.head = head
+        self.haar_levels = haar_levels
         self.bins = bins
         self.steps = steps
         self.lr = lr
@@ -151,7 +207,8 @@ class LearnedEstimator(NoiseLevelEstimator):
 
     # -- training ------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
-        return build_network(self.shape_, self.bins, self.width).to(self.device_)
+        return build_network(self.shape_, self.bins, self.width, head=self.head,
+                             haar_levels=self.haar_levels).to(self.device_)
 
     def loss(self, net: nn.Module, batch) -> torch.Tensor:
         """Cross-entropy of the t-bin of each forward-noised state."""
@@ -217,5 +274,5 @@ class LearnedEstimator(NoiseLevelEstimator):
         return sum(p.numel() for p in self.net_.parameters())
 
 
-__all__ = ["LearnedEstimator", "PosteriorConvNet", "PosteriorMLP", "build_network",
-           "device_batch_size", "stem_stages"]
+__all__ = ["HEADS", "LearnedEstimator", "PosteriorConvNet", "PosteriorMLP", "band_noise",
+           "build_network", "device_batch_size", "stem_stages"]
