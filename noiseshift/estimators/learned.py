@@ -69,7 +69,7 @@ def peaked(out: torch.Tensor, head: str) -> torch.Tensor:
 class PosteriorMLP(nn.Module):
     def __init__(self, dim: int, bins: int, width: int = 256, head: str = "bins"):
         super().__init__()
-        self.head = head
+        self.kind = head
         self.net = nn.Sequential(
             nn.Linear(dim + 1, width), nn.SiLU(),
             nn.Linear(width, width), nn.SiLU(),
@@ -79,7 +79,7 @@ class PosteriorMLP(nn.Module):
 
     def forward(self, x):
         h, log_rms = _scale_free(x)
-        return peaked(self.net(torch.cat([h.reshape(len(x), -1), log_rms], 1)), self.head)
+        return peaked(self.net(torch.cat([h.reshape(len(x), -1), log_rms], 1)), self.kind)
 
 
 class PosteriorConvNet(nn.Module):
