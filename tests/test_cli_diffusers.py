@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers")
 
-from noiseshift.cli import app, main  # noqa: E402
+from helpers import cli_exit_2  # noqa: E402
+
+from noiseshift.cli import app  # noqa: E402
 from noiseshift.data import load_data  # noqa: E402
 from noiseshift.estimators import LearnedEstimator  # noqa: E402
 from noiseshift.integrations.tiny import tiny_unet  # noqa: E402
@@ -146,15 +148,8 @@ def test_class_conditional_dit_takes_class(tmp_path):
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------
 
 def _one_line(argv, message, capsys, out=None):
-    saved, sys.argv = sys.argv, ["noiseshift", *argv]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = saved
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2, err
-    assert len(err.splitlines()) == 1 and message in err, err
+    err = cli_exit_2(argv, capsys)
+    assert len(err) == 1 and message in err[0], err
     if out is not None:
         assert not out.exists()
 

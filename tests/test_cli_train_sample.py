@@ -3,6 +3,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from helpers import cli_exit_2
 from typer.testing import CliRunner
 
 from noiseshift import pretrained
@@ -70,18 +71,7 @@ def test_train_bad_input_is_one_line(tmp_path, args, message, capsys):
 
 def _one_line_error(argv, message, capsys):
     """Run the console entry point: a user mistake is one line on stderr and exit 2."""
-    import sys
-
-    from noiseshift.cli import main
-
-    saved, sys.argv = sys.argv, ["noiseshift", *argv]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = saved
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = cli_exit_2(argv, capsys)
     assert err[-1].startswith("error:") and message in err[-1], err
     assert "Traceback" not in "\n".join(err)
 

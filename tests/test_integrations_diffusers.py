@@ -36,8 +36,9 @@ from diffusers import (  # noqa: E402
     UNet2DModel,
 )
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
+from helpers import image_gmm  # noqa: E402
 
-from noiseshift.data import Dataset, load_data, make_gmm  # noqa: E402
+from noiseshift.data import load_data, make_gmm  # noqa: E402
 from noiseshift.errors import NoiseshiftError  # noqa: E402
 from noiseshift.estimation import estimate_file  # noqa: E402
 from noiseshift.guidance import DEFAULT_NAG_MODE  # noqa: E402
@@ -119,10 +120,7 @@ def hand_loop(scheduler, unet, n, steps, seed):
 
 @pytest.fixture(scope="module")
 def gmm():
-    """The 64-d mixture as (1, 8, 8) images, so estimators read the pipeline's states."""
-    d = make_gmm(dim=64)
-    return Dataset(d.x.reshape(-1, *SHAPE), d.labels, d.spec, d.num_classes,
-                   mixture=d.mixture)
+    return image_gmm(SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import types
 import numpy as np
 import pytest
 import torch
+from helpers import image_gmm
 
-from noiseshift.data import Dataset, make_gmm
 from noiseshift.errors import NoiseshiftError
 from noiseshift.integrations.k_diffusion import KDiffusionRecorder, NAGDenoiser
 from noiseshift.integrations.mixture_unet import MixtureUNet
@@ -73,9 +73,7 @@ K = _import_k_diffusion()
 
 @pytest.fixture(scope="module")
 def gmm():
-    d = make_gmm(dim=64)
-    return Dataset(d.x.reshape(-1, *SHAPE), d.labels, d.spec, d.num_classes,
-                   mixture=d.mixture)
+    return image_gmm(SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import run_digest
 from make_bad_corpus import build, write_good
 
 from noiseshift.errors import NoiseshiftError, TrajectoryError
@@ -50,17 +51,6 @@ def record(path, run="baseline", *, steps=S, finish=True, seed=0, x0=True, overw
 
 def digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def run_digest(path, run) -> str:
-    h = hashlib.sha256()
-    with h5py.File(path, "r") as f:
-        g = f["runs"][run]
-        for k in sorted(g):
-            h.update(k.encode() + g[k][()].tobytes())
-        for k in sorted(g.attrs):
-            h.update(k.encode() + str(g.attrs[k]).encode())
-    return h.hexdigest()
 
 
 # -- round trip ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import run_digest
 from make_bad_corpus import tiny_model as make_tiny_model
 from make_bad_corpus import write_good
 from test_cli_inspect import cli
@@ -35,17 +36,6 @@ NOISESHIFT = Path(sys.executable).with_name("noiseshift")
 def expected(i: int, run: str) -> np.ndarray:
     base = np.arange(N * DIM, dtype=np.float32).reshape(N, DIM)
     return base + 1000.0 * i + (0.25 if run == "base" else 0.5)
-
-
-def run_digest(path, run) -> str:
-    h = hashlib.sha256()
-    with h5py.File(path, "r") as f:
-        g = f["runs"][run]
-        for k in sorted(g):
-            h.update(k.encode() + g[k][()].tobytes())
-        for k in sorted(g.attrs):
-            h.update(k.encode() + str(g.attrs[k]).encode())
-    return h.hexdigest()
 
 
 def write_run(path, run, wfd=None, overwrite=False) -> None:
