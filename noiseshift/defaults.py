@@ -14,6 +14,7 @@ DEFAULT_DATA = {"name": "digits", "side": 16}
 DEFAULT_SCHEDULE = "linear"
 DEFAULT_SAMPLER = "euler-maruyama"
 DEFAULT_STEPS = 16
+DEFAULT_N = 512
 
 # The built-in denoiser: a ~96k-parameter conv UNet (16/32 channels) on 16x16 digits,
 # class-conditional, with noise-condition dropout 0.3 (for classifier-free NAG) and class

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -23,13 +24,15 @@ import torch
 from . import pretrained
 from .analysis.probe import probe
 from .data import load_data
+from .defaults import DEFAULT_N
 from .errors import NoiseshiftError
 from .estimation import estimate_file
 from .estimators.accuracy import heldout_states, mae_by_band
 from .guidance import DEFAULT_NAG_MODE, build_guidance
 from .pretrained import get_estimator
-from .recording import record_with_baseline, run_name
+from .recording import SamplerBackend, record_with_baseline
 from .report import build_report, write_report
+from .runspec import RunSpec
 
 # The runs, all with the same seed and sampler: the default NAG (`DEFAULT_NAG_MODE`,
 # estimator-step, at scale 1.5), estimator-noise and estimator, the classifier-free modes,
@@ -57,7 +60,7 @@ QUICK_RUNS: tuple[dict, ...] = (
 @dataclass
 class DemoSettings:
     data: str = "digits"
-    n: int = 512
+    n: int = DEFAULT_N
     steps: int = pretrained.DEFAULT_STEPS
     sampler: str = pretrained.DEFAULT_SAMPLER
     seed: int = 0
@@ -71,7 +74,7 @@ class DemoSettings:
         if data not in ("digits", "gmm"):
             raise NoiseshiftError(f"the demo runs on built-in data: digits or gmm, not {data!r}")
         if not quick:
-            return cls(data=data, seed=seed, n=n or 512)
+            return cls(data=data, seed=seed, n=n or DEFAULT_N)
         # Tiny everything: minutes of training would dominate a smoke test.
         return cls(data=data, seed=seed, n=n or 128, steps=8, runs=QUICK_RUNS, n_boot=100,
                    denoiser={"steps": 150}, estimator={"steps": 150})
@@ -148,47 +151,59 @@ def run_demo(out="demo-out", *, quick: bool = False, data: str = "digits", seed:
     settings = settings or DemoSettings.make(data, quick, seed, n)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    timings: dict[str, float] = {}
     clock = time.perf_counter()
-    model, est = prepare_models(settings, device, progress)
-    timings["models"] = time.perf_counter() - clock
-
+    with _timed(timings, "models"):
+        model, est = prepare_models(settings, device, progress)
     dataset = load_data(_data_spec(settings.data))
     traj = out / "trajectories.h5"
     traj.unlink(missing_ok=True)  # the demo's own file: start clean
-    t0 = time.perf_counter()
-    for k, options in enumerate(settings.runs):
-        guided, desc = build_guidance(model, estimator=est, data=dataset, **options)
-        stage = f"sampling {run_name(desc)} ({k + 1}/{len(settings.runs)})"
-        record_with_baseline(
-            model, traj, guided=guided, guidance=desc, n=settings.n, sampler=settings.sampler,
-            steps=settings.steps, seed=settings.seed, device=device, save_x0=False,
-            callback=_stage(progress, stage, settings.steps),
-            on_baseline=lambda base: _stage(progress, f"sampling {base}", settings.steps))
-    timings["sampling"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    meters = [str(pretrained.cached_estimator_path(_data_spec(settings.data),
-                                                   pretrained.DEFAULT_SCHEDULE,
-                                                   settings.estimator)),
-              "subspace" if settings.data == "digits" else "oracle"]
-    res = estimate_file(traj, meters, device=device,
-                        progress=lambda done, total: progress("estimating t'", done, total))
-    timings["estimate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    progress("report", None, None)
-    rep = build_report(traj, res.path, n_boot=settings.n_boot, seed=settings.seed,
-                       data=dataset)
-    md = write_report(rep, out / "report", plot=True)
-    timings["report"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    progress("probe: does the model trust its t input?", None, None)
-    pr = probe(model, dataset, n=64 if quick else 256, seed=settings.seed)
-    timings["probe"] = time.perf_counter() - t0
+    with _timed(timings, "sampling"):
+        record_runs(settings, model, est, dataset, traj, device, progress)
+    with _timed(timings, "estimate"):
+        res = estimate_file(traj, _meters(settings), device=device, progress=lambda done,
+                            total: progress("estimating t'", done, total))
+    with _timed(timings, "report"):
+        progress("report", None, None)
+        rep = build_report(traj, res.path, n_boot=settings.n_boot, seed=settings.seed,
+                           data=dataset)
+        md = write_report(rep, out / "report", plot=True)
+    with _timed(timings, "probe"):
+        progress("probe: does the model trust its t input?", None, None)
+        pr = probe(model, dataset, n=64 if quick else 256, seed=settings.seed)
     timings["total"] = time.perf_counter() - clock
     return DemoResult(out, traj, res.path, md, rep, pr, timings)
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    """Time the block into ``timings[stage]`` (seconds)."""
+    t0 = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - t0
+
+
+def record_runs(settings: DemoSettings, model, est, dataset, traj, device="auto",
+                progress: Progress = _noop) -> None:
+    """Record ``settings.runs`` into ``traj``, each beside the unguided baseline: one spec,
+    resolved once from the settings, guided in turn by each run's options."""
+    spec = RunSpec.for_model(model, n=settings.n, sampler=settings.sampler,
+                             steps=settings.steps, seed=settings.seed)
+    for k, options in enumerate(settings.runs):
+        guided, desc = build_guidance(model, estimator=est, data=dataset, **options)
+        run = spec.with_guidance(desc)
+        stage = f"sampling {run.run} ({k + 1}/{len(settings.runs)})"
+        record_with_baseline(
+            run, SamplerBackend(model, guided, device, save_x0=False), traj,
+            callback=_stage(progress, stage, settings.steps),
+            on_baseline=lambda base: _stage(progress, f"sampling {base}", settings.steps))
+
+
+def _meters(settings: DemoSettings) -> list[str]:
+    """The demo's two meters: its learned estimator (by checkpoint path) and an oracle."""
+    path = pretrained.cached_estimator_path(_data_spec(settings.data),
+                                            pretrained.DEFAULT_SCHEDULE, settings.estimator)
+    return [str(path), "subspace" if settings.data == "digits" else "oracle"]
 
 
 def _stage(progress: Progress, stage: str, steps: int):

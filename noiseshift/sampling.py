@@ -169,20 +169,29 @@ def get_sampler(name: str) -> Callable:
 #: Sampler keywords that are the call's plumbing, not its settings: never recorded.
 RUNTIME_KEYWORDS = frozenset({"y", "callback", "generator", "noise_sampler"})
 
+#: Each sampler's settings and their defaults: the keys its runs' ``sampler`` attribute holds
+#: beyond name, steps and the t range. Written out rather than read from the signatures, so
+#: that renaming a keyword cannot silently change what a run records, nor stop old runs from
+#: matching as baselines; tests/test_sampling.py holds them to the signatures.
+SAMPLER_OPTIONS: dict[str, dict] = {
+    "euler": {"final_denoise": True},
+    "heun": {"final_denoise": True},
+    "euler-maruyama": {"diffusion": 2.0, "final_denoise": True},
+    "ddim": {"eta": 0.0, "final_denoise": True},
+}
+
 
 def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
                      **kw) -> dict:
-    """The full settings of a sampler call (its keyword defaults filled in), as written
-    into a trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out)."""
-    fn = get_sampler(name)
-    params = inspect.signature(fn).parameters
-    unknown = set(kw) - set(params) - {"y", "callback", "generator"}
+    """The full settings of a sampler call (`SAMPLER_OPTIONS` filled in), as written into a
+    trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out)."""
+    get_sampler(name)
+    options = SAMPLER_OPTIONS[name]
+    unknown = set(kw) - set(options) - RUNTIME_KEYWORDS
     if unknown:
         raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
-    settings = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
-    settings.update(kw)
     return {"name": name, "steps": int(steps), "t_max": float(t_max), "t_min": float(t_min),
-            **{k: v for k, v in settings.items() if k not in RUNTIME_KEYWORDS}}
+            **options, **{k: v for k, v in kw.items() if k in options}}
 
 
 # -- drawing and running ----------------------------------------------------------------------

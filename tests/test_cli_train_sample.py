@@ -94,7 +94,7 @@ def test_sample_records_and_overwrites(gmm_model, tmp_path):
         assert g["labels"].shape == (16,)
         first_samples = g["samples"][()]
     again = _run("sample", "--model", gmm_model, "--n", 16, "--steps", 4, "--record", traj)
-    assert again.exit_code == 0 and "overwriting" in again.stdout
+    assert again.exit_code == 0 and "overwrote it" in again.stdout
     with open_trajectories(traj) as f:
         assert f.runs == ["unguided"]
         # Same seed, same samples, bit for bit.

@@ -22,7 +22,8 @@ from noiseshift import distributed
 from noiseshift.data import load_data
 from noiseshift.estimation import estimate_file
 from noiseshift.models import build_model
-from noiseshift.recording import record_with_baseline, sample_and_record
+from noiseshift.recording import SamplerBackend, record_with_baseline, sample_and_record
+from noiseshift.runspec import RunSpec
 from noiseshift.sampling import block_shard, sample, sample_across_ranks
 from noiseshift.training import denoiser_config, train_denoiser
 
@@ -42,8 +43,9 @@ def _work(folder: Path, tag: str) -> None:
     model = _model()
     common = dict(n=N, seed=5, sampler="euler-maruyama", steps=STEPS, device="cpu")
     sample_and_record(model, folder / f"{tag}.h5", "em", **common)
-    record_with_baseline(model, folder / f"{tag}-sub.h5", guided=None, record_n=21,
-                         record_every=2, **common)
+    spec = RunSpec.for_model(model, record_n=21, record_every=2,
+                             **{k: v for k, v in common.items() if k != "device"})
+    record_with_baseline(spec, SamplerBackend(model, device="cpu"), folder / f"{tag}-sub.h5")
     # The same input at both world sizes: the estimates file names its source.
     estimate_file(folder / "ws1.h5", "variance", out=folder / f"{tag}.est.h5",
                   device="cpu", max_bytes=8 * 4 * 7)  # blocks of 7 states: 24 blocks

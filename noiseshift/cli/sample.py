@@ -6,26 +6,27 @@ The recording, and the unguided baseline a guided run is recorded beside, are
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..guidance import DEFAULT_NAG_MODE, NAG_MODES, GuidanceWarning, build_guidance
 from ..integrations.pipeline_runs import (
+    folder_run,
     is_diffusers,
+    refuse_builtin_options,
     refuse_diffusers_options,
-    sample_pipeline_folder,
 )
 from ..io.images import save_grid
 from ..pretrained import estimator_for
-from ..recording import describe_model, record_with_baseline, run_exists, run_name
-from ..sampling import draw_labels, sample_across_ranks, sampler_settings
+from ..recording import SamplerBackend, describe_model, record_with_baseline
+from ..runspec import RunSpec
+from ..sampling import sampler_settings
 from .common import (
     app,
     console,
@@ -127,7 +128,7 @@ def sample_command(
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
                                 "euler-maruyama or ddim."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
-    n: int = typer.Option(512, "--n", "-n", min=1, help="Number of samples (under torchrun "
+    n: int = typer.Option(DEFAULT_N, "--n", "-n", min=1, help="Number of samples (under torchrun "
                           "write -n, or put -- before the command)."),
     seed: int = typer.Option(0, "--seed", help="Seed for labels, initial noise and "
                              "sampler noise: the same seed gives the same samples."),
@@ -187,71 +188,85 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
-    if is_diffusers(model):
-        summary, path, name = sample_pipeline_folder(
-            model, scheduler=scheduler, spacing=spacing, prompt=prompt, class_=class_,
-            steps=steps, n=n, seed=seed, nag_scale=nag_scale, nag_mode=nag_mode,
-            cfg_scale=cfg_scale, eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
-            interval=_numbers(guidance_interval, "--guidance-interval"), estimator=estimator,
-            path=None if no_record else Path(record or DEFAULT_RECORD), run=run, grid=grid,
-            device=device, quiet=json_out, sampler=sampler, diffusion=diffusion, eta=eta,
-            time_shift=time_shift, max_samples=record_n, every=record_every,
-            progress=err_console.is_terminal, say=console.print)
-        return print_json(summary) if json_out else _print_summary(summary, path, name)
-    refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt)
-    sampler_kw = sampler_options(sampler, diffusion, eta)
-    sampler_settings(sampler, steps, **sampler_kw)  # bad options fail before any work
+    path = None if no_record else Path(record or DEFAULT_RECORD)
     if grid is not None and grid.suffix.lower() != ".png":
         raise NoiseshiftError("--grid needs a .png file name", grid)
-    net = denoiser_with_progress(model, device, quiet=json_out)
-    labels = draw_labels(net.num_classes, n, seed, class_)  # a bad --class fails early
-    guided, guidance = guided_model(net, **guidance_options(
-        net, nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale, eps_scale=eps_scale,
-        time_shift=time_shift, interval=guidance_interval, estimator=estimator,
-        device=device, quiet=json_out, data=data_spec(data, size)))
-    path = None if no_record else Path(record or DEFAULT_RECORD)
-    name = run or run_name(guidance)
-    overwrote = path is not None and run_exists(path, name)
-    if overwrote and not json_out:
-        console.print(f"run [bold]{name}[/] exists in {path}; overwriting it")
-    t0 = time.perf_counter()
-    common = dict(sampler=sampler, steps=steps, seed=seed, y=class_, device="auto",
-                  **sampler_kw)
-    with progress(json_out) as p:
-        bars = _Bars(p, f"{sampler}, {steps} steps, n={n}", steps, path, quiet=json_out)
-        if path is None:
-            samples = sample_across_ranks(guided, n, callback=bars.advance, **common)
-            baseline = None
-            seconds = time.perf_counter() - t0
-        else:
-            rec = record_with_baseline(net, path, name, guided=guided, guidance=guidance, n=n,
-                                       model_info=_model_info(net, model, data, size),
-                                       callback=bars.advance, on_baseline=bars.baseline,
-                                       record_n=record_n, record_every=record_every,
-                                       **common)
-            samples, baseline, seconds = rec.samples, rec.baseline, rec.seconds
-    samples = samples.float().cpu()
+    run_opts = dict(n=n, steps=steps, seed=seed, run=run, record_n=record_n,
+                    record_every=record_every)
+    guide_opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
+                      eps_scale=eps_scale, interval=guidance_interval, estimator=estimator)
+    if is_diffusers(model):
+        refuse_builtin_options(sampler, diffusion, eta, time_shift)
+        spec, backend = folder_run(
+            model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
+            progress=not json_out and err_console.is_terminal, class_label=class_,
+            **_pipeline_guidance(**guide_opts), **run_opts)
+    else:
+        refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt)
+        spec, backend = _builtin_run(
+            model, sampler=sampler, diffusion=diffusion, eta=eta, time_shift=time_shift,
+            class_=class_, data=data, size=size, device=device, quiet=json_out,
+            guide_opts=guide_opts, **run_opts)
+    rec = _record(spec, backend, path, quiet=json_out)
     if grid is not None and is_main():  # under torchrun rank 0 holds all samples
-        _save_grid(samples, grid, labels)
-    summary = {
-        "model": model or "default", "sampler": sampler_settings(sampler, steps, **sampler_kw),
-        "guidance": guidance, "n": n, "shape": list(samples.shape[1:]), "seed": seed,
-        "seconds": round(seconds, 3), "record": None if path is None else str(path),
-        "run": None if path is None else name, "overwrote": overwrote, "baseline": baseline,
-        "grid": None if grid is None else str(grid),
-        "sample_mean": float(samples.mean()), "sample_std": float(samples.std()),
-    }
+        _save_grid(rec, spec, grid)
+    summary = _summary(spec, backend, rec, path, grid)
     if json_out:
         print_json(summary)
         return
-    _print_summary(summary, path, name)
+    if rec.overwrote:
+        console.print(f"run [bold]{rec.run}[/] existed in {path}; overwrote it")
+    _print_summary(summary, path, rec.run)
 
 
-def _save_grid(samples, grid: Path, labels) -> None:
-    if samples.ndim != 4:
+def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:
+    """`pipeline_run`'s guidance keywords from the command line's strings."""
+    return {**opts, "eps_scale": _numbers(eps_scale, "--eps-scale", (1, 2)),
+            "interval": _numbers(interval, "--guidance-interval")}
+
+
+def _builtin_run(model, *, sampler, diffusion, eta, time_shift, class_, data, size, device,
+                 quiet, guide_opts, run, **run_opts) -> tuple[RunSpec, SamplerBackend]:
+    """(the spec, the backend) of a run of a built-in-protocol denoiser: options checked and
+    labels drawn before the model or its estimator is loaded or trained."""
+    sampler_kw = sampler_options(sampler, diffusion, eta)
+    sampler_settings(sampler, 1, **sampler_kw)  # bad options fail before any work
+    net = denoiser_with_progress(model, device, quiet=quiet)
+    spec = RunSpec.for_model(net, sampler=sampler, y=class_, **run_opts, **sampler_kw,
+                             model_info=_model_info(net, model, data, size))
+    guided, guidance = guided_model(net, **guidance_options(
+        net, time_shift=time_shift, device=device, quiet=quiet, data=data_spec(data, size),
+        **guide_opts))
+    return spec.with_guidance(guidance, run), SamplerBackend(net, guided, source=model)
+
+
+def _record(spec: RunSpec, backend, path, quiet: bool):
+    """`record_with_baseline`, with a progress bar per recorded run."""
+    with progress(quiet) as p:
+        bars = _Bars(p, f"{spec.sampler}, {spec.steps} steps, n={spec.n}", spec.steps, path,
+                     quiet=quiet)
+        return record_with_baseline(spec, backend, path, callback=bars.advance,
+                                    on_baseline=bars.baseline)
+
+
+def _save_grid(rec, spec: RunSpec, grid: Path) -> None:
+    x = rec.images if rec.images is not None else rec.samples
+    if x is None or x.ndim != 4 or x.shape[1] not in (1, 3):
         raise NoiseshiftError(f"--grid needs image data; samples have shape "
-                              f"{tuple(samples.shape[1:])}")
-    save_grid(samples[:64], grid, labels=None if labels is None else labels[:64])
+                              f"{None if x is None else tuple(x.shape[1:])}")
+    labels = spec.y
+    save_grid(x[:64].float().cpu(), grid, labels=None if labels is None else labels[:64])
+
+
+def _summary(spec: RunSpec, backend, rec, path, grid) -> dict:
+    """What the command prints (as JSON with --json)."""
+    x = (rec.samples if rec.samples is not None else rec.images).float().cpu()
+    return {**backend.summary(spec), "guidance": spec.guidance, "n": spec.n,
+            "shape": list(x.shape[1:]), "seed": spec.seed, "seconds": round(rec.seconds, 3),
+            "record": None if path is None else str(path), "run": rec.run,
+            "overwrote": rec.overwrote, "baseline": rec.baseline,
+            "grid": None if grid is None else str(grid),
+            "sample_mean": float(x.mean()), "sample_std": float(x.std())}
 
 
 def _model_info(net, source, data, size) -> dict:
@@ -277,8 +292,14 @@ class _Bars:
         if not self.quiet:
             console.print(f"no unguided run with these settings in {self.path}; recording "
                           f"one first as [bold]{name}[/]")
-        task = self.p.add_task(f"baseline: {self.label}", total=self.steps)
-        return lambda info: self.p.update(task, completed=info["i"] + 1)
+        task = []
+
+        def advance(info):
+            if not task:
+                task.append(self.p.add_task(f"baseline: {self.label}", total=self.steps))
+            self.p.update(task[0], completed=info["i"] + 1)
+
+        return advance
 
 
 def _print_summary(summary: dict, path, name: str) -> None:

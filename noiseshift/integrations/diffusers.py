@@ -25,7 +25,7 @@ import torch
 from ..errors import NoiseshiftError
 from ..guidance import DEFAULT_NAG_MODE
 from ..io import TrajectoryWriter
-from ..recording import recorded_settings
+from ..runspec import recorded_settings
 from ..schedules import get_schedule
 from . import require
 from .guided import OutputGuidance
@@ -61,9 +61,9 @@ def pipeline_shape(pipe) -> tuple[int, ...] | None:
     return (int(ch), *((int(size),) * 2 if isinstance(size, int) else tuple(size)))
 
 
-def describe_model(pipe, data: dict | None = None) -> dict:
-    """The model attr of a run: pipeline class, its network's class and config, and the data
-    spec when known (an argument, or the network's ``data_spec``)."""
+def describe_pipeline(pipe, data: dict | None = None) -> dict:
+    """The model attr of a pipeline's run: pipeline class, its network's class and config,
+    and the data spec when known (an argument, or the network's ``data_spec``)."""
     net = denoiser(pipe)
     out = {"name": type(pipe).__name__, "library": "diffusers"}
     path = getattr(getattr(pipe, "config", None) or {}, "get", lambda *_: None)("_name_or_path")
@@ -144,7 +144,8 @@ class Recorder:
     """Writes the first pipeline call made inside `record` as one run of a trajectory file."""
 
     def __init__(self, pipe, path, run=None, *, max_samples=None, every=1, seed=None,
-                 labels=None, data=None, save_x0=True, overwrite=False, call=None):
+                 labels=None, data=None, save_x0=True, overwrite=False, call=None,
+                 attrs=None):
         if not isinstance(every, int) or every < 1:
             raise NoiseshiftError(f"every must be a positive integer, got {every!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -153,7 +154,7 @@ class Recorder:
         self.view = SchedulerView(pipe.scheduler)
         self.max_samples, self.every, self.seed = max_samples, every, seed
         self.labels, self.data, self.save_x0, self.overwrite = labels, data, save_x0, overwrite
-        self.call = call
+        self.call, self.attrs = call, attrs
         self.writer: TrajectoryWriter | None = None
         self.wants_steps, self.steps = True, 0
         self._count, self._index, self._last = 0, -1, None
@@ -192,16 +193,23 @@ class Recorder:
             self.run = "unguided" if guidance.get("kind") == "none" else str(guidance["kind"])
         param = self.view.parametrisation()
         self._convert = None if param is None else (get_schedule(self.view.family), *param)
-        sampler = self.view.describe()
-        if self.call:
-            sampler["call"] = dict(self.call)
-        sampler = recorded_settings(sampler, n_all, self.max_samples, self.every)
         steps = -(-self.view.planned_states() // self.every)
         self.writer = TrajectoryWriter(
             self.path, self.run, n=n, shape=tuple(sample.shape[1:]),
-            schedule=self.view.family, sampler=sampler, guidance=guidance,
-            model=describe_model(self.pipe, self.data), seed=self.seed, labels=self.labels,
-            save_x0=self.save_x0, overwrite=self.overwrite, steps=steps)
+            schedule=self.view.family, guidance=guidance, seed=self.seed, labels=self.labels,
+            save_x0=self.save_x0, overwrite=self.overwrite, steps=steps,
+            **self._attrs(n_all))
+
+    def _attrs(self, n_all: int) -> dict:
+        """The run's sampler and model attributes: the given ones, else from the scheduler
+        and the pipeline."""
+        if self.attrs is not None:
+            return {k: self.attrs[k] for k in ("sampler", "model")}
+        sampler = self.view.describe()
+        if self.call:
+            sampler["call"] = dict(self.call)
+        return {"sampler": recorded_settings(sampler, n_all, self.max_samples, self.every),
+                "model": describe_pipeline(self.pipe, self.data)}
 
     def _write(self, state, model_output, sample, result, rows) -> None:
         x = to_schedule_form(sample[rows].detach(), state.k)
@@ -235,7 +243,8 @@ class Recorder:
 @contextlib.contextmanager
 def record(pipe, path, run: str | None = None, *, max_samples: int | None = None,
            every: int = 1, seed: int | None = None, labels=None, data: dict | None = None,
-           save_x0: bool = True, overwrite: bool = False, call: dict | None = None):
+           save_x0: bool = True, overwrite: bool = False, call: dict | None = None,
+           attrs: dict | None = None):
     """Record the first pipeline call made inside the block as run ``run`` of ``path``.
 
     Each recorded step holds the state handed to the scheduler (in the schedule's form: the VP
@@ -248,9 +257,11 @@ def record(pipe, path, run: str | None = None, *, max_samples: int | None = None
     ``data`` (the data spec, e.g. ``{"name": "digits", "side": 16}``) go into the run's
     attributes; ``call`` (the pipeline call's settings, e.g. the prompt) goes into its
     ``sampler`` attribute, so that a baseline matches only runs made with the same.
+    ``attrs`` (a `RunSpec`'s `attrs()`) gives the run's sampler and model attributes instead.
     """
     rec = Recorder(pipe, path, run, max_samples=max_samples, every=every, seed=seed,
-                   labels=labels, data=data, save_x0=save_x0, overwrite=overwrite, call=call)
+                   labels=labels, data=data, save_x0=save_x0, overwrite=overwrite, call=call,
+                   attrs=attrs)
     hook = StepHook.attach(pipe.scheduler)
     hook.recorders.append(rec)
     failed = False
@@ -355,5 +366,5 @@ def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):
     return pipe
 
 
-__all__ = ["Guide", "Recorder", "SCHEDULERS", "SPACINGS", "describe_model", "guide",
+__all__ = ["Guide", "Recorder", "SCHEDULERS", "SPACINGS", "describe_pipeline", "guide",
            "load_pipeline", "pipeline_shape", "record", "set_scheduler"]

@@ -33,7 +33,7 @@ import torch
 from ..errors import NoiseshiftError
 from ..guidance import DEFAULT_NAG_MODE
 from ..io import TrajectoryWriter
-from ..recording import recorded_settings
+from ..runspec import recorded_settings
 from ..schedules import get_schedule
 from .guided import OutputGuidance
 from .levels import VP_FAMILY, map_level, to_schedule_form, ve_level

@@ -10,15 +10,15 @@ What `noiseshift sample --model diffusers:DIR` does, as a library call:
 
 A guided run says something only beside an unguided run of the same pipeline, scheduler,
 steps, seed, recorded subset, labels and call settings (prompt, guidance scale): the same
-noise, so the samples pair up. As for built-in models (`recording.record_with_baseline`), the
-baseline is looked up in the file (`recording.find_baseline`) and recorded first when absent.
-Every check that can fail is made before anything is written.
+noise, so the samples pair up. The run is a `RunSpec` (`pipeline_spec`) and
+`PipelineBackend` draws it, so the baseline is found or recorded by the one orchestration
+built-in models use (`recording.record_with_baseline`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +28,15 @@ import torch
 from ..defaults import DEFAULT_SAMPLER
 from ..errors import NoiseshiftError
 from ..guidance import DEFAULT_NAG_MODE
-from ..io.images import save_grid
 from ..pretrained import get_estimator
-from ..recording import baseline_name, find_baseline, recorded_settings, run_exists, run_name
+from ..recording import Recorded, record_with_baseline
+from ..runspec import UNGUIDED, RunSpec
+from ..runtime import resolve_device
 from ..sampling import draw_labels
 from .diffusers import (
     Guide,
-    Recorder,
     denoiser,
-    describe_model,
+    describe_pipeline,
     guide,
     load_pipeline,
     pipeline_shape,
@@ -44,8 +44,6 @@ from .diffusers import (
 )
 from .guided import CF_MODES, NO_NULL_T
 from .schedulers import SchedulerView
-
-UNGUIDED = {"kind": "none"}
 
 
 @dataclass
@@ -164,162 +162,100 @@ def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
     return g, est
 
 
-# -- the command line: `noiseshift sample --model diffusers:DIR` -------------------------------
+# -- the run and how it is drawn ---------------------------------------------------------
 
-PREFIX = "diffusers:"
-DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt")
-
-
-def is_diffusers(model: str | None) -> bool:
-    return model is not None and str(model).startswith(PREFIX)
-
-
-def refuse_diffusers_options(**given) -> None:
-    """One line when an option of diffusers pipelines is given for a built-in model."""
-    for opt, value in zip(DIFFUSERS_ONLY, given.values(), strict=True):
-        if value is not None:
-            raise NoiseshiftError(f"{opt} applies to --model diffusers:DIR only")
-
-
-def _refuse_builtin_options(sampler, diffusion, eta, time_shift) -> None:
-    for opt, bad in (("--sampler", sampler != DEFAULT_SAMPLER), ("--diffusion", diffusion),
-                     ("--eta", eta), ("--time-shift", time_shift)):
-        if bad is not None and bad is not False:
-            hint = "; use --scheduler" if opt == "--sampler" else ""
-            raise NoiseshiftError(f"{opt} does not apply to diffusers pipelines{hint}")
+def pipeline_spec(pipe, *, n: int, steps: int, seed: int = 0, call: dict | None = None,
+                  labels=None, guidance: dict | None = None, run: str | None = None,
+                  record_n: int | None = None, record_every: int = 1,
+                  data: dict | None = None) -> RunSpec:
+    """The `RunSpec` of a call of ``pipe``: its ``sampler`` attribute is the scheduler's
+    description (`SchedulerView.describe`) at ``steps`` steps with the call's settings
+    (``call``, from `pipeline_call`); its ``model`` attribute `describe_pipeline`."""
+    settings = {**SchedulerView(pipe.scheduler).describe(), "steps": int(steps)}
+    if call:
+        settings["call"] = dict(call)
+    return RunSpec.make(settings, describe_pipeline(pipe, data), n=n, seed=seed,
+                        labels=labels, guidance=guidance, run=run, record_n=record_n,
+                        record_every=record_every)
 
 
-def sample_pipeline_folder(model: str, *, scheduler, spacing, prompt, class_, steps: int, n: int,
-                     seed: int, nag_scale: float, nag_mode: str, cfg_scale: float, eps_scale,
-                     interval, estimator, path: Path | None, run, grid: Path | None,
-                     device: str, quiet: bool, sampler: str, diffusion, eta, time_shift,
-                     max_samples: int | None = None, every: int = 1, progress: bool = False,
-                     say=print) -> tuple[dict, Path | None, str | None]:
-    """`noiseshift sample --model diffusers:DIR` (its options, parsed): load the folder,
-    sample and record it beside its baseline (`sample_pipeline`), save the grid; returns (the
-    summary the command prints, the trajectory path, the run name). ``say`` prints a line
-    (not called with ``quiet``); ``progress`` shows diffusers' progress bars."""
-    _refuse_builtin_options(sampler, diffusion, eta, time_shift)
-    if grid is not None and grid.suffix.lower() != ".png":
-        raise NoiseshiftError("--grid needs a .png file name", grid)
-    folder = model[len(PREFIX):]
-    if not folder:
-        raise NoiseshiftError("--model diffusers: needs a pipeline folder (diffusers:DIR)")
-    dev = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    bars = not quiet and progress
-    pipe = load_pipeline(folder, scheduler=scheduler, spacing=spacing, device=dev,
-                         progress=bars)
-    pipe.set_progress_bar_config(disable=not bars)
+@dataclass
+class PipelineBackend:
+    """How runs of a diffusers pipeline are drawn and recorded: ``pipe(**kw)`` (``kw`` from
+    `pipeline_call`) with a generator seeded by the spec, inside `record`, and, for a guided
+    spec, inside `guide(pipe, **guide_kw)`. diffusers draws its own progress bars: no
+    per-step callback."""
 
-    def on_baseline(name: str) -> None:
-        if not quiet:
-            say(f"no unguided run with these settings in {path}; recording one first as "
-                f"{name}")
+    pipe: object
+    kw: dict
+    guide_kw: dict | None = None
+    data: dict | None = None
+    source: str | None = None
 
-    out = sample_pipeline(pipe, path, run, n=n, steps=steps, seed=seed, estimator=estimator,
-                          nag_scale=nag_scale, nag_mode=nag_mode, eps_scale=eps_scale,
-                          interval=interval, class_label=class_, prompt=prompt,
-                          cfg_scale=cfg_scale, max_samples=max_samples, every=every,
-                          on_baseline=on_baseline)
-    if out.overwrote and not quiet:
-        say(f"run {out.run} existed in {path}; replaced it")
-    if grid is not None:
-        if out.images is None or out.images.shape[1] not in (1, 3):
-            raise NoiseshiftError(f"--grid needs image output; {type(pipe).__name__} returned "
-                                  f"none")
-        labels = None if out.labels is None else out.labels[:64]
-        save_grid(out.images[:64], grid, labels=labels)
-    return _summary(model, pipe, out, n=n, steps=steps, seed=seed, path=path, grid=grid), \
-        path, out.run
+    def draw(self, spec: RunSpec, path=None, callback=None):
+        """(the final states: latents for latent pipelines, the decoded images in [-1, 1] as
+        (N, C, H, W) or None), recorded as run ``spec.run`` of ``path`` unless None."""
+        with self._recording(spec, path), self._guiding(spec):
+            result, last = _call(self.pipe, self.kw, spec.seed)
+        images = _images(result)
+        if last is not None and images is not None and last.shape[0] == 2 * images.shape[0]:
+            last = last[: images.shape[0]]  # DiT's doubled batch
+        return last, images
+
+    def summary(self, spec: RunSpec) -> dict:
+        """What `noiseshift sample` prints about the model and sampler of ``spec``."""
+        return {"model": self.source, "pipeline": type(self.pipe).__name__,
+                "sampler": {k: spec.settings[k] for k in ("name", "steps", "spacing")}}
+
+    def _recording(self, spec: RunSpec, path):
+        if path is None:
+            return contextlib.nullcontext()
+        labels = None if spec.labels is None else spec.y[:spec.recorded]
+        return record(self.pipe, path, spec.run, overwrite=True, max_samples=spec.record_n,
+                      every=spec.record_every, seed=spec.seed, labels=labels, data=self.data,
+                      attrs=spec.attrs())
+
+    def _guiding(self, spec: RunSpec):
+        if not spec.guided or self.guide_kw is None:
+            return contextlib.nullcontext()
+        return guide(self.pipe, **self.guide_kw)
 
 
-def _summary(model: str, pipe, out: PipelineRun, *, n, steps, seed, path, grid) -> dict:
-    samples = out.samples if out.samples is not None else out.images
-    view = pipe.scheduler
-    return {
-        "model": model, "pipeline": type(pipe).__name__,
-        "sampler": {"name": type(view).__name__, "steps": steps,
-                    "spacing": view.config.get("timestep_spacing")},
-        "guidance": out.guidance, "n": n, "shape": list(samples.shape[1:]), "seed": seed,
-        "seconds": round(out.seconds, 3), "record": None if path is None else str(path),
-        "run": out.run, "overwrote": out.overwrote, "baseline": out.baseline,
-        "grid": None if grid is None else str(grid),
-        "sample_mean": float(samples.mean()), "sample_std": float(samples.std()),
-    }
-
-
-# -- sampling and recording -------------------------------------------------------------------
-
-def sample_pipeline(pipe, path=None, run: str | None = None, *, n: int, steps: int,
-                    seed: int = 0, estimator=None, nag_scale: float = 0.0,
-                    nag_mode: str = DEFAULT_NAG_MODE, eps_scale=None, interval=None,
-                    class_label=None, prompt: str | None = None, cfg_scale: float = 0.0,
-                    max_samples: int | None = None, every: int = 1, data: dict | None = None,
-                    on_baseline=None) -> PipelineRun:
-    """Sample ``n`` from ``pipe`` with ``steps`` steps and seed ``seed`` (the same seed, the
-    same samples), guided by estimator-based NAG / epsilon scaling when asked (`guide`), and
-    record it as run ``run`` of ``path`` (None: no recording) next to its unguided baseline,
-    which is found in the file or recorded first with the same seed and the same recorded
-    subset (``max_samples``, ``every``). ``on_baseline(name)`` is called before a baseline is
-    recorded. A run of the same name is replaced."""
+def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
+                 nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG_MODE, eps_scale=None,
+                 interval=None, class_label=None, prompt: str | None = None,
+                 cfg_scale: float = 0.0, run: str | None = None, record_n: int | None = None,
+                 record_every: int = 1, data: dict | None = None,
+                 source: str | None = None) -> tuple[RunSpec, PipelineBackend]:
+    """(the spec, the backend) of ``n`` samples from ``pipe`` with ``steps`` steps and seed
+    ``seed``, guided by estimator-based NAG / epsilon scaling when asked (`pipeline_guide`);
+    every check that can fail is made here, before anything is drawn or written."""
     kw, labels, call = pipeline_call(pipe, n=n, steps=steps, seed=seed,
                                      class_label=class_label, prompt=prompt,
                                      cfg_scale=cfg_scale)
     g, est = pipeline_guide(pipe, estimator, nag_scale=nag_scale, nag_mode=nag_mode,
                             eps_scale=eps_scale, interval=interval, device=pipe.device.type)
-    guidance = UNGUIDED if g is None else g.guidance
-    name = (run or run_name(guidance)) if path is not None else None
-    rec_kw = dict(max_samples=max_samples, every=every, seed=seed, data=data, call=call,
-                  labels=None if labels is None else labels[:max_samples or n])
-    overwrote = path is not None and run_exists(path, name)
-    if path is not None:  # the writer's checks (folder, file), before any sampling
-        Recorder(pipe, path, name, overwrite=True, **rec_kw)
-    baseline = None
-    if path is not None and g is not None:
-        baseline = _baseline(pipe, path, name, kw, steps, n, on_baseline, rec_kw)
-    t0 = time.perf_counter()
-    with _recording(pipe, path, name, rec_kw), _guiding(pipe, est, nag_scale, nag_mode,
-                                                        eps_scale, interval, g):
-        result, last = _call(pipe, kw, seed)
-    seconds = time.perf_counter() - t0
-    images = _images(result)
-    if last is not None and images is not None and last.shape[0] == 2 * images.shape[0]:
-        last = last[: images.shape[0]]  # DiT's doubled batch
-    return PipelineRun(last, images, labels, name, baseline, guidance, overwrote, seconds)
+    spec = pipeline_spec(pipe, n=n, steps=steps, seed=seed, call=call, labels=labels,
+                         guidance=UNGUIDED if g is None else g.guidance, run=run,
+                         record_n=record_n, record_every=record_every, data=data)
+    guide_kw = None if g is None else dict(estimator=est, scale=nag_scale, mode=nag_mode,
+                                           interval=interval, eps_scale=eps_scale)
+    return spec, PipelineBackend(pipe, kw, guide_kw, data, source)
 
 
-def expected_sampler(pipe, steps: int, every: int, max_samples, call: dict, n: int) -> dict:
-    """The ``sampler`` attribute `record` will write for a call of n samples, ``steps``
-    steps."""
-    out = {**SchedulerView(pipe.scheduler).describe(), "steps": int(steps)}
-    if call:
-        out["call"] = dict(call)
-    return recorded_settings(out, n, max_samples, every)
-
-
-def _baseline(pipe, path, avoid: str, kw: dict, steps: int, n: int, on_baseline,
-              rec_kw: dict) -> str:
-    """The matching unguided run in ``path`` (`recording.find_baseline`), recorded first
-    when there is none; its name."""
-    rows = min(n, rec_kw["max_samples"] or n)  # DiT's doubled batch is recorded once
-    seed = rec_kw["seed"]
-    found = find_baseline(path, sampler=expected_sampler(pipe, steps, rec_kw["every"],
-                                                         rec_kw["max_samples"],
-                                                         rec_kw["call"], n),
-                          seed=seed, n=rows, labels=rec_kw["labels"],
-                          model_info=describe_model(pipe, rec_kw["data"]))
-    if found is not None:
-        return found
-    short = type(pipe.scheduler).__name__.removesuffix("Scheduler")
-    name = baseline_name(path, short, steps, seed, n)
-    if name == avoid:
-        raise NoiseshiftError(f"run {avoid!r} is the name the unguided baseline needs; "
-                              f"choose another")
-    if on_baseline is not None:
-        on_baseline(name)
-    with record(pipe, path, name, overwrite=True, **rec_kw):
-        _call(pipe, kw, seed)
-    return name
+def sample_pipeline(pipe, path=None, run: str | None = None, *, max_samples: int | None = None,
+                    every: int = 1, on_baseline=None, **options) -> PipelineRun:
+    """Sample ``pipe`` as `pipeline_run` (``options``: n, steps, seed, estimator, nag_scale,
+    nag_mode, eps_scale, interval, class_label, prompt, cfg_scale, data) and record it as
+    run ``run`` of ``path`` (None: no recording) next to its unguided baseline, which is
+    found in the file or recorded first with the same seed and the same recorded subset
+    (``max_samples``, ``every``); `recording.record_with_baseline`. ``on_baseline(name)`` is
+    called before a baseline is recorded. A run of the same name is replaced."""
+    spec, backend = pipeline_run(pipe, run=run, record_n=max_samples, record_every=every,
+                                 **options)
+    rec = record_with_baseline(spec, backend, path, on_baseline=on_baseline)
+    return PipelineRun(rec.samples, rec.images, spec.y, rec.run, rec.baseline, spec.guidance,
+                       rec.overwrote, rec.seconds)
 
 
 def _call(pipe, kw: dict, seed: int):
@@ -363,24 +299,46 @@ def _images(result) -> torch.Tensor | None:
     return x * 2 - 1
 
 
-class _Null:
-    def __enter__(self):
-        return None
+# -- the command line: `noiseshift sample --model diffusers:DIR` -------------------------------
 
-    def __exit__(self, *exc):
-        return False
+PREFIX = "diffusers:"
+DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt")
 
 
-def _recording(pipe, path, name, rec_kw):
-    return _Null() if path is None else record(pipe, path, name, overwrite=True, **rec_kw)
+def is_diffusers(model: str | None) -> bool:
+    return model is not None and str(model).startswith(PREFIX)
 
 
-def _guiding(pipe, est, scale, mode, eps_scale, interval, g):
-    if g is None:
-        return _Null()
-    return guide(pipe, est, scale, mode=mode, interval=interval, eps_scale=eps_scale)
+def refuse_diffusers_options(**given) -> None:
+    """One line when an option of diffusers pipelines is given for a built-in model."""
+    for opt, value in zip(DIFFUSERS_ONLY, given.values(), strict=True):
+        if value is not None:
+            raise NoiseshiftError(f"{opt} applies to --model diffusers:DIR only")
 
 
-__all__ = ["PREFIX", "PipelineRun", "expected_sampler", "is_diffusers", "num_classes",
-           "pipeline_call", "pipeline_guide", "refuse_diffusers_options", "sample_pipeline",
-           "sample_pipeline_folder", "state_shape"]
+def refuse_builtin_options(sampler, diffusion, eta, time_shift) -> None:
+    """One line when an option of the built-in samplers is given for a pipeline."""
+    for opt, bad in (("--sampler", sampler != DEFAULT_SAMPLER), ("--diffusion", diffusion),
+                     ("--eta", eta), ("--time-shift", time_shift)):
+        if bad is not None and bad is not False:
+            hint = "; use --scheduler" if opt == "--sampler" else ""
+            raise NoiseshiftError(f"{opt} does not apply to diffusers pipelines{hint}")
+
+
+def folder_run(model: str, *, scheduler=None, spacing=None, device: str = "auto",
+               progress: bool = False, **options) -> tuple[RunSpec, PipelineBackend]:
+    """`pipeline_run` of the pipeline folder ``model`` ("diffusers:DIR", loaded with
+    ``scheduler`` / ``spacing`` onto ``device``; ``progress`` shows diffusers' bars)."""
+    folder = model[len(PREFIX):]
+    if not folder:
+        raise NoiseshiftError("--model diffusers: needs a pipeline folder (diffusers:DIR)")
+    pipe = load_pipeline(folder, scheduler=scheduler, spacing=spacing,
+                         device=resolve_device(device), progress=progress)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipeline_run(pipe, source=model, **options)
+
+
+__all__ = ["PREFIX", "PipelineBackend", "PipelineRun", "Recorded", "folder_run",
+           "is_diffusers", "num_classes", "pipeline_call", "pipeline_guide", "pipeline_run",
+           "pipeline_spec", "refuse_builtin_options", "refuse_diffusers_options",
+           "sample_pipeline", "state_shape"]
