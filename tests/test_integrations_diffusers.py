@@ -317,6 +317,34 @@ def test_random_unet_ddpm_pipeline_is_not_perturbed(tmp_path):
         assert run.attrs["sampler"]["spacing"] == "leading"
 
 
+def test_a_run_recorded_by_hand_is_the_baseline_of_a_pipeline_spec(tmp_path):
+    """`record` around a plain pipeline call writes what `pipeline_spec` expects, so the
+    library's guided run finds it as its baseline instead of recording another."""
+    from noiseshift.integrations.pipeline_runs import pipeline_run, sample_pipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = DDPMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    path = tmp_path / "t.h5"
+    with record(pipe, path, seed=5):
+        pipe(batch_size=3, num_inference_steps=4, output_type="np",
+             generator=torch.Generator().manual_seed(5))
+    spec, _ = pipeline_run(pipe, n=3, steps=4, seed=5, eps_scale=(1.01,))
+    with open_trajectories(path) as tf:
+        run = tf.run("unguided")
+        assert spec.baseline().matches(run) and run.attrs["sampler"] == spec.attrs()["sampler"]
+        assert not pipeline_run(pipe, n=3, steps=5, seed=5)[0].matches(run)
+    out = sample_pipeline(pipe, path, n=3, steps=4, seed=5, eps_scale=(1.01,))
+    assert out.baseline == "unguided" and out.run == spec.run
+    with open_trajectories(path) as tf:
+        assert sorted(tf.runs) == sorted(["unguided", spec.run])
+        assert tf.run(spec.run).attrs["sampler"] == spec.attrs()["sampler"]
+
+
 def test_dit_doubled_batch_records_one_half(tmp_path):
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(sample_size=4, patch_size=2, in_channels=4, out_channels=8,

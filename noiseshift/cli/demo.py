@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.panel import Panel
 
+from ..defaults import DEFAULT_N
 from ..demo import DemoSettings, learned_vs_oracle, run_demo
 from ..report.tables import demo_tables
 from .common import app, console, print_json, progress
@@ -23,7 +24,8 @@ def demo_command(
                              "truth)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every run (runs share it, so their "
                              "samples pair up)."),
-    n: int = typer.Option(None, "--n", help="Samples per run (default 512, quick 128)."),
+    n: int = typer.Option(None, "--n", help=f"Samples per run (default {DEFAULT_N}, quick "
+                          f"128)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
