@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from ..data import MixtureDenoiser
+from ..defaults import DEFAULT_STEPS
 from ..errors import NoiseshiftError
 from ..estimators.oracle import ExactOracle
 from ..sampling import sample_euler_maruyama
@@ -230,7 +231,7 @@ def meter_gain(meter, ts) -> np.ndarray:
 # -- the experiments ---------------------------------------------------------------------------
 
 def simulate_run(data, schedule: Schedule | str, *, error: str = "noise", scale: float = 0.05,
-                 steps: int = 16, n: int = 256, n_sub: int = 16, diffusion: float = 2.0,
+                 steps: int = DEFAULT_STEPS, n: int = 256, n_sub: int = 16, diffusion: float = 2.0,
                  seed: int = 0):
     """A simulated run on mixture data: the exact denoiser plus `error`, Euler-Maruyama at
     `steps`, and its reference on the same initial noise and Brownian path at steps * n_sub

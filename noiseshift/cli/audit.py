@@ -9,6 +9,7 @@ import typer
 from ..analysis.audit import audit_builtin, convergence, default_mixture, fit_mixture
 from ..analysis.simulation import exact_meter
 from ..data import load_data
+from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
 from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
@@ -39,7 +40,7 @@ def audit_command(
     rank: int = typer.Option(8, "--rank", min=1, help="PCA directions k-means sees (--data)."),
     n: int = typer.Option(512, "--n", min=8, help="Samples per run."),
     seed: int = typer.Option(0, "--seed"),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=20, help="Bootstrap resamples."),
+    bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples."),
     plot: bool = typer.Option(False, "--plot", help="Draw the shift per step (PNG at --out)."),
     out: Path = typer.Option(Path("audit.png"), "--out", "-o", help="The figure's path."),
     per_step: bool = typer.Option(False, "--per-step", help="Print the per-step table too."),
