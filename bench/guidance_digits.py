@@ -36,7 +36,7 @@ from noiseshift.analysis.quality import (
     precision_recall,
     precision_recall_difference,
 )
-from noiseshift.analysis.statistics import bootstrap, bootstrap_mean
+from noiseshift.analysis.statistics import N_BOOT, bootstrap, bootstrap_mean
 from noiseshift.data import load_data
 from noiseshift.estimators import SubspaceOracle
 from noiseshift.estimators.base import in_zones
@@ -144,7 +144,7 @@ def _accuracy(su: Setup, r: Run) -> np.ndarray:
     return (pred == r.labels.numpy()).astype(np.float64)
 
 
-def compare(su: Setup, base: Run, r: Run, n_boot: int = 200) -> dict:
+def compare(su: Setup, base: Run, r: Run, n_boot: int = N_BOOT) -> dict:
     """Every number for run r against the unguided run base (paired, same seed)."""
     row = {"setting": r.name, "seed": r.seed, "n": len(r.x)}
     for key in ("learned", "subspace"):

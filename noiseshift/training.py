@@ -247,8 +247,11 @@ def _restore(path, module, opt, ema, gen, hist, meta_json, dev) -> int:
 
 # -- denoisers ------------------------------------------------------------------------------
 
-def denoiser_config(data: Dataset, schedule, *, arch: str, prediction: str, t_dropout: float,
-                    class_dropout: float, conditional: bool, **arch_options) -> dict:
+def denoiser_config(data: Dataset, schedule, *, arch: str = "auto",
+                    prediction: str = DEFAULT_DENOISER["prediction"],
+                    t_dropout: float = DEFAULT_DENOISER["t_dropout"],
+                    class_dropout: float = DEFAULT_DENOISER["class_dropout"],
+                    conditional: bool = True, **arch_options) -> dict:
     """The model config `train_denoiser` builds for ``data``."""
     if arch == "auto":
         arch = "unet" if len(data.shape) == 3 else "mlp"

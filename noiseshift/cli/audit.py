@@ -9,7 +9,7 @@ import typer
 from ..analysis.audit import audit_builtin, convergence, default_mixture, fit_mixture
 from ..analysis.simulation import exact_meter
 from ..data import load_data
-from ..defaults import N_BOOT
+from ..defaults import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS, N_BOOT
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
 from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
@@ -18,11 +18,12 @@ from .common import app, console, fail, print_json
 
 @app.command("audit")
 def audit_command(
-    sampler: str = typer.Option("euler-maruyama", "--sampler", help="Built-in sampler: euler, "
+    sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="Built-in sampler: euler, "
                                 "heun, euler-maruyama, ddim."),
-    steps: str = typer.Option("16", "--steps", help="Steps, or a comma list (8,16,32,64) for "
-                              "the convergence table and fitted order."),
-    schedule: str = typer.Option("linear", "--schedule", help="Built-in samplers' schedule."),
+    steps: str = typer.Option(str(DEFAULT_STEPS), "--steps", help="Steps, or a comma list "
+                              "(8,16,32,64) for the convergence table and fitted order."),
+    schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Built-in samplers' "
+                                 "schedule."),
     diffusion: float | None = typer.Option(None, "--diffusion", help="Euler-Maruyama's g^2 "
                                            "factor (default 2)."),
     eta: float | None = typer.Option(None, "--eta", help="DDIM's eta (default 0)."),
