@@ -39,7 +39,7 @@ from guidance_digits import bench_digits
 from guidance_report import figure, load_rows, table
 
 from noiseshift.data import MixtureDenoiser, load_data, make_gmm
-from noiseshift.defaults import DEFAULT_DATA, cache_dir
+from noiseshift.defaults import DEFAULT_DATA, DEFAULT_DENOISER, DEFAULT_SCHEDULE, cache_dir
 from noiseshift.estimators import ExactOracle, NoiseLevelEstimator
 from noiseshift.guidance import GuidanceWarning, build_guidance
 from noiseshift.models import build_model, load_model
@@ -53,8 +53,9 @@ def _default_unet():
     path = default_model_path()
     if path.exists():
         return load_model(path), "cached default (trained)"
-    cfg = denoiser_config(load_data(DEFAULT_DATA), "linear", arch="unet", t_dropout=0.3,
-                          class_dropout=0.1, conditional=True, channels=[16, 32])
+    recipe = {k: DEFAULT_DENOISER[k] for k in ("arch", "channels", "prediction", "t_dropout",
+                                                "class_dropout")}
+    cfg = denoiser_config(load_data(DEFAULT_DATA), DEFAULT_SCHEDULE, conditional=True, **recipe)
     torch.manual_seed(0)
     return build_model(cfg).eval(), "default architecture, untrained"
 

@@ -36,7 +36,7 @@ from noiseshift.analysis.quality import (
     precision_recall,
     precision_recall_difference,
 )
-from noiseshift.analysis.statistics import bootstrap, bootstrap_mean
+from noiseshift.analysis.statistics import N_BOOT, bootstrap, bootstrap_mean
 from noiseshift.data import load_data
 from noiseshift.estimators import SubspaceOracle
 from noiseshift.estimators.base import in_zones
@@ -44,7 +44,7 @@ from noiseshift.guidance import build_guidance
 from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 from noiseshift.sampling import draw_labels, sample
 
-BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
+GUIDANCE_BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
 
 
 def parse_setting(text: str) -> dict:
@@ -128,7 +128,8 @@ def _shift(base: Run, r: Run, key: str, n_boot: int) -> dict:
     (da, seen), (db, _) = base.deltas[key], r.deltas[key]
     fa, fb = _abs_shift(da, seen), _abs_shift(db, seen)
     change = bootstrap(lambda i: fb(i) - fa(i), da.shape[1], n_boot=n_boot)
-    bands = [float(db[((r.t > lo) | (lo == 0)) & (r.t <= hi)].mean()) for lo, hi in BANDS]
+    bands = [float(db[((r.t > lo) | (lo == 0)) & (r.t <= hi)].mean())
+             for lo, hi in GUIDANCE_BANDS]
     return {"delta": float(db[seen].mean()), "abs": fb(np.arange(db.shape[1])),
             "abs_change": [change.value, change.lo, change.hi], "bands": bands,
             "abs_change_pct": 100 * change.value / fa(np.arange(da.shape[1]))}
@@ -143,7 +144,7 @@ def _accuracy(su: Setup, r: Run) -> np.ndarray:
     return (pred == r.labels.numpy()).astype(np.float64)
 
 
-def compare(su: Setup, base: Run, r: Run, n_boot: int = 200) -> dict:
+def compare(su: Setup, base: Run, r: Run, n_boot: int = N_BOOT) -> dict:
     """Every number for run r against the unguided run base (paired, same seed)."""
     row = {"setting": r.name, "seed": r.seed, "n": len(r.x)}
     for key in ("learned", "subspace"):

@@ -134,12 +134,6 @@ def broadcast(obj):
     return box[0]
 
 
-def all_ok(ok: bool) -> bool:
-    """True on every rank when ``ok`` is True on every rank (a failure anywhere is seen
-    everywhere, so no rank waits forever at a later collective)."""
-    return all(all_gather(bool(ok)))
-
-
 def mean(value: float) -> float:
     """The mean of a float over ranks."""
     if not active():
@@ -147,6 +141,6 @@ def mean(value: float) -> float:
     return sum(all_gather(float(value))) / dist.get_world_size()
 
 
-__all__ = ["active", "all_gather", "all_ok", "barrier", "broadcast", "destroy", "device_for",
+__all__ = ["active", "all_gather", "barrier", "broadcast", "destroy", "device_for",
            "env_world", "gather", "init", "is_main", "launched", "mean", "session", "shard",
            "strided", "world"]

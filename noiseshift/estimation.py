@@ -221,26 +221,33 @@ def estimate_file(path, estimators: str | Sequence[str] = "learned", *, out=None
     with open_trajectories(path) as tf:
         # All ranks together: an estimator trained on first use trains under DDP, collectively.
         plan = _plan(tf, cache, names, runs)
-        total = sum(r.num_steps * r.n for r, _ in plan)
         result = EstimateResult(out)
         main = distributed.is_main()
         with EstimatesWriter(out, path) if main else contextlib.nullcontext() as ew:
             if main:
                 result.kept = _keep_existing(ew, out, tf, {(r.name, e.name) for r, es in plan
                                                           for e in es})
-            done = 0
-            for run, ests in plan:
-                stats = _start(ew, run, ests) if main else None
-                for i, sl, readings in _readings(run, ests, max_bytes):
-                    for est, st, (t_hat, t_std) in zip(ests, stats, readings, strict=True):
-                        ew.add(run.name, est.name, i, sl, t_hat, t_std)
-                        st.add(i, t_hat, t_std)
-                    done += sl.stop - sl.start
-                    if progress is not None:
-                        progress(done, total)
-                if main:
-                    result.results += _run_results(run, ests, stats)
+            result.results = _read_runs(plan, ew, max_bytes, progress)
     return distributed.broadcast(result)
+
+
+def _read_runs(plan, ew: EstimatesWriter | None, max_bytes: int, progress) -> list:
+    """Every run of the plan read block by block into the writer and the per-step sums, and
+    its `RunEstimate`s; ``ew`` is None on the ranks but 0, which only read."""
+    total = sum(r.num_steps * r.n for r, _ in plan)
+    results, done = [], 0
+    for run, ests in plan:
+        stats = _start(ew, run, ests) if ew is not None else None
+        for i, sl, readings in _readings(run, ests, max_bytes):
+            for est, st, (t_hat, t_std) in zip(ests, stats, readings, strict=True):
+                ew.add(run.name, est.name, i, sl, t_hat, t_std)
+                st.add(i, t_hat, t_std)
+            done += sl.stop - sl.start
+            if progress is not None:
+                progress(done, total)
+        if ew is not None:
+            results += _run_results(run, ests, stats)
+    return results
 
 
 def _plan(tf, cache: EstimatorCache, names, runs) -> list:

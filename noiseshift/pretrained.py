@@ -10,7 +10,6 @@ built-in one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,26 +146,17 @@ def default_estimator_path() -> Path:
     return cached_estimator_path(DEFAULT_DATA, DEFAULT_SCHEDULE)
 
 
-def default_estimator(data_spec: dict | None = None, schedule=None, device="auto",
+def default_estimator(data_spec: dict | None = None, schedule=DEFAULT_SCHEDULE, device="auto",
                       progress: Callable[[dict], None] | None = None,
                       data: Dataset | None = None):
-    """The learned estimator for `data_spec` (default: the built-in digits) under `schedule`
-    (default: linear): cached, or trained and cached on first use, for any data a spec can
-    name (`cached_estimator`)."""
+    """The learned estimator for `data_spec` (default: `DEFAULT_DATA`) under `schedule`:
+    cached, or trained and cached on first use, for any data a spec can name
+    (`cached_estimator`)."""
     spec = DEFAULT_DATA if data_spec is None else data_spec
     if isinstance(spec, str):
         spec = parse_data_spec(spec)
-    sch = get_schedule(DEFAULT_SCHEDULE if schedule is None else schedule)
-    return cached_estimator(spec, sch, device=device, progress=progress, data=data)
-
-
-def _data_key(spec) -> str:
-    """Data specs compare by what they load: {'name': 'digits'} is the default side."""
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if isinstance(spec, dict) and spec.get("name") == "digits":
-        spec = {"side": DEFAULT_DATA["side"], **spec}
-    return json.dumps(spec, sort_keys=True, default=str)
+    return cached_estimator(spec, get_schedule(schedule), device=device, progress=progress,
+                            data=data)
 
 
 def get_estimator(name_or_path: str | Path, data: Dataset | dict | str | None = None,

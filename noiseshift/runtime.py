@@ -30,3 +30,11 @@ def generator(seed: int) -> torch.Generator:
 
 def randn(shape, gen: torch.Generator, device: torch.device, dtype=torch.float32):
     return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
+
+def seeded_init(seed: int, build, *args, **kw):
+    """``build(*args, **kw)`` with the global RNG seeded, then restored: seeded initial
+    weights that leave every other random stream as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(*args, **kw)

@@ -22,10 +22,11 @@ from torch import nn
 
 from . import distributed
 from .data import Dataset
+from .defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
 from .errors import CheckpointError, NoiseshiftError
 from .io.checkpoints import read_checkpoint, save_checkpoint
 from .models import build_model, num_params
-from .runtime import generator, resolve_device
+from .runtime import generator, resolve_device, seeded_init
 from .schedules import Schedule, expand_like, get_schedule
 
 STATE_FORMAT = "noiseshift.train_state"
@@ -246,8 +247,10 @@ def _restore(path, module, opt, ema, gen, hist, meta_json, dev) -> int:
 
 # -- denoisers ------------------------------------------------------------------------------
 
-def denoiser_config(data: Dataset, schedule, *, arch: str = "auto", prediction="velocity",
-                    t_dropout: float = 0.3, class_dropout: float = 0.1,
+def denoiser_config(data: Dataset, schedule, *, arch: str = "auto",
+                    prediction: str = DEFAULT_DENOISER["prediction"],
+                    t_dropout: float = DEFAULT_DENOISER["t_dropout"],
+                    class_dropout: float = DEFAULT_DENOISER["class_dropout"],
                     conditional: bool = True, **arch_options) -> dict:
     """The model config `train_denoiser` builds for ``data``."""
     if arch == "auto":
@@ -301,26 +304,14 @@ def _denoising_task(data: Dataset, x: torch.Tensor, labels: torch.Tensor | None,
 
 
 def train_denoiser(
-    data: Dataset,
-    schedule="linear",
-    *,
-    arch: str = "auto",
-    channels: list[int] | None = None,
-    width: int | None = None,
-    depth: int | None = None,
-    steps: int = 1500,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    t_dropout: float = 0.3,
-    class_dropout: float = 0.1,
-    prediction: str = "velocity",
-    conditional: bool = True,
-    ema_decay: float | None = 0.999,
-    seed: int = 0,
-    device="auto",
-    checkpoint=None,
-    checkpoint_every: int = 250,
-    resume: bool = False,
+    data: Dataset, schedule=DEFAULT_SCHEDULE, *, arch: str = "auto",
+    channels: list[int] | None = None, width: int | None = None, depth: int | None = None,
+    steps: int = DEFAULT_DENOISER["steps"], batch_size: int = DEFAULT_DENOISER["batch_size"],
+    lr: float = DEFAULT_DENOISER["lr"], t_dropout: float = DEFAULT_DENOISER["t_dropout"],
+    class_dropout: float = DEFAULT_DENOISER["class_dropout"],
+    prediction: str = DEFAULT_DENOISER["prediction"], conditional: bool = True,
+    ema_decay: float | None = DEFAULT_DENOISER["ema_decay"], seed: int = DEFAULT_DENOISER["seed"],
+    device="auto", checkpoint=None, checkpoint_every: int = 250, resume: bool = False,
     on_step: Callable[[dict], None] | None = None,
 ):
     """Train a denoiser on ``data`` under ``schedule`` and return it (EMA weights, eval mode).
@@ -330,28 +321,25 @@ def train_denoiser(
     of rows sees the learned null-t token instead of t (noise-condition dropout, needed by
     classifier-free NAG) and ``class_dropout`` the null-class token (needed by CFG).
     ``arch`` "auto" picks the UNet for images and the MLP for vectors; ``conditional``
-    uses the data's labels when it has them. Defaults: 1500 steps of batch 64, AdamW at
-    lr 2e-3 with cosine decay, EMA 0.999. ``model.info`` holds the training summary.
+    uses the data's labels when it has them. The training settings default to the built-in
+    recipe's (`defaults.DEFAULT_DENOISER`); AdamW with cosine decay, and ``ema_decay`` None
+    turns the EMA off. ``model.info`` holds the training summary.
     """
     dev = resolve_device(device)
     config = denoiser_config(data, schedule, arch=arch, prediction=prediction,
                              t_dropout=t_dropout, class_dropout=class_dropout,
                              conditional=conditional, channels=channels, width=width,
                              depth=depth)
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
-        torch.manual_seed(seed)
-        model = build_model(config)
+    model = seeded_init(seed, build_model, config)
     labels = data.labels.to(dev) if config["num_classes"] else None
     sample_batch, loss_fn = _denoising_task(data, data.x.to(dev), labels, batch_size,
                                             t_dropout, class_dropout)
-    meta = {"config": config, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-            "seed": seed}
+    settings = {"batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": ema_decay}
     hist = train_loop(model, loss_fn, sample_batch, steps=steps, lr=lr, ema_decay=ema_decay,
                       seed=seed, device=dev, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, resume=resume, meta=meta,
-                      on_step=on_step)
+                      checkpoint_every=checkpoint_every, resume=resume,
+                      meta={"config": config, **settings}, on_step=on_step)
     out = hist.ema if hist.ema is not None else model
-    out.info = {"steps": hist.steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "ema_decay": ema_decay, "final_loss": hist.final_loss,
+    out.info = {"steps": hist.steps, **settings, "final_loss": hist.final_loss,
                 "seconds": round(hist.seconds, 2), "params": num_params(out)}
     return out.eval()

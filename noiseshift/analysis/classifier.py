@@ -19,6 +19,7 @@ from ..data import load_digits
 from ..defaults import cache_dir, recipe_key
 from ..errors import NoiseshiftError
 from ..io.checkpoints import read_checkpoint, save_checkpoint
+from ..runtime import seeded_init
 from .statistics import Estimate, bootstrap_mean
 
 __all__ = [
@@ -36,11 +37,11 @@ CLASSIFIER_FORMAT = "noiseshift.classifier"
 
 
 class DigitsClassifier(nn.Module):
-    """Two conv blocks and a 64-d penultimate layer. `features(x)` is what FD and
-    precision/recall read; images of any side are resized to `side` first."""
+    """Two conv blocks and a `features`-d penultimate layer (sizes: `CLASSIFIER`).
+    `features(x)` is what FD and precision/recall read; images of any side are resized to
+    `side` first."""
 
-    def __init__(self, side: int = 16, channels=(32, 64), features: int = 64,
-                 classes: int = 10):
+    def __init__(self, side: int, channels, features: int, classes: int = 10):
         super().__init__()
         c1, c2 = channels
         self.side = side
@@ -85,9 +86,8 @@ def train_digits_classifier(config: dict | None = None, progress=None) -> Digits
     cfg = {**CLASSIFIER, **(config or {})}
     train, _ = load_digits(cfg["side"]).split(0.2, seed=0)
     gen = torch.Generator().manual_seed(cfg["seed"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg["seed"])
-        net = DigitsClassifier(cfg["side"], cfg["channels"], cfg["features"])
+    net = seeded_init(cfg["seed"], DigitsClassifier, cfg["side"], cfg["channels"],
+                      cfg["features"])
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
     net.train()

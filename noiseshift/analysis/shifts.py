@@ -20,10 +20,10 @@ import torch
 from .statistics import N_BOOT, Estimate, bootstrap
 
 #: Bands of t for the summaries: [lo, hi) (the last one closed).
-BANDS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+SHIFT_BANDS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
-__all__ = ["BANDS", "band_table", "mean_abs", "order_fit", "read_states", "shift_table",
-           "true_readings"]
+__all__ = ["SHIFT_BANDS", "band_table", "mean_abs", "order_fit", "read_states",
+           "shift_table", "true_readings"]
 
 
 def read_states(meter, states) -> np.ndarray:
@@ -73,7 +73,7 @@ def _band_mask(ts, lo: float, hi: float) -> np.ndarray:
     return (ts >= lo) & ((ts < hi) | (hi >= 1.0))
 
 
-def band_table(ts, parts: dict, *, bands=BANDS, n_boot: int = N_BOOT,
+def band_table(ts, parts: dict, *, bands=SHIFT_BANDS, n_boot: int = N_BOOT,
                seed: int = 0) -> pd.DataFrame:
     """One row per band of t that holds steps: band, steps, and per part its mean shift
     over the band's steps with CI (`name`, `name_lo`, `name_hi`)."""

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from ..data import MixtureDenoiser
+from ..defaults import DEFAULT_STEPS
 from ..errors import NoiseshiftError
 from ..estimators.oracle import ExactOracle
 from ..sampling import sample_euler_maruyama
@@ -230,7 +231,7 @@ def meter_gain(meter, ts) -> np.ndarray:
 # -- the experiments ---------------------------------------------------------------------------
 
 def simulate_run(data, schedule: Schedule | str, *, error: str = "noise", scale: float = 0.05,
-                 steps: int = 16, n: int = 256, n_sub: int = 16, diffusion: float = 2.0,
+                 steps: int = DEFAULT_STEPS, n: int = 256, n_sub: int = 16, diffusion: float = 2.0,
                  seed: int = 0):
     """A simulated run on mixture data: the exact denoiser plus `error`, Euler-Maruyama at
     `steps`, and its reference on the same initial noise and Brownian path at steps * n_sub
@@ -300,27 +301,35 @@ def injection_experiment(data, schedule: Schedule | str, *, ts=None, ratios=(0.1
     rows = []
     for t in ts:
         x0, eps = _true_states(data, n, gen)
-        xt = schedule.add_noise(x0, eps, t).float()
-        base = _mean_reading(meter, xt)
-        for r in ratios:
-            se = r * float(schedule.sigma(t))
-            xh = xt + se * torch.randn(xt.shape, generator=gen)
-            if coordinate == "sigma":
-                te, read = float(t_exact(t, se, schedule)), xh
-            else:
-                te = float(t_exact_log_snr(t, se, schedule))
-                read = xh * float(path_scale(t, te, schedule))
-            truly = schedule.add_noise(x0, eps, te).float()
-            rows.append({
-                "t": float(t), "r": r, "sigma_e": se,
-                "measured": _mean_reading(meter, read) - base,
-                "true_shift": _mean_reading(meter, truly) - base,
-                "exact": te - t, "first": float(delta_first_order(t, se, schedule)),
-                **routes(xh, xt, t, se),
-            })
+        rows += _injected(meter, schedule, x0, eps, t, ratios, coordinate, gen, routes)
     df = pd.DataFrame(rows)
     df.insert(3, "gain", meter_gain(meter, df.t))
     return df
+
+
+def _injected(meter, schedule, x0, eps, t, ratios, coordinate, gen, routes) -> list[dict]:
+    """`injection_experiment`'s rows at one t: the true states x_t of (x0, eps), and x_t with
+    noise r sigma_t injected for each ratio r, read by the meter."""
+    xt = schedule.add_noise(x0, eps, t).float()
+    base = _mean_reading(meter, xt)
+    rows = []
+    for r in ratios:
+        se = r * float(schedule.sigma(t))
+        xh = xt + se * torch.randn(xt.shape, generator=gen)
+        if coordinate == "sigma":
+            te, read = float(t_exact(t, se, schedule)), xh
+        else:
+            te = float(t_exact_log_snr(t, se, schedule))
+            read = xh * float(path_scale(t, te, schedule))
+        truly = schedule.add_noise(x0, eps, te).float()
+        rows.append({
+            "t": float(t), "r": r, "sigma_e": se,
+            "measured": _mean_reading(meter, read) - base,
+            "true_shift": _mean_reading(meter, truly) - base,
+            "exact": te - t, "first": float(delta_first_order(t, se, schedule)),
+            **routes(xh, xt, t, se),
+        })
+    return rows
 
 
 def _injection_routes(data, schedule):

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-N_BOOT = 200
+from ..defaults import N_BOOT
+
 LEVEL = 0.95
 
 __all__ = ["LEVEL", "N_BOOT", "Estimate", "bootstrap", "bootstrap_mean"]

@@ -9,6 +9,7 @@ import typer
 from ..analysis.audit import audit_builtin, convergence, default_mixture, fit_mixture
 from ..analysis.simulation import exact_meter
 from ..data import load_data
+from ..defaults import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS, N_BOOT
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
 from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
@@ -17,11 +18,12 @@ from .common import app, console, fail, print_json
 
 @app.command("audit")
 def audit_command(
-    sampler: str = typer.Option("euler-maruyama", "--sampler", help="Built-in sampler: euler, "
+    sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="Built-in sampler: euler, "
                                 "heun, euler-maruyama, ddim."),
-    steps: str = typer.Option("16", "--steps", help="Steps, or a comma list (8,16,32,64) for "
-                              "the convergence table and fitted order."),
-    schedule: str = typer.Option("linear", "--schedule", help="Built-in samplers' schedule."),
+    steps: str = typer.Option(str(DEFAULT_STEPS), "--steps", help="Steps, or a comma list "
+                              "(8,16,32,64) for the convergence table and fitted order."),
+    schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Built-in samplers' "
+                                 "schedule."),
     diffusion: float | None = typer.Option(None, "--diffusion", help="Euler-Maruyama's g^2 "
                                            "factor (default 2)."),
     eta: float | None = typer.Option(None, "--eta", help="DDIM's eta (default 0)."),
@@ -39,7 +41,7 @@ def audit_command(
     rank: int = typer.Option(8, "--rank", min=1, help="PCA directions k-means sees (--data)."),
     n: int = typer.Option(512, "--n", min=8, help="Samples per run."),
     seed: int = typer.Option(0, "--seed"),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=20, help="Bootstrap resamples."),
+    bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples."),
     plot: bool = typer.Option(False, "--plot", help="Draw the shift per step (PNG at --out)."),
     out: Path = typer.Option(Path("audit.png"), "--out", "-o", help="The figure's path."),
     per_step: bool = typer.Option(False, "--per-step", help="Print the per-step table too."),

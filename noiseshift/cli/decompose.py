@@ -14,6 +14,7 @@ import typer
 
 from ..analysis.decompose import decompose_run
 from ..data import load_data
+from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
 from ..io import open_trajectories
 from ..pretrained import get_estimator
@@ -31,7 +32,7 @@ def decompose_command(
     k: int = typer.Option(8, "--k", min=2, help="The reference runs at k x the steps."),
     estimator: str | None = typer.Option(None, "--estimator", "-e", help="The meter (default: "
                                          "oracle for mixture data, else learned)."),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=20, help="Bootstrap resamples."),
+    bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bridge and the true states."),
     per_step: bool = typer.Option(False, "--per-step", help="Print the per-step table too."),
     plot: bool = typer.Option(False, "--plot", help="Draw total, sampler and network parts."),

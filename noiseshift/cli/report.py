@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..data import load_data
+from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
 from ..report import build_report, write_report
 from ..report.tables import report_tables
@@ -29,7 +30,7 @@ def report_command(
     estimator: str | None = typer.Option(None, "--estimator", "-e", help="Estimator whose "
                                          "readings measure the shift (default: learned, else "
                                          "the first in the estimates file)."),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=20, help="Bootstrap resamples for "
+    bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples for "
                                   "every CI."),
     quality: bool = typer.Option(True, "--quality/--no-quality", help="Sample-quality "
                                  "metrics (FD, precision, recall, ...)."),

@@ -12,6 +12,7 @@ true t, fitted on held-out forward-noised states. The same held-out pass gives
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -114,6 +115,16 @@ class NoiseLevelEstimator(BaseEstimator):
         super().__init_subclass__(**kwargs)
         if cls.name:
             ESTIMATORS[cls.name] = cls
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        # A subclass's __init__ names its own parameters and hands the base's on through
+        # **base (so their defaults are written once); scikit-learn reads one signature, so
+        # gather the keyword parameters of every __init__ up the class chain.
+        return sorted({p.name for k in cls.__mro__ if "__init__" in vars(k)
+                       and issubclass(k, NoiseLevelEstimator)
+                       for p in inspect.signature(k.__init__).parameters.values()
+                       if p.kind is p.KEYWORD_ONLY})
 
     def __init__(self, *, calib_points: int = 50, calib_samples: int = 256,
                  held_out: float = 0.2, seed: int = 0, batch_size: int = 1024,

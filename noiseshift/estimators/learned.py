@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
+from ..defaults import DEFAULT_ESTIMATOR
 from ..errors import NoiseshiftError
+from ..runtime import seeded_init
 from ..training import train_loop
 from .base import NoiseLevelEstimator, forward_noise, posterior_moments
 from .classical import MAD_TO_STD, haar_level
@@ -176,25 +178,25 @@ class LearnedEstimator(NoiseLevelEstimator):
     """Posterior over `bins` bins of t from a network, then the shared isotonic calibration.
 
     Parameters: `bins`, training `steps`, peak `lr` (AdamW, warm-up then cosine, in
-    `training.train_loop`), `train_batch`, `ema_decay`, `width` (None: 256 for the MLP, 16
-    base channels for the conv net), `head` ("gauss" or "bins", see the module docstring),
-    `haar_levels` (Haar levels of band noise the conv net reads), plus the base options
-    (calibration grid, held-out fraction, seed, inference `batch_size`, device). Defaults:
-    100 bins, 800 steps of 256, lr 1e-2 (one-seed sweep on 16x16 digits, 800 steps: held-out
-    MAE 0.026 at lr 5e-3, 0.020 at 1e-2, 0.018 at 2e-2; 1e-2 leaves headroom for other data).
+    `training.train_loop`), `train_batch`, `ema_decay` (None: no EMA), `width` (None: 256 for
+    the MLP, 16 base channels for the conv net), `head` ("gauss" or "bins", see the module
+    docstring), `haar_levels` (Haar levels of band noise the conv net reads), plus the base
+    options (calibration grid, held-out fraction, seed, inference `batch_size`, device).
+    Defaults: the built-in recipe's (`defaults.DEFAULT_ESTIMATOR`).
     """
 
     name = "learned"
     has_posterior = True
     LEGACY_PARAMS = {"head": "bins", "haar_levels": 0}
 
-    def __init__(self, *, bins: int = 100, steps: int = 800, lr: float = 1e-2,
-                 train_batch: int = 256, ema_decay: float | None = 0.99, width: int | None = None,
-                 head: str = "gauss", haar_levels: int = 2,
-                 calib_points: int = 50, calib_samples: int = 256, held_out: float = 0.2,
-                 seed: int = 0, batch_size: int = 1024, device: str = "auto"):
-        super().__init__(calib_points=calib_points, calib_samples=calib_samples,
-                         held_out=held_out, seed=seed, batch_size=batch_size, device=device)
+    def __init__(self, *, bins: int = DEFAULT_ESTIMATOR["bins"],
+                 steps: int = DEFAULT_ESTIMATOR["steps"], lr: float = DEFAULT_ESTIMATOR["lr"],
+                 train_batch: int = DEFAULT_ESTIMATOR["train_batch"],
+                 ema_decay: float | None = DEFAULT_ESTIMATOR["ema_decay"],
+                 width: int | None = None, head: str = DEFAULT_ESTIMATOR["head"],
+                 haar_levels: int = DEFAULT_ESTIMATOR["haar_levels"],
+                 seed: int = DEFAULT_ESTIMATOR["seed"], **base):
+        super().__init__(seed=seed, **base)
         head_outputs(bins, head)
         self.head = head
         self.haar_levels = haar_levels
@@ -235,9 +237,7 @@ class LearnedEstimator(NoiseLevelEstimator):
 
     def _fit(self, train: Dataset, progress) -> None:
         self._device_batch()
-        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
-            torch.manual_seed(self.seed)
-            net = self._build()
+        net = seeded_init(self.seed, self._build)
         hist = train_loop(net, self.loss, self.batch_sampler(train), steps=self.steps,
                           lr=self.lr, ema_decay=self.ema_decay, seed=self.seed,
                           device=self.device_, on_step=progress)

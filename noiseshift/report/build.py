@@ -16,7 +16,7 @@ from ..io import estimates_path
 from .findings import findings
 from .quality import quality_tables
 from .runs import INDEPENDENT, Report, RunData, load_runs
-from .stats import paired_table, steps_table, summary_tables, theory_table
+from .stats import paired_table, steps_table, summary_frames, theory_table
 
 
 def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None = None,
@@ -46,7 +46,7 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     qual, qdiff = ({}, {}) if not quality else quality_tables(runs, base, data, n_boot, seed,
                                                               notes, progress)
     timings["quality"] = time.perf_counter() - t1
-    summary, bands = summary_tables(runs, main, independent, qual, n_boot, seed)
+    summary, bands = summary_frames(runs, main, independent, qual, n_boot, seed)
     paired = paired_table(runs, base, main, independent, qdiff, n_boot, seed)
     theo = theory_table(runs, steps, main, m2)
     rep = Report(path, est_path, main, independent, names, None if base is None else base.name,

@@ -15,7 +15,8 @@ from ..io import open_estimates, open_trajectories
 from ..schedules import get_schedule
 
 LATE = 0.3  # "late" steps: t <= LATE
-BANDS = ((0.0, 0.3), (0.3, 0.7), (0.7, 1.0))
+#: Bands of t of the report's bands table (bands.csv).
+REPORT_BANDS = ((0.0, 0.3), (0.3, 0.7), (0.7, 1.0))
 INDEPENDENT = ("subspace", "oracle")
 
 

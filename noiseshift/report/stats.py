@@ -15,7 +15,7 @@ from ..analysis import theory
 from ..analysis.statistics import Estimate, bootstrap
 from ..estimation import summarize
 from ..estimators.base import in_zones
-from .runs import BANDS, LATE, Reading, RunData, is_paired
+from .runs import LATE, REPORT_BANDS, Reading, RunData, is_paired
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -45,7 +45,7 @@ def shift_stats(rd: RunData, reading: Reading, n_boot: int, seed: int) -> dict:
                                               seed=seed)
         out["mean_abs_delta" + key] = bootstrap(_abs_mean(d, mask), rd.n, n_boot=n_boot,
                                                   seed=seed)
-    for lo, hi in BANDS:
+    for lo, hi in REPORT_BANDS:
         mask = _step_mask(t, reading.blind_zones, lo, hi) & (t > lo if lo > 0 else True)
         out[f"band_{lo:g}-{hi:g}"] = bootstrap(_signed_mean(d, mask), rd.n, n_boot=n_boot,
                                                  seed=seed)
@@ -128,7 +128,7 @@ def steps_table(runs, names, base, m2) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_tables(runs, main, independent, qual, n_boot, seed):
+def summary_frames(runs, main, independent, qual, n_boot, seed):
     """(summary: one row per run, bands: one row per run, estimator and band of t)."""
     rows, bands = [], []
     for rd in runs:
@@ -141,7 +141,7 @@ def summary_tables(runs, main, independent, qual, n_boot, seed):
             for key in ("mean_delta", "mean_abs_delta", "mean_delta_late",
                         "mean_abs_delta_late"):
                 row.update(est_cols(tag + key, st[key]))
-            for lo, hi in BANDS:
+            for lo, hi in REPORT_BANDS:
                 e = st[f"band_{lo:g}-{hi:g}"]
                 bands.append({"run": rd.name, "estimator": name, "band": f"{lo:g}-{hi:g}",
                               "delta": e.value, "lo": e.lo, "hi": e.hi})

@@ -127,7 +127,7 @@ def _meters(rep: Report) -> str:
                                   else "")
 
 
-def summary_tables(rep: Report, width: int = 80, quality: tuple[str, ...] | None = None) -> list:
+def run_tables(rep: Report, width: int = 80, quality: tuple[str, ...] | None = None) -> list:
     """Per run: the shift Δ = t' - reference(t) on readable steps, and sample quality.
     quality: the quality keys to show (default all)."""
     cols = shift_columns(rep) + [c for c in QUALITY if quality is None or c.key in quality]
@@ -146,10 +146,10 @@ def paired_tables(rep: Report, width: int = 80) -> list:
 
 def report_tables(rep: Report, width: int = 80) -> list:
     """What `noiseshift report` prints: the per-run tables, then the paired ones."""
-    return summary_tables(rep, width) + paired_tables(rep, width)
+    return run_tables(rep, width) + paired_tables(rep, width)
 
 
 def demo_tables(rep: Report, width: int = 80) -> list:
     """What `noiseshift demo` prints: the shift per run with FD, accuracy (digits) or
     log-likelihood (mixtures); precision, recall and the rest are in summary.csv."""
-    return summary_tables(rep, width, quality=DEMO_QUALITY)
+    return run_tables(rep, width, quality=DEMO_QUALITY)
