@@ -329,3 +329,41 @@ def test_cli_report_at_80_columns(digits_file, tmp_path):
     summary_part, paired_part = tables.split("against the baseline")
     assert_readable(summary_part, want.summary, SHIFT_KEYS)
     assert_readable(paired_part, want.paired, PAIRED_KEYS)
+
+
+# -- sanity checks -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diverged_file(tmp_path_factory, cache):
+    """A sane baseline beside a run whose samples diverged (std about 28, as the tiny
+    example pipeline's did)."""
+    runs = {"unguided": RUNS["unguided"],
+            "diverged": ({"kind": "nag-estimator-1", "nag": {**NAG, "scale": 1.0}}, 28.0)}
+    path = write_digits_runs(tmp_path_factory.mktemp("diverged") / "trajectories.h5", runs)
+    estimate_file(path, ["variance", "subspace"])
+    return path
+
+
+def test_diverged_samples_warn_and_get_no_verdict(diverged_file, tmp_path):
+    rep = build_report(diverged_file, estimator="subspace", n_boot=20)
+    assert [w["run"] for w in rep.warnings] == ["diverged"]
+    problem = rep.warnings[0]["problem"]
+    assert "sample std 2" in problem and "values reach" in problem and "FD" in problem
+    sentence = next(f for f in rep.findings if f.startswith("'diverged' against"))
+    assert "(better)" not in sentence and "(worse)" not in sentence and "%" not in sentence
+    assert "no verdict" in sentence
+    md = write_report(rep, tmp_path / "r", plot=False).read_text()
+    assert md.split("\n")[2].startswith("> **Warning**: run `diverged`")
+    res = runner.invoke(app, ["report", str(diverged_file), "-e", "subspace", "--bootstrap",
+                              "20", "--out", str(tmp_path / "r2"), "--json"])
+    out = json.loads(res.stdout)
+    assert [w["run"] for w in out["warnings"]] == ["diverged"]
+    assert "Fréchet distance" in out["metrics"]["fd"]
+    res = runner.invoke(app, ["report", str(diverged_file), "-e", "subspace", "--bootstrap",
+                              "20", "--out", str(tmp_path / "r3")], env={"COLUMNS": "80"})
+    assert res.output.startswith("warning: run 'diverged': sample std"), res.output
+
+
+def test_sane_runs_raise_no_warning(rep):
+    assert rep.warnings == []
+    assert "(better)" in " ".join(rep.findings)

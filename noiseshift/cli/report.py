@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..data import load_data
 from ..errors import NoiseshiftError
 from ..report import build_report, write_report
 from ..report.tables import report_tables
+from ..report.text import metric_names
 from .common import app, console, data_option, data_spec, fail, print_json, progress, size_option
 
 
@@ -61,7 +63,8 @@ def report_command(
     except NoiseshiftError as e:
         fail(e.problem, e.path)
     if json_out:
-        print_json({**rep.to_dict(), "report": str(md)})
+        cols = [*rep.summary.columns, *rep.paired.columns]
+        print_json({**rep.to_dict(), "metrics": metric_names(cols), "report": str(md)})
         return
     _print(rep)
     console.print(f"wrote [bold]{md}[/]" + (f" and {len(rep.figures)} figures" if plot else
@@ -85,6 +88,9 @@ def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, q
 
 
 def _print(rep) -> None:
+    for w in rep.warnings:
+        console.print(f"[bold red]warning:[/] run {w['run']!r}: {escape(w['problem'])}.",
+                      highlight=False)
     for renderable in report_tables(rep, console.width):
         console.print(renderable)
     for f in rep.findings:
