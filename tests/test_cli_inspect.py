@@ -95,3 +95,36 @@ def test_bad_file_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert "not an HDF5 file" in err
     code, _, err = cli(capsys, monkeypatch, "inspect", tmp_path / "missing.h5", "--json")
     assert code == 2 and "no such file" in err and err.count("\n") == 1
+
+
+LONG_NAMES = ("nag-estimator-step-1.5", "nag-estimator-noise-4", "nag-estimator-0.5")
+
+
+def test_long_run_names_read_at_any_width(tmp_path, capsys, monkeypatch):
+    """No cell is cut at 80, 100 or 200 columns: every run name and its status whole on one
+    line, every setting in full, no line past the width."""
+    p = tmp_path / "traj.h5"
+    for k, name in enumerate(LONG_NAMES):
+        guidance = {"kind": name, "nag": {"mode": name[4:].rsplit("-", 1)[0],
+                                          "scale": float(name.rsplit("-", 1)[1]),
+                                          "interval": [0.0, 0.8]}}
+        with TrajectoryWriter(p, name, n=3, shape=(1, 4, 4), schedule="linear",
+                              sampler={"name": "euler-maruyama", "steps": 2, "diffusion": 2.0,
+                                       "final_denoise": True, "t_max": 1.0, "t_min": 0.0},
+                              guidance=guidance, seed=k) as w:
+            for i in range(2):
+                w.callback({"i": i, "t": 1 - i / 2, "x": np.zeros((3, 1, 4, 4))})
+            w.finish(np.zeros((3, 1, 4, 4)))
+    for width in (80, 100, 200):
+        monkeypatch.setenv("COLUMNS", str(width))
+        code, out, _ = cli(capsys, monkeypatch, "inspect", p)
+        assert code == 0 and "…" not in out
+        lines = out.splitlines()
+        assert max(map(len, lines)) <= width, out
+        for name in LONG_NAMES:
+            row = next(x for x in lines if f" {name} " in x and "complete" in x)
+            assert row.split()[0] == name, row
+            assert "interval=[0, 0.8]" in out and "final_denoise=True" in out
+        flat = " ".join(out.split())
+        for name in LONG_NAMES:
+            assert f"{name} (nag={{interval=[0, 0.8], mode=" in flat, out
