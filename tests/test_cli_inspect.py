@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import h5py
 import numpy as np
 from make_bad_corpus import write_good
 
@@ -128,3 +129,22 @@ def test_long_run_names_read_at_any_width(tmp_path, capsys, monkeypatch):
         flat = " ".join(out.split())
         for name in LONG_NAMES:
             assert f"{name} (nag={{interval=[0, 0.8], mode=" in flat, out
+
+
+def test_estimates_without_samples_is_one_line(tmp_path, capsys, monkeypatch):
+    """An estimates run with N = 0 is refused when read, not summarised as a mean of
+    nothing (numpy's "Mean of empty slice" warning, seen while fuzzing)."""
+    p = write_good(tmp_path / "traj.h5")
+    out_path = estimates_path(p)
+    t_hat = np.full((5, 4), 0.5)
+    write_estimates(out_path, p, [{"run": "baseline", "estimator": "oracle",
+                                   "identity": {"name": "oracle"}, "calibration": {},
+                                   "reference": np.full(5, 0.4), "t_hat": t_hat,
+                                   "t_std": t_hat}])
+    with h5py.File(out_path, "r+") as f:
+        g = f["runs/baseline/oracle"]
+        for key in ("t_hat", "t_std"):
+            del g[key]
+            g.create_dataset(key, data=np.zeros((5, 0), np.float32))
+    code, out, err = cli(capsys, monkeypatch, "inspect", out_path)
+    assert code == 2 and out == "" and "no samples (N = 0)" in err and err.count("\n") == 1

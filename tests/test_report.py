@@ -293,7 +293,11 @@ def assert_readable(text: str, frame: pd.DataFrame, keys, width: int = 80) -> No
 def test_report_tables_at_80_columns(rep):
     text = render(report_tables(rep, 80))
     assert "noise shift per run" in text and "against the baseline" in text
-    summary_part, paired_part = text.split("against the baseline")
+    # Every stacked table has its caption, and the metrics are named in full once.
+    assert text.count("┏") == text.count("noise shift per run") + text.count(
+        "against the baseline")
+    assert text.count("Fréchet distance") == 1 and "lower is better" in text
+    summary_part, paired_part = text.split("against the baseline", 1)
     assert_readable(summary_part, rep.summary, SHIFT_KEYS + QUALITY_KEYS)
     assert_readable(paired_part, rep.paired, PAIRED_KEYS)
     # A wide terminal shows more columns per table: fewer tables.
@@ -326,7 +330,7 @@ def test_cli_report_at_80_columns(digits_file, tmp_path):
     assert res.exit_code == 0, res.output
     want = build_report(digits_file, estimator="subspace", quality=False, n_boot=20)
     tables = res.output.split("\n- ")[0]  # the findings follow the tables
-    summary_part, paired_part = tables.split("against the baseline")
+    summary_part, paired_part = tables.split("against the baseline", 1)
     assert_readable(summary_part, want.summary, SHIFT_KEYS)
     assert_readable(paired_part, want.paired, PAIRED_KEYS)
 
