@@ -129,6 +129,16 @@ def test_long_run_names_read_at_any_width(tmp_path, capsys, monkeypatch):
         flat = " ".join(out.split())
         for name in LONG_NAMES:
             assert f"{name} (nag={{interval=[0, 0.8], mode=" in flat, out
+        est = estimates_path(p)
+        if not est.exists():
+            write_estimates(est, p, [{"run": name, "estimator": "oracle", "identity": {},
+                                      "calibration": {}, "reference": np.full(2, 0.4),
+                                      "t_hat": np.full((2, 3), 0.5),
+                                      "t_std": np.full((2, 3), 0.1)} for name in LONG_NAMES])
+        code, out, _ = cli(capsys, monkeypatch, "inspect", est)
+        assert code == 0 and "…" not in out and max(map(len, out.splitlines())) <= width
+        for name in LONG_NAMES:
+            assert any(x.split()[:2] == [name, "oracle"] for x in out.splitlines()), out
 
 
 def test_estimates_without_samples_is_one_line(tmp_path, capsys, monkeypatch):

@@ -135,11 +135,14 @@ def _print_trajectories(s: dict) -> None:
 def _print_estimates(s: dict) -> None:
     table = Table(title=f"{s['path']} (estimates of {s['source']})", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for col in ("run", "estimator", "steps", "N", "mean delta", "max |mean delta|"):
-        table.add_column(col, justify="left" if col in ("run", "estimator") else "right")
+    for col in ("run", "estimator", "steps", "N", "mean Δ", "max |Δ|"):
+        table.add_column(col, justify="left" if col in ("run", "estimator") else "right",
+                         no_wrap=col in ("run", "estimator"))
     for r in s["runs"]:
         table.add_row(r["run"], r["estimator"], str(r["steps"]), str(r["n"]),
                       f"{r['mean_delta']:+.4f}", f"{r['max_abs_delta']:.4f}")
     console.print(table)
     console.print(f"[green]valid[/] {s['format']} v{s['version']} file: noise-level estimates "
-                  f"(t' per recorded state) made by `noiseshift estimate`.", highlight=False)
+                  f"(t' per recorded state) made by `noiseshift estimate`. Δ = t' - "
+                  f"reference(t), the shift; max |Δ|: the largest |mean Δ| of any step.",
+                  highlight=False)
