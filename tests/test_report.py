@@ -356,6 +356,7 @@ def test_diverged_samples_warn_and_get_no_verdict(diverged_file, tmp_path):
     sentence = next(f for f in rep.findings if f.startswith("'diverged' against"))
     assert "(better)" not in sentence and "(worse)" not in sentence and "%" not in sentence
     assert "no verdict" in sentence
+    assert render(demo_tables(rep)).startswith("warning: run 'diverged': sample std")
     md = write_report(rep, tmp_path / "r", plot=False).read_text()
     assert md.split("\n")[2].startswith("> **Warning**: run `diverged`")
     res = runner.invoke(app, ["report", str(diverged_file), "-e", "subspace", "--bootstrap",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ..data import load_data
 from ..errors import NoiseshiftError
@@ -88,9 +87,6 @@ def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, q
 
 
 def _print(rep) -> None:
-    for w in rep.warnings:
-        console.print(f"[bold red]warning:[/] run {w['run']!r}: {escape(w['problem'])}.",
-                      highlight=False)
     for renderable in report_tables(rep, console.width):
         console.print(renderable)
     for f in rep.findings:

@@ -154,14 +154,22 @@ def metric_key(columns) -> Text:
     return Text("Metrics: " + "; ".join(metric_names(cols).values()) + ".", style="dim")
 
 
+def warning_lines(rep: Report) -> list:
+    """The sanity warnings (see sanity.py), to print above every table."""
+    return [Text.assemble(("warning:", "bold red"), f" run {w['run']!r}: {w['problem']}.")
+            for w in rep.warnings]
+
+
 def report_tables(rep: Report, width: int = 80) -> list:
-    """What `noiseshift report` prints: the per-run tables, the paired ones, the metrics."""
-    return summary_tables(rep, width) + paired_tables(rep, width) + [
+    """What `noiseshift report` prints: the sanity warnings, the per-run tables, the paired
+    ones, the metrics."""
+    return warning_lines(rep) + summary_tables(rep, width) + paired_tables(rep, width) + [
         metric_key([*rep.summary.columns, *rep.paired.columns])]
 
 
 def demo_tables(rep: Report, width: int = 80) -> list:
-    """What `noiseshift demo` prints: the shift per run with FD, accuracy (digits) or
-    log-likelihood (mixtures); precision, recall and the rest are in summary.csv."""
-    return summary_tables(rep, width, quality=DEMO_QUALITY) + [
+    """What `noiseshift demo` prints: the sanity warnings, the shift per run with FD,
+    accuracy (digits) or log-likelihood (mixtures); precision, recall and the rest are in
+    summary.csv."""
+    return warning_lines(rep) + summary_tables(rep, width, quality=DEMO_QUALITY) + [
         metric_key(k for k in DEMO_QUALITY if k in rep.summary)]
