@@ -17,7 +17,7 @@ from scipy.stats import gaussian_kde
 from ..io.images import save_grid
 from .runs import Report
 from .stats import flat_points
-from .text import has
+from .text import MARKERS, has
 
 MAX_GRID = 64  # samples shown per grid
 
@@ -40,7 +40,6 @@ def make_figures(rep: Report, out: Path, progress=None) -> dict[str, Path]:
     return figs
 
 
-MARKERS = "osD^vP*Xhp"
 SMALL_MULTIPLES = 5  # more runs than this: one panel per run instead of one crowded axis
 
 

@@ -1,8 +1,12 @@
-"""Numbers as the findings and report.md write them: 'value [lo, hi]'."""
+"""How the report writes things: numbers as the findings and report.md write them ('value
+[lo, hi]'), every metric's full name, and the marker shapes that tell runs apart in every
+figure."""
 
 from __future__ import annotations
 
 import numpy as np
+
+MARKERS = "osD^vP*Xhp"  # with colour, so runs differ in print and for colour-blind readers
 
 
 def fmt(e_value, lo=None, hi=None, spec="+.3f") -> str:
