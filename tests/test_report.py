@@ -293,7 +293,11 @@ def assert_readable(text: str, frame: pd.DataFrame, keys, width: int = 80) -> No
 def test_report_tables_at_80_columns(rep):
     text = render(report_tables(rep, 80))
     assert "noise shift per run" in text and "against the baseline" in text
-    summary_part, paired_part = text.split("against the baseline")
+    # Every stacked table has its caption, and the metrics are named in full once.
+    assert text.count("┏") == text.count("noise shift per run") + text.count(
+        "against the baseline")
+    assert text.count("Fréchet distance") == 1 and "lower is better" in text
+    summary_part, paired_part = text.split("against the baseline", 1)
     assert_readable(summary_part, rep.summary, SHIFT_KEYS + QUALITY_KEYS)
     assert_readable(paired_part, rep.paired, PAIRED_KEYS)
     # A wide terminal shows more columns per table: fewer tables.
@@ -326,6 +330,45 @@ def test_cli_report_at_80_columns(digits_file, tmp_path):
     assert res.exit_code == 0, res.output
     want = build_report(digits_file, estimator="subspace", quality=False, n_boot=20)
     tables = res.output.split("\n- ")[0]  # the findings follow the tables
-    summary_part, paired_part = tables.split("against the baseline")
+    summary_part, paired_part = tables.split("against the baseline", 1)
     assert_readable(summary_part, want.summary, SHIFT_KEYS)
     assert_readable(paired_part, want.paired, PAIRED_KEYS)
+
+
+# -- sanity checks -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diverged_file(tmp_path_factory, cache):
+    """A sane baseline beside a run whose samples diverged (std about 28, as the tiny
+    example pipeline's did)."""
+    runs = {"unguided": RUNS["unguided"],
+            "diverged": ({"kind": "nag-estimator-1", "nag": {**NAG, "scale": 1.0}}, 28.0)}
+    path = write_digits_runs(tmp_path_factory.mktemp("diverged") / "trajectories.h5", runs)
+    estimate_file(path, ["variance", "subspace"])
+    return path
+
+
+def test_diverged_samples_warn_and_get_no_verdict(diverged_file, tmp_path):
+    rep = build_report(diverged_file, estimator="subspace", n_boot=20)
+    assert [w["run"] for w in rep.warnings] == ["diverged"]
+    problem = rep.warnings[0]["problem"]
+    assert "sample std 2" in problem and "values reach" in problem and "FD" in problem
+    sentence = next(f for f in rep.findings if f.startswith("'diverged' against"))
+    assert "(better)" not in sentence and "(worse)" not in sentence and "%" not in sentence
+    assert "no verdict" in sentence
+    assert render(demo_tables(rep)).startswith("warning: run 'diverged': sample std")
+    md = write_report(rep, tmp_path / "r", plot=False).read_text()
+    assert md.split("\n")[2].startswith("> **Warning**: run `diverged`")
+    res = runner.invoke(app, ["report", str(diverged_file), "-e", "subspace", "--bootstrap",
+                              "20", "--out", str(tmp_path / "r2"), "--json"])
+    out = json.loads(res.stdout)
+    assert [w["run"] for w in out["warnings"]] == ["diverged"]
+    assert "Fréchet distance" in out["metrics"]["fd"]
+    res = runner.invoke(app, ["report", str(diverged_file), "-e", "subspace", "--bootstrap",
+                              "20", "--out", str(tmp_path / "r3")], env={"COLUMNS": "80"})
+    assert res.output.startswith("warning: run 'diverged': sample std"), res.output
+
+
+def test_sane_runs_raise_no_warning(rep):
+    assert rep.warnings == []
+    assert "(better)" in " ".join(rep.findings)

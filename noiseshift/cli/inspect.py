@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import NoiseshiftError
 from ..io import validate
@@ -59,38 +60,69 @@ def _size(file: Path) -> int:
 
 
 def _short(d: dict, main: str = "name", none: str = "-") -> str:
-    """{'name': 'nag', 'scale': 1.5} -> 'nag (scale=1.5)'."""
+    """{'name': 'nag', 'scale': 1.5} -> 'nag (scale=1.5)', every value in full."""
     if not d:
         return none
     rest = ", ".join(f"{k}={_fmt(v)}" for k, v in d.items() if k != main)
     head = str(d.get(main, ""))
-    text = f"{head} ({rest})" if head and rest else head or rest
-    return text if len(text) <= 48 else text[:47] + "…"
+    return f"{head} ({rest})" if head and rest else head or rest
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
-    if isinstance(v, (dict, list)):
-        return "{…}" if isinstance(v, dict) else "[…]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_fmt(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(_fmt, v)) + "]"
     return str(v)
 
 
+_RUN = ("run", {"style": "bold", "no_wrap": True})
+_WHAT = (("steps", {"justify": "right"}), ("N", {"justify": "right"}), ("shape", {}),
+         ("seed", {"justify": "right"}), ("status", {"no_wrap": True}))
+_HOW = (("schedule", {}), ("sampler", {}), ("guidance", {}))
+
+
+def _table(title: str, columns, rows: list[dict]) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for col, kw in columns:
+        table.add_column(col, min_width=len(col), overflow="fold", **kw)
+    for r in rows:
+        table.add_row(*(r[col] for col, _ in columns))
+    return table
+
+
+def _trajectory_tables(s: dict) -> list:
+    """One table when the terminal is wide enough for it; else what each run is (steps, N,
+    shape, seed, status) in a table and how it was made (schedule, sampler, guidance) as a
+    list below, so that no run name or status is cut and the settings wrap whole."""
+    rows = [{"run": r["name"], "steps": str(r["steps"]), "N": str(r["n"]),
+             "shape": "×".join(map(str, r["shape"])), "schedule": _short(r["schedule"]),
+             "sampler": _short(r["sampler"]),
+             "guidance": _short(r["guidance"], main="kind", none="none"),
+             "seed": "-" if r["seed"] is None else str(r["seed"]),
+             "status": "complete" if r["complete"] else "[bold yellow]INCOMPLETE[/]"}
+            for r in s["runs"]]
+    one = _table(str(s["path"]), (_RUN, *_WHAT[:3], *_HOW, *_WHAT[3:]), rows)
+    natural = console.measure(one, options=console.options.update_width(10**4)).maximum
+    if natural <= console.width:
+        return [one]
+    out: list = [_table(str(s["path"]), (_RUN, *_WHAT), rows),
+                 Text("How each run was made:", style="bold")]
+    for r in rows:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        for col, _ in _HOW:
+            grid.add_row(f"  {col}", Text(r[col]))
+        out += [Text(r["run"], style="bold"), grid]
+    return out
+
+
 def _print_trajectories(s: dict) -> None:
-    table = Table(title=f"{s['path']}", title_justify="left", box=box.SIMPLE_HEAD)
-    for col, kw in (("run", {"style": "bold"}), ("steps", {"justify": "right"}),
-                    ("N", {"justify": "right"}), ("shape", {}), ("schedule", {}),
-                    ("sampler", {}), ("guidance", {}), ("seed", {"justify": "right"}),
-                    ("status", {"no_wrap": True})):
-        table.add_column(col, min_width=len(col), **kw)
-    for r in s["runs"]:
-        status = "complete" if r["complete"] else "[bold yellow]INCOMPLETE[/]"
-        table.add_row(r["name"], str(r["steps"]), str(r["n"]),
-                      "×".join(map(str, r["shape"])),
-                      _short(r["schedule"]), _short(r["sampler"]),
-                      _short(r["guidance"], none="none"),
-                      "-" if r["seed"] is None else str(r["seed"]), status)
-    console.print(table)
+    for table in _trajectory_tables(s):
+        console.print(table)
     what = "checked, every state finite" if s["scanned"] else "structure checked (--quick)"
     console.print(f"[green]valid[/] {s['format']} v{s['version']} file, {len(s['runs'])} "
                   f"run(s); {what}.", highlight=False)
@@ -103,11 +135,14 @@ def _print_trajectories(s: dict) -> None:
 def _print_estimates(s: dict) -> None:
     table = Table(title=f"{s['path']} (estimates of {s['source']})", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for col in ("run", "estimator", "steps", "N", "mean delta", "max |mean delta|"):
-        table.add_column(col, justify="left" if col in ("run", "estimator") else "right")
+    for col in ("run", "estimator", "steps", "N", "mean Δ", "max |Δ|"):
+        table.add_column(col, justify="left" if col in ("run", "estimator") else "right",
+                         no_wrap=col in ("run", "estimator"))
     for r in s["runs"]:
         table.add_row(r["run"], r["estimator"], str(r["steps"]), str(r["n"]),
                       f"{r['mean_delta']:+.4f}", f"{r['max_abs_delta']:.4f}")
     console.print(table)
     console.print(f"[green]valid[/] {s['format']} v{s['version']} file: noise-level estimates "
-                  f"(t' per recorded state) made by `noiseshift estimate`.", highlight=False)
+                  f"(t' per recorded state) made by `noiseshift estimate`. Δ = t' - "
+                  f"reference(t), the shift; max |Δ|: the largest |mean Δ| of any step.",
+                  highlight=False)

@@ -11,6 +11,7 @@ from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
 from ..report import build_report, write_report
 from ..report.tables import report_tables
+from ..report.text import metric_names
 from .common import app, console, data_option, data_spec, fail, print_json, progress, size_option
 
 
@@ -62,7 +63,8 @@ def report_command(
     except NoiseshiftError as e:
         fail(e.problem, e.path)
     if json_out:
-        print_json({**rep.to_dict(), "report": str(md)})
+        cols = [*rep.summary.columns, *rep.paired.columns]
+        print_json({**rep.to_dict(), "metrics": metric_names(cols), "report": str(md)})
         return
     _print(rep)
     console.print(f"wrote [bold]{md}[/]" + (f" and {len(rep.figures)} figures" if plot else

@@ -9,6 +9,7 @@ writer; each names its own format tag and words its own problems (`Wording`).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,11 @@ def read_checkpoint(path, fmt: str, device="cpu", *, version: int = VERSION,
     if not path.exists():
         raise CheckpointError(wording.missing, path)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's hint about a bare pickle's protocol: such a file either loads under
+            # weights_only or is refused below in one line; the hint would only alarm.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for a file that is not a checkpoint
         raise CheckpointError(wording.unreadable.format(error=type(e).__name__), path) from e
     if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("noiseshift."):

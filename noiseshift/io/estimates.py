@@ -198,6 +198,8 @@ class Estimates:
             if ds.dtype.kind != "f" or ds.shape != want:
                 raise TrajectoryError(f"{where}{key} must be float {want}, got {ds.dtype} "
                                       f"{ds.shape}", path)
+        if n == 0:  # nothing was read: every summary of it would be a mean of nothing
+            raise TrajectoryError(f"{where}t_hat holds no samples (N = 0)", path)
         self._cache: dict[str, np.ndarray] = {}
 
     def _get(self, key: str) -> np.ndarray:

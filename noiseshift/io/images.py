@@ -49,24 +49,30 @@ def tile(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
 def save_grid(images, path, labels=None, title: str | None = None,
               ncol: int | None = None, dpi: int = 110) -> Path:
     """Save images as a PNG grid (ncol per row, default ceil(sqrt(N))); returns the path.
-    labels: one class label per image, written in red in its top-left corner."""
+    labels: one class label per image, written in its top-left corner. title: default
+    "N samples" (and what the labels are)."""
     x = _images(images)
     n, _, h, w = x.shape
     ncol = ncol or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / ncol))
     img = tile(x, ncol)
-    fig = Figure(figsize=(0.55 * ncol + 0.2, 0.6 * rows + (0.4 if title else 0.1)))
+    if title is None:
+        title = f"{n} samples" + ("; corner: the class each was asked for"
+                                  if labels is not None else "")
+    fig = Figure(figsize=(0.8 * ncol + 0.2, 0.8 * rows + 0.5))
     ax = fig.subplots()
     ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     if labels is not None:
         for j, label in enumerate(np.asarray(labels).reshape(-1)[:n]):
             r, q = divmod(j, ncol)
+            # A white tag, so the label reads on any image (red on grey did not).
             ax.text(1 + q * (w + 1), 1 + r * (h + 1), str(int(label)), color="tab:red",
-                    fontsize=6, va="top", ha="left")
+                    fontsize=8, fontweight="bold", va="top", ha="left",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.85})
     ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

@@ -13,9 +13,14 @@ out of every average, since a shift cannot be read there. An independent meter (
 or exact oracle) in the same estimates file is shown beside the main one: a correction guided
 by the learned estimator must not be judged by that estimator alone.
 
+Runs whose samples do not look like the data (diverged: moments or range far from the
+data's, FD beyond the data's own feature variance, precision 0) get a warning on top of every
+output (`Report.warnings`, `--json`'s "warnings") and no verdict in the findings.
+
 Modules, lowest first: runs (what is read: RunData, Report), stats (shift statistics and
-paired differences), quality (sample quality through `analysis.quality`), findings (sentences),
-build (build_report), figures, markdown (write_report), tables (terminal tables).
+paired differences), sanity (do the samples look like the data?), quality (sample quality
+through `analysis.quality`), findings (sentences), build (build_report), figures, markdown
+(write_report), tables (terminal tables).
 """
 
 from .build import build_report

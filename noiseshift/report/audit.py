@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..analysis.audit import AuditResult
 from ..analysis.decompose import PARTS, Decomposition
+from .text import MARKERS
 
 __all__ = ["audit_figure", "audit_table", "band_rich", "convergence_rich",
            "decomposition_figure", "decomposition_rich"]
@@ -66,7 +67,7 @@ def decomposition_rich(dec: Decomposition, frame: str = "bands") -> Table:
 def _axes(title: str):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 4.2))
+    fig = Figure(figsize=(6.0, 4.8), layout="constrained")
     ax = fig.subplots()
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("scheduled t (sampling runs right to left)")
@@ -79,11 +80,19 @@ def _axes(title: str):
 def audit_figure(results: list[AuditResult], path: str | Path) -> Path:
     """The shift per step with its 95% CI, one line per audited sampler, as a PNG."""
     fig, ax = _axes("noise shift with a perfect model (the sampler alone)")
-    for res in results:
+    for k, res in enumerate(results):
         tab = res.table
-        line, = ax.plot(tab.t, tab["shift"], marker=".", label=res.label)
+        line, = ax.plot(tab.t, tab["shift"], marker=MARKERS[k % len(MARKERS)], ms=3.5,
+                        label=res.label)
         ax.fill_between(tab.t, tab.shift_lo, tab.shift_hi, color=line.get_color(), alpha=0.2)
-    ax.legend(fontsize=7)
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path) -> Path:
+    """The legend below the axes (it covers no data), then the PNG."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)),
+               fontsize=8, frameon=False)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
@@ -93,10 +102,8 @@ def decomposition_figure(dec: Decomposition, path: str | Path) -> Path:
     """Total, sampler and network parts per step with 95% CIs, as a PNG."""
     fig, ax = _axes(dec.label)
     tab = dec.table
-    for part, color in zip(PARTS, ("black", "tab:blue", "tab:orange"), strict=True):
-        ax.plot(tab.t, tab[part], marker=".", color=color, label=part)
+    for k, (part, color) in enumerate(zip(PARTS, ("black", "tab:blue", "tab:orange"),
+                                          strict=True)):
+        ax.plot(tab.t, tab[part], marker=MARKERS[k], ms=3.5, color=color, label=part)
         ax.fill_between(tab.t, tab[f"{part}_lo"], tab[f"{part}_hi"], color=color, alpha=0.2)
-    ax.legend(fontsize=8)
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return _save(fig, ax, path)

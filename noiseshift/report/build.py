@@ -16,6 +16,7 @@ from ..io import estimates_path
 from .findings import findings
 from .quality import quality_tables
 from .runs import INDEPENDENT, Report, RunData, load_runs
+from .sanity import sample_problems, warning
 from .stats import paired_table, steps_table, summary_frames, theory_table
 
 
@@ -43,17 +44,31 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     data, data_spec, m2 = _data_for(runs, data, notes)
     steps = steps_table(runs, names, base, m2)
     t1 = time.perf_counter()
-    qual, qdiff = ({}, {}) if not quality else quality_tables(runs, base, data, n_boot, seed,
-                                                              notes, progress)
+    qual, qdiff, problems = ({}, {}, {}) if not quality else quality_tables(
+        runs, base, data, n_boot, seed, notes, progress)
     timings["quality"] = time.perf_counter() - t1
     summary, bands = summary_frames(runs, main, independent, qual, n_boot, seed)
     paired = paired_table(runs, base, main, independent, qdiff, n_boot, seed)
     theo = theory_table(runs, steps, main, m2)
     rep = Report(path, est_path, main, independent, names, None if base is None else base.name,
                  runs, steps, summary, paired, bands, theo, [], notes, data_spec, m2, timings)
+    rep.warnings = _warnings(runs, data, problems)
     rep.findings = findings(rep)
     timings["total"] = time.perf_counter() - clock
     return rep
+
+
+def _warnings(runs: list[RunData], data, quality_problems: dict) -> list[dict]:
+    """One warning per run whose samples fail the sanity checks (see sanity.py)."""
+    out = []
+    for r in runs:
+        found = []
+        if data is not None and r.samples is not None and tuple(r.shape) == data.shape:
+            found += sample_problems(r.samples, data.x.numpy())
+        found += quality_problems.get(r.name, [])
+        if found:
+            out.append(warning(r.name, found))
+    return out
 
 
 def _paths(path, estimates) -> tuple[Path, Path]:

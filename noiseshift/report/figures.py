@@ -17,7 +17,7 @@ from scipy.stats import gaussian_kde
 from ..io.images import save_grid
 from .runs import Report
 from .stats import flat_points
-from .text import has
+from .text import MARKERS, has
 
 MAX_GRID = 64  # samples shown per grid
 
@@ -40,9 +40,15 @@ def make_figures(rep: Report, out: Path, progress=None) -> dict[str, Path]:
     return figs
 
 
-def _colors(runs) -> dict[str, str]:
+SMALL_MULTIPLES = 5  # more runs than this: one panel per run instead of one crowded axis
+
+
+def _styles(runs) -> dict[str, dict]:
+    """Colour and marker per run, so runs differ in shape as well as colour (print, colour
+    blindness)."""
     cmap = matplotlib.colormaps["tab10"]
-    return {r.name: cmap(i % 10) for i, r in enumerate(runs)}
+    return {r.name: {"color": cmap(i % 10), "marker": MARKERS[i % len(MARKERS)], "ms": 3.5}
+            for i, r in enumerate(runs)}
 
 
 def _shade(ax, zones) -> None:
@@ -50,77 +56,135 @@ def _shade(ax, zones) -> None:
         ax.axvspan(lo, hi, color="0.85", zorder=0, label="blind zone" if k == 0 else None)
 
 
-def _fig_t_prime(rep: Report) -> Figure:
-    colors = _colors(rep.runs)
-    fig = Figure(figsize=(5.2, 4.6))
-    ax = fig.subplots()
+def _legend_below(fig: Figure, axes) -> None:
+    """One legend for the figure, below the axes, so it covers no data."""
+    seen: dict = {}
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                   ncols=min(4, len(seen)), fontsize=8, frameon=False)
+
+
+def _grid(n: int, width: float, height: float):
+    """A constrained-layout figure with n panels (3 per row), shared axes."""
+    ncol = min(3, n)
+    nrow = math.ceil(n / ncol)
+    fig = Figure(figsize=(width * ncol, height * nrow + 0.8), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _t_prime_runs(ax, rep: Report, runs, styles, base=None) -> None:
     _shade(ax, rep.main_zones())
     ax.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls=":", label="t' = t")
-    ref_drawn = False
-    for rd in rep.runs:
-        r = rd.readings.get(rep.main)
-        if r is None:
-            continue
+    if base is not None and rep.main in base.readings:
+        ax.plot(base.t, base.readings[rep.main].t_hat.mean(1), color="0.6", lw=1.2,
+                label=f"{base.name} (baseline)")
+    for rd in runs:
+        r = rd.readings[rep.main]
         lo, hi = np.quantile(r.t_hat, [0.1, 0.9], axis=1)
-        ax.fill_between(rd.t, lo, hi, color=colors[rd.name], alpha=0.15, lw=0)
-        ax.plot(rd.t, r.t_hat.mean(1), color=colors[rd.name], lw=1.5, label=rd.name)
-        if not ref_drawn:
-            ax.plot(rd.t, r.reference, color="k", lw=0.9, ls="--",
-                    label="reading of true x_t")
-            ref_drawn = True
-    ax.set(xlabel="scheduled t", ylabel=f"t' ({rep.main}; band: 10-90% of samples)",
-           xlim=(0, 1), ylim=(0, 1), title="Noise level the states carry")
-    ax.legend(fontsize=7, loc="upper left")
+        st = styles[rd.name]
+        ax.fill_between(rd.t, lo, hi, color=st["color"], alpha=0.15, lw=0)
+        ax.plot(rd.t, r.t_hat.mean(1), lw=1.5, label=rd.name, **st)
+    ref = rep.runs[0].readings.get(rep.main) if rep.runs else None
+    if ref is not None:
+        ax.plot(rep.runs[0].t, ref.reference, color="k", lw=0.9, ls="--",
+                label="reading of true x_t")
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+
+
+def _fig_t_prime(rep: Report) -> Figure | None:
+    runs = [rd for rd in rep.runs if rep.main in rd.readings]
+    if not runs:
+        return None
+    styles = _styles(rep.runs)
+    label = f"t' read by {rep.main} (band: 10-90% of samples)"
+    if len(runs) <= SMALL_MULTIPLES:
+        fig = Figure(figsize=(5.6, 5.4), layout="constrained")
+        ax = fig.subplots()
+        _t_prime_runs(ax, rep, runs, styles)
+        ax.set(xlabel="scheduled t", ylabel=label)
+        axes = [ax]
+    else:
+        base = next((rd for rd in runs if rd.name == rep.baseline), None)
+        fig, axes = _grid(len(runs), 3.2, 3.0)
+        for ax, rd in zip(axes.ravel(), runs, strict=False):
+            _t_prime_runs(ax, rep, [rd], styles, None if rd is base else base)
+            ax.set_title(rd.name, fontsize=9)
+        for ax in axes[:, 0]:
+            ax.set_ylabel(label if len(axes) == 1 else "t'")
+        for ax in axes[-1]:
+            ax.set_xlabel("scheduled t")
+    fig.suptitle("Noise level the states carry, against their schedule")
+    _legend_below(fig, axes)
     return fig
 
 
 def _fig_delta(rep: Report) -> Figure:
     two = rep.independent is not None
-    fig = Figure(figsize=(11 if two else 6, 4.4))
+    fig = Figure(figsize=(11 if two else 6, 5.0), layout="constrained")
     axes = fig.subplots(1, 2 if two else 1, squeeze=False, sharey=False)
     for ax, name in zip(axes[0], [rep.main] + ([rep.independent] if two else []), strict=True):
         _delta_panel(ax, rep, name)
-    fig.tight_layout()
+    _legend_below(fig, axes)
     return fig
 
 
 def _delta_panel(ax, rep: Report, name: str) -> None:
-    colors = _colors(rep.runs)
+    styles = _styles(rep.runs)
     st = rep.steps[rep.steps.estimator == name]
     zones = next((rd.readings[name].blind_zones for rd in rep.runs if name in rd.readings), [])
     _shade(ax, zones)
     ax.axhline(0, color="0.4", lw=0.8)
+    lo, hi = _measured_ylim(st)
     for rd in rep.runs:
         s = st[st.run == rd.name]
         if s.empty:
             continue
-        c = colors[rd.name]
-        ax.fill_between(s.t, s.ci_low, s.ci_high, color=c, alpha=0.2, lw=0)
-        ax.plot(s.t, s.delta, color=c, lw=1.5, marker="o", ms=2.5, label=rd.name)
+        sty = styles[rd.name]
+        # Many runs' CI bands pile up into one brown smear: fainter the more there are.
+        ax.fill_between(s.t, s.ci_low, s.ci_high, color=sty["color"], lw=0,
+                        alpha=0.2 if len(rep.runs) <= SMALL_MULTIPLES else 0.07)
+        ax.plot(s.t, s.delta, lw=1.5, label=rd.name, **sty)
         if name == rep.main and s.pred_b.notna().any():
-            ax.plot(s.t, s.pred_b, color=c, lw=1, ls="--")
+            _prediction(ax, s.t.to_numpy(), s.pred_b.to_numpy(), lo, hi, sty["color"])
     if name == rep.main:
-        ax.plot([], [], color="0.3", ls="--", lw=1, label="route (b) prediction")
+        ax.plot([], [], color="0.3", ls="--", lw=1, label="route (b) prediction (theory)")
         for k, f in enumerate(flat_points(rep.m2, rep.runs[0].schedule)):
             ax.axvline(f, color="0.5", ls="-.", lw=0.8,
                        label="flat second moment (t*)" if k == 0 else None)
-    ax.set(xlabel="scheduled t", ylabel="delta = t' - reference(t)", xlim=(0, 1),
-           title=f"Shift read by {name}" + (" (independent)" if name != rep.main else ""))
-    ax.legend(fontsize=7)
-    _clip_ylim(ax, st if name == rep.main else st.drop(columns="pred_b"))
+    ax.set(xlabel="scheduled t", ylabel="shift Δ = t' - reference(t)", xlim=(0, 1),
+           ylim=(lo, hi), title=f"Shift read by {name}" + (
+               " (independent)" if name != rep.main else ""))
 
 
-def _clip_ylim(ax, st) -> None:
-    """Keep the axis on the measured shift, with room for route (b) up to twice its range
-    (near a flat second moment route (b) runs off to infinity)."""
+def _measured_ylim(st) -> tuple[float, float]:
+    """y-limits from the measured shift and its CIs (and 0), never from the predictions."""
     lo = np.nanmin(st.ci_low) if len(st) else -0.05
     hi = np.nanmax(st.ci_high) if len(st) else 0.05
-    span = max(abs(lo), abs(hi), 0.01)
-    if "pred_b" in st and st.pred_b.notna().any():
-        pred = st.pred_b.clip(-2 * span, 2 * span)
-        lo, hi = min(lo, np.nanmin(pred)), max(hi, np.nanmax(pred))
-    pad = 0.1 * max(hi - lo, 0.02)
-    ax.set_ylim(min(lo, 0) - pad, max(hi, 0) + pad)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = 0.08 * max(hi - lo, 0.02)
+    return lo - pad, hi + pad
+
+
+def _prediction(ax, t, pred, lo, hi, color) -> None:
+    """Route (b)'s prediction clipped to the measured range; a triangle on the edge marks
+    each step where it runs off the axis (near a flat second moment it diverges)."""
+    inside = np.clip(pred, lo, hi)
+    ax.plot(t, inside, color=color, lw=1, ls="--")
+    off = np.isfinite(pred) & (pred != inside)
+    for where, marker in ((pred > hi, "^"), (pred < lo, "v")):
+        m = off & where
+        if m.any():
+            ax.plot(t[m], inside[m], ls="none", marker=marker, ms=6, color=color, mec="k",
+                    mew=0.5, clip_on=False)
+    if off.any():
+        ax.plot([], [], ls="none", marker="^", ms=6, color="0.6", mec="k", mew=0.5,
+                label="prediction beyond the axis")
 
 
 def _chosen_steps(t: np.ndarray, k: int = 4) -> list[int]:
@@ -133,18 +197,18 @@ def _fig_density(rep: Report) -> Figure | None:
     if not runs:
         return None
     steps = _chosen_steps(runs[0].t)
-    fig = Figure(figsize=(3.0 * len(steps), 3.2))
+    fig = Figure(figsize=(3.0 * len(steps), 3.8), layout="constrained")
     axes = fig.subplots(1, len(steps), squeeze=False)
     for ax, i in zip(axes[0], steps, strict=True):
         _density_panel(ax, rep, runs, i)
-    axes[0][0].legend(fontsize=6)
+    axes[0][0].set_ylabel("density over samples (KDE)")
     fig.suptitle(f"Density of t' ({rep.main}) at chosen steps", fontsize=10)
-    fig.tight_layout()
+    _legend_below(fig, axes)
     return fig
 
 
 def _density_panel(ax, rep: Report, runs, i: int) -> None:
-    colors = _colors(rep.runs)
+    styles = _styles(rep.runs)
     grid = np.linspace(0, 1, 400)
     t = runs[0].t[i]
     ref = runs[0].readings[rep.main].reference[i]
@@ -155,13 +219,13 @@ def _density_panel(ax, rep: Report, runs, i: int) -> None:
         v = rd.readings[rep.main].t_hat[i].astype(np.float64)
         vals_all.append(v)
         if np.ptp(v) > 1e-9:
-            ax.plot(grid, gaussian_kde(v)(grid), color=colors[rd.name], lw=1.3, label=rd.name)
+            ax.plot(grid, gaussian_kde(v)(grid), lw=1.3, label=rd.name, markevery=40,
+                    **styles[rd.name])
     ax.axvline(ref, color="k", ls="--", lw=0.9, label="reading of true x_t")
     lo, hi = np.quantile(np.concatenate(vals_all), [0.005, 0.995])
     pad = max(0.05, 0.3 * (hi - lo))
     ax.set(xlim=(max(0, min(lo, ref) - pad), min(1, max(hi, ref) + pad)),
            title=f"t = {t:.3f}", xlabel="t'")
-    ax.set_yticks([])
 
 
 # -- quality against guidance scale --------------------------------------------------------------
@@ -208,7 +272,7 @@ def _fig_quality_scale(rep: Report) -> Figure | None:
     fams = _families(rep, s)
     if not fams:
         return None
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     axes = fig.subplots(1, 2)
     paired = rep.paired.set_index("run") if not rep.paired.empty else pd.DataFrame()
     use_d = "d_fd" in paired
@@ -225,11 +289,12 @@ def _fig_quality_scale(rep: Report) -> Figure | None:
         _errorbar(axes[1], sc, [s.loc[m[1].name] for m in members], "mean_abs_delta", label)
     if use_d:
         axes[0].axhline(0, color="0.4", lw=0.8)
-    axes[0].set(xlabel="guidance scale", title=(
-        f"FD - FD({rep.baseline}), paired 95% CI" if use_d else "FD (95% CI)"))
-    axes[1].set(xlabel="guidance scale", title=f"mean |delta| ({rep.main})")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    axes[0].set(xlabel="guidance scale", ylabel=(
+        f"FD - FD({rep.baseline}), lower is better" if use_d else "FD, lower is better"),
+        title="Fréchet distance (FD) to the data, 95% CI" + (", paired" if use_d else ""))
+    axes[1].set(xlabel="guidance scale", ylabel=f"mean |Δ| ({rep.main})",
+                title="Mean |shift|, 95% CI")
+    _legend_below(fig, axes)
     return fig
 
 
@@ -251,7 +316,7 @@ def _sample_grids(rep: Report, out: Path) -> dict[str, Path]:
         k = min(MAX_GRID, rd.n)
         labels = None if rd.labels is None else rd.labels[:k]
         title = f"{rd.name}: first {k} samples" + (
-            " (requested class in red)" if labels is not None else "")
+            " (corner: the class each was asked for)" if labels is not None else "")
         path = out / f"samples_{_safe(rd.name)}.png"
         figs[f"samples_{rd.name}"] = save_grid(rd.samples[:k], path, labels=labels,
                                                title=title, ncol=int(math.ceil(math.sqrt(k))))

@@ -21,9 +21,10 @@ def findings(rep: Report) -> list[str]:
         out.append(f"The {rep.main} estimator cannot read t in {z} (blind zones): those steps "
                    f"are shown but left out of every average.")
     out.extend(_baseline_sentences(rep))
+    suspect = {w["run"] for w in rep.warnings}
     for _, p in rep.paired.iterrows():
-        out.append(_run_sentence(rep, p))
-    out.extend(_quality_warnings(rep))
+        out.append(_run_sentence(rep, p, suspect))
+    out.extend(_quality_warnings(rep, suspect))
     out.extend(_theory_sentences(rep))
     return [f for f in out if f]
 
@@ -55,23 +56,27 @@ def _pct(change: float, ref: float) -> str:
     return f"{100 * change / ref:+.0f}%" if ref and np.isfinite(ref) and ref > 0 else "n/a"
 
 
-def _run_sentence(rep: Report, p) -> str:
+def _run_sentence(rep: Report, p, suspect: set) -> str:
+    """What changed against the baseline; for a run (or baseline) whose samples fail the
+    sanity checks, the numbers alone, with no percentage or verdict read into them."""
+    broken = p.run in suspect or p.baseline in suspect
     s = rep.summary.set_index("run")
     ref = s.loc[p.baseline, "mean_abs_delta"] if "mean_abs_delta" in s else math.nan
     parts = [f"{p.run!r} against {p.baseline!r}"
              + ("" if p.paired else " (different seeds: unpaired CIs)") + ":"]
     if has(p, "d_mean_abs_delta"):
         sig = "resolved" if _excl(p, "d_mean_abs_delta") else "not resolved"
-        parts.append(f"mean |shift| changes by {col(p, 'd_mean_abs_delta')} "
-                     f"({_pct(p.d_mean_abs_delta, ref)}, {sig}) as read by {rep.main}")
+        how = "" if broken else f" ({_pct(p.d_mean_abs_delta, ref)}, {sig})"
+        parts.append(f"mean |shift| changes by {col(p, 'd_mean_abs_delta')}{how} "
+                     f"as read by {rep.main}")
     if has(p, "d_ind_mean_abs_delta"):
         iref = s.loc[p.baseline, "ind_mean_abs_delta"] if "ind_mean_abs_delta" in s else math.nan
-        parts.append(f"and by {col(p, 'd_ind_mean_abs_delta')} "
-                     f"({_pct(p.d_ind_mean_abs_delta, iref)}) by the independent "
+        how = "" if broken else f" ({_pct(p.d_ind_mean_abs_delta, iref)})"
+        parts.append(f"and by {col(p, 'd_ind_mean_abs_delta')}{how} by the independent "
                      f"{rep.independent} meter")
     if has(p, "d_fd"):
-        verdict = ("better" if p.d_fd_hi < 0 else "worse" if p.d_fd_lo > 0 else
-                   "no resolvable change")
+        verdict = ("samples fail the sanity checks: no verdict" if broken else "better"
+                   if p.d_fd_hi < 0 else "worse" if p.d_fd_lo > 0 else "no resolvable change")
         parts.append(f"; FD changes by {col(p, 'd_fd', '+.2f')} ({verdict})")
     return " ".join(parts).replace(" ;", ";") + "."
 
@@ -80,10 +85,10 @@ def _excl(p, key) -> bool:
     return p[f"{key}_lo"] > 0 or p[f"{key}_hi"] < 0
 
 
-def _quality_warnings(rep: Report) -> list[str]:
+def _quality_warnings(rep: Report, suspect: set) -> list[str]:
     worse = [p.run for _, p in rep.paired.iterrows()
-             if has(p, "d_mean_abs_delta") and has(p, "d_fd") and p.d_mean_abs_delta_hi < 0
-             and p.d_fd_lo > 0]
+             if p.run not in suspect and has(p, "d_mean_abs_delta") and has(p, "d_fd")
+             and p.d_mean_abs_delta_hi < 0 and p.d_fd_lo > 0]
     if not worse:
         return []
     return [f"Less shift is not better samples here: {_names(worse)} shrink"

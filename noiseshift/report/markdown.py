@@ -11,7 +11,7 @@ import pandas as pd
 
 from .figures import make_figures
 from .runs import LATE, Report
-from .text import col, fmt, has
+from .text import col, fmt, has, metric_names
 
 FIGURE_TITLES = (
     ("t_prime", "t' against t"),
@@ -42,11 +42,15 @@ def write_report(rep: Report, out="report", plot: bool = True, progress=None) ->
 def markdown(rep: Report) -> str:
     """report.md's text."""
     lines = [f"# Noise-shift report: `{rep.path.name}`", ""]
+    lines += [f"> **Warning**: run `{w['run']}`: {w['problem']}." for w in rep.warnings]
+    lines += [""] if rep.warnings else []
     lines += [f"Runs: {', '.join(r.name for r in rep.runs)}. Shift meter: **{rep.main}**"
               + (f", independent meter: **{rep.independent}**" if rep.independent else "")
               + (f". Baseline: **{rep.baseline}**." if rep.baseline else "."),
               "Shift delta = t' - reference(t): positive means the state is noisier than its "
               "schedule says. 95% bootstrap CIs over samples in brackets.", ""]
+    cols = [*rep.summary.columns, *rep.paired.columns]
+    lines += ["Metrics:", ""] + [f"- {m}" for m in metric_names(cols).values()] + [""]
     lines += ["## Findings", ""] + [f"- {f}" for f in rep.findings] + [""]
     if rep.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]

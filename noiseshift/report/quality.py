@@ -3,27 +3,31 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..analysis.classifier import digits_classifier
 from ..analysis.quality import FeatureSpace, feature_space, quality, quality_difference
 from .runs import RunData, is_paired
+from .sanity import quality_problems
 from .stats import unpaired
 
 
 def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int, seed: int,
-                   notes: list[str], progress) -> tuple[dict, dict]:
-    """({run: {metric: Estimate or value}}, {run: {metric: Estimate of run - baseline}}).
-    Runs without samples, or whose samples do not match the data's shape, are left out
-    (with a note)."""
+                   notes: list[str], progress) -> tuple[dict, dict, dict]:
+    """({run: {metric: Estimate or value}}, {run: {metric: Estimate of run - baseline}},
+    {run: [what its quality numbers say is broken]}). Runs without samples, or whose samples
+    do not match the data's shape, are left out (with a note)."""
     if data is None:
-        return {}, {}
+        return {}, {}, {}
     usable = [r for r in runs if r.samples is not None and tuple(r.shape) == data.shape]
     for r in runs:
         if r.samples is not None and all(r is not u for u in usable):
             notes.append(f"run {r.name!r}: samples of shape {r.shape} do not match the data "
                          f"{data.shape}; no quality metrics")
     if not usable:
-        return {}, {}
+        return {}, {}, {}
     space = _feature_space(data, progress)
+    fd_scale = float(np.trace(np.atleast_2d(np.cov(space.reference, rowvar=False))))
     kw = {"space": space, "n_boot": n_boot, "seed": seed}
     qual = {}
     for k, r in enumerate(usable):
@@ -39,7 +43,7 @@ def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int,
         for r in usable:
             if r is not base:
                 qdiff[r.name] = _difference(base, r, qual, data, kw)
-    return qual, qdiff
+    return qual, qdiff, {name: quality_problems(q, fd_scale) for name, q in qual.items()}
 
 
 def _feature_space(data, progress) -> FeatureSpace:

@@ -150,6 +150,7 @@ class Report:
     m2: float | None
     timings: dict = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)  # {"run", "problem"}: see sanity.py
 
     def to_dict(self) -> dict:
         def records(df):
@@ -162,7 +163,7 @@ class Report:
             "data": self.data_spec, "summary": records(self.summary),
             "paired": records(self.paired), "bands": records(self.bands),
             "theory": records(self.theory), "steps": records(self.steps),
-            "findings": self.findings, "notes": self.notes,
+            "warnings": self.warnings, "findings": self.findings, "notes": self.notes,
             "figures": {k: str(v) for k, v in self.figures.items()},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .runs import LATE, Report
+from .text import metric_names
 
 MISSING = "-"
 
@@ -91,8 +92,11 @@ def stacked(title: str, rows: list[dict], columns: list[Column], width: int,
     cells = {c.key: [ci_cell(r, c.key, c.signed) for r in rows] for c in columns}
     widths = {c.key: max(len(c.title), *map(len, cells[c.key])) for c in columns}
     name_w = max(len("run"), *map(len, names))
-    out: list = [Text(title, style="bold")]
-    for group in _pack(columns, widths, name_w, width):
+    out: list = []
+    groups = _pack(columns, widths, name_w, width)
+    for k, group in enumerate(groups):
+        part = f" (part {k + 1} of {len(groups)})" if len(groups) > 1 else ""
+        out.append(Text(title + part, style="bold"))
         room = width - 1 - sum(widths[c.key] + 3 for c in group) - 3
         table = Table(title_justify="left")
         table.add_column("run", overflow="fold", min_width=min(name_w, max(room, 8)),
@@ -144,12 +148,28 @@ def paired_tables(rep: Report, width: int = 80) -> list:
                    rep.paired.to_dict("records"), paired_columns(rep), width)
 
 
+def metric_key(columns) -> Text:
+    """Every metric among the tables' `columns` (their keys), named in full."""
+    cols = list(columns)
+    return Text("Metrics: " + "; ".join(metric_names(cols).values()) + ".", style="dim")
+
+
+def warning_lines(rep: Report) -> list:
+    """The sanity warnings (see sanity.py), to print above every table."""
+    return [Text.assemble(("warning:", "bold red"), f" run {w['run']!r}: {w['problem']}.")
+            for w in rep.warnings]
+
+
 def report_tables(rep: Report, width: int = 80) -> list:
-    """What `noiseshift report` prints: the per-run tables, then the paired ones."""
-    return run_tables(rep, width) + paired_tables(rep, width)
+    """What `noiseshift report` prints: the sanity warnings, the per-run tables, the paired
+    ones, the metrics."""
+    return warning_lines(rep) + run_tables(rep, width) + paired_tables(rep, width) + [
+        metric_key([*rep.summary.columns, *rep.paired.columns])]
 
 
 def demo_tables(rep: Report, width: int = 80) -> list:
-    """What `noiseshift demo` prints: the shift per run with FD, accuracy (digits) or
-    log-likelihood (mixtures); precision, recall and the rest are in summary.csv."""
-    return run_tables(rep, width, quality=DEMO_QUALITY)
+    """What `noiseshift demo` prints: the sanity warnings, the shift per run with FD,
+    accuracy (digits) or log-likelihood (mixtures); precision, recall and the rest are in
+    summary.csv."""
+    return warning_lines(rep) + run_tables(rep, width, quality=DEMO_QUALITY) + [
+        metric_key(k for k in DEMO_QUALITY if k in rep.summary)]
