@@ -8,6 +8,7 @@ import typer
 
 from ..data import load_data
 from ..errors import NoiseshiftError
+from ..io.paths import refuse_overwriting_inputs
 from ..report import build_report, write_report
 from ..report.tables import report_tables
 from .common import app, console, data_option, data_spec, fail, print_json, progress, size_option
@@ -55,6 +56,7 @@ def report_command(
     `noiseshift report --plot`.
     """
     try:
+        refuse_overwriting_inputs(out, file, estimates, data)
         dataset = None if data is None else load_data(data_spec(data, size))
         rep, md = _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality,
                         json_out, dataset)

@@ -22,7 +22,9 @@ from ..integrations.pipeline_runs import (
     refuse_diffusers_options,
     sample_pipeline_folder,
 )
+from ..data import load_data
 from ..io.images import save_grid
+from ..io.paths import refuse_overwriting_inputs
 from ..pretrained import estimator_for
 from ..recording import describe_model, record_with_baseline, run_exists, run_name
 from ..sampling import draw_labels, sample_across_ranks, sampler_settings
@@ -187,6 +189,9 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
+    refuse_overwriting_inputs(None if no_record else record or DEFAULT_RECORD, model, data,
+                              estimator, option="--record")
+    refuse_overwriting_inputs(grid, model, data, estimator, record, option="--grid")
     if is_diffusers(model):
         summary, path, name = sample_pipeline_folder(
             model, scheduler=scheduler, spacing=spacing, prompt=prompt, class_=class_,
@@ -257,6 +262,8 @@ def _save_grid(samples, grid: Path, labels) -> None:
 def _model_info(net, source, data, size) -> dict:
     """The run's `model` attribute; --data, when given, names the data there."""
     info = describe_model(net, source)
+    if data is not None:  # NaN or unreadable data fail here, not in a later command
+        load_data(data_spec(data, size))
     return info if data is None else {**info, "data": data_spec(data, size)}
 
 

@@ -1,0 +1,54 @@
+"""The guard every writing command runs first: an output path must not be one of its inputs.
+
+A command that writes over its own input replaces the user's data with its result and exits
+0; nothing later can tell. Paths are compared resolved (symlinks, `..`) and, when both
+exist, as the same file on disk (hard links).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import NoiseshiftError
+
+__all__ = ["input_paths", "refuse_overwriting_inputs"]
+
+
+def input_paths(*inputs) -> list[Path]:
+    """The existing files and folders among `inputs`: paths, strings as the options take
+    them (``latents:``, ``diffusers:`` and ``from:`` prefixes, a ``:KEY`` or ``:RUN`` tail)
+    and data-spec dicts (their "path"). Only what exists can be overwritten."""
+    out = []
+    for item in inputs:
+        if isinstance(item, dict):
+            item = item.get("path")
+        if item is None:
+            continue
+        text = str(item)
+        for prefix in ("diffusers:", "latents:", "from:"):
+            text = text.removeprefix(prefix)
+        for cand in (text, text.rpartition(":")[0]):
+            if cand.strip() and Path(cand).exists():
+                out.append(Path(cand))
+    return out
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(out, *inputs, option: str = "--out") -> None:
+    """Raise a one-line NoiseshiftError when `out` is the same file as one of `inputs`."""
+    if out is None:
+        return
+    out = Path(out)
+    for p in input_paths(*inputs):
+        if _same(out, p):
+            raise NoiseshiftError(f"{option} is one of this command's inputs; writing there "
+                                  f"would replace it: choose another file", out)
