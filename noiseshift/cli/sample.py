@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..data import load_data
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
 from ..errors import NoiseshiftError
@@ -22,7 +23,6 @@ from ..integrations.pipeline_runs import (
     refuse_diffusers_options,
     sample_pipeline_folder,
 )
-from ..data import load_data
 from ..io.images import save_grid
 from ..io.paths import refuse_overwriting_inputs
 from ..pretrained import estimator_for
