@@ -2,7 +2,8 @@
 
 A command that writes over its own input replaces the user's data with its result and exits
 0; nothing later can tell. Paths are compared resolved (symlinks, `..`) and, when both
-exist, as the same file on disk (hard links).
+exist, as the same file on disk (hard links); an existing file inside an input folder counts
+as the input.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ..errors import NoiseshiftError
 
-__all__ = ["input_paths", "refuse_overwriting_inputs"]
+__all__ = ["check_output_file", "input_paths", "refuse_overwriting_inputs"]
 
 
 def input_paths(*inputs) -> list[Path]:
@@ -35,7 +36,10 @@ def input_paths(*inputs) -> list[Path]:
 
 
 def _same(a: Path, b: Path) -> bool:
+    """Whether writing `a` replaces input `b`, or a file inside input folder `b`."""
     if a.resolve() == b.resolve():
+        return True
+    if b.is_dir() and a.exists() and b.resolve() in a.resolve().parents:
         return True
     try:
         return a.exists() and os.path.samefile(a, b)
@@ -44,7 +48,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def refuse_overwriting_inputs(out, *inputs, option: str = "--out") -> None:
-    """Raise a one-line NoiseshiftError when `out` is the same file as one of `inputs`."""
+    """Raise a one-line NoiseshiftError when `out` is the same file as one of `inputs`, or
+    an existing file inside an input folder (a pipeline's weights, an image of the data)."""
     if out is None:
         return
     out = Path(out)
@@ -52,3 +57,13 @@ def refuse_overwriting_inputs(out, *inputs, option: str = "--out") -> None:
         if _same(out, p):
             raise NoiseshiftError(f"{option} is one of this command's inputs; writing there "
                                   f"would replace it: choose another file", out)
+
+
+def check_output_file(out, option: str = "--out") -> None:
+    """Raise a one-line NoiseshiftError unless `out` can be a new or replaced file: not a
+    folder, and in a folder that exists."""
+    out = Path(out)
+    if out.is_dir():
+        raise NoiseshiftError(f"is a folder; {option} needs a file name", out)
+    if not out.parent.is_dir():
+        raise NoiseshiftError(f"folder {str(out.parent)!r} does not exist", out)
