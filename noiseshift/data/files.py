@@ -84,7 +84,8 @@ def _as_float32(arr, path) -> np.ndarray:
         raise NoiseshiftError(
             f"expected a real array of shape (N, d), (N, H, W) or (N, C, H, W) with N >= 2 "
             f"and no empty dimension, got {arr.dtype} {shape} (rank {len(shape)})", path)
-    x = np.asarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # an overflow is an Inf, which the next line names
+        x = np.asarray(arr, dtype=np.float32)
     check_finite(x, path, "data (as float32)")
     return x
 

@@ -72,8 +72,17 @@ def parse_data_spec(text: str | dict, *, size: int | None = None,
         if not arg:
             raise NoiseshiftError("latents:PATH needs a path, e.g. latents:latents.h5")
         path, key = _split_key(arg)
+        if "\0" in path:
+            raise NoiseshiftError("latents:PATH holds a NUL byte")
         spec = {"name": "latents", "path": str(Path(path).resolve())}
         return {**spec, "key": key} if key else spec
+    try:
+        return _path_spec(text, size)
+    except (OSError, ValueError, RuntimeError) as e:  # NUL, too long a name, a symlink loop
+        raise NoiseshiftError(f"--data {text[:60]!r} is not a usable path ({e})") from None
+
+
+def _path_spec(text: str, size: int | None) -> dict:
     path, key = _split_key(text)
     p = Path(path)
     if p.is_dir():
