@@ -5,10 +5,13 @@ for byte as it was. In-process through the real entry point, on tiny files."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from make_bad_corpus import (
+    _images,
     bad_arrays,
     bad_decompose_files,
     bad_image_folders,
@@ -37,7 +40,7 @@ def refused(capsys, monkeypatch, args, inputs, expect) -> str:
     code, _, err = cli(capsys, monkeypatch, *args)
     assert code == 2, (args, code, err)
     assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: ") and __import__("re").search(expect, err), (expect, err)
+    assert err.startswith("error: ") and re.search(expect, err), (expect, err)
     assert {p: tree_digest(p) for p in inputs} == before, "an input changed"
     return err
 
@@ -89,8 +92,6 @@ def test_pipeline_folders(corpus, capsys, monkeypatch, tmp_path):
 def test_vae_folders(corpus, capsys, monkeypatch, tmp_path):
     pytest.importorskip("diffusers")
     images = corpus["folder"] / "good_images"
-    from make_bad_corpus import _images
-    import numpy as np
     _images(images, [np.zeros((8, 8), np.uint8)] * 2)
     for path, expect in corpus["vaes"].values():
         refused(capsys, monkeypatch, ["encode", "--vae", path, "--data", images, "--out",
