@@ -23,7 +23,7 @@ from noiseshift.errors import NoiseshiftError
 from noiseshift.io.shards import new_shard_path, stale_shards
 from noiseshift.training import train_loop
 
-INPUT = r"is one of this command's inputs"
+INPUT = r"is one of this command.s inputs"
 
 
 @pytest.fixture

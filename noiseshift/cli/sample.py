@@ -189,9 +189,8 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
-    refuse_overwriting_inputs(None if no_record else record or DEFAULT_RECORD, model, data,
-                              estimator, option="--record")
-    refuse_overwriting_inputs(grid, model, data, estimator, record, option="--grid")
+    refuse_overwriting_inputs([None if no_record else record or DEFAULT_RECORD, grid], model,
+                              data, estimator)
     if is_diffusers(model):
         summary, path, name = sample_pipeline_folder(
             model, scheduler=scheduler, spacing=spacing, prompt=prompt, class_=class_,

@@ -47,16 +47,14 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_overwriting_inputs(out, *inputs, option: str = "--out") -> None:
-    """Raise a one-line NoiseshiftError when `out` is the same file as one of `inputs`, or
-    an existing file inside an input folder (a pipeline's weights, an image of the data)."""
-    if out is None:
-        return
-    out = Path(out)
-    for p in input_paths(*inputs):
-        if _same(out, p):
-            raise NoiseshiftError(f"{option} is one of this command's inputs; writing there "
-                                  f"would replace it: choose another file", out)
+def refuse_overwriting_inputs(out, *inputs) -> None:
+    """Raise a one-line NoiseshiftError when output `out` (a path, None, or a list of them)
+    is the same file as one of `inputs`, or an existing file inside an input folder (a
+    pipeline's weights, an image of the data)."""
+    for o in out if isinstance(out, (list, tuple)) else [out]:
+        if o is not None and any(_same(Path(o), p) for p in input_paths(*inputs)):
+            raise NoiseshiftError("is one of this command's inputs; writing there would "
+                                  "replace it: choose another output path", o)
 
 
 def check_output_file(out, option: str = "--out") -> None:
