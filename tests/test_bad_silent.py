@@ -80,9 +80,11 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
 def test_non_native_byte_order_and_integral_float_labels_load(tmp_path):
     x = np.arange(4 * 64, dtype=">f4").reshape(4, 64)
     np.savez(tmp_path / "d.npz", x=x, labels=np.array([0.0, 1, 1, 0]))
-    d = load_data(str(tmp_path / "d.npz"))
-    assert torch.equal(d.x, torch.arange(4 * 64, dtype=torch.float32).reshape(4, 64))
-    assert d.labels.tolist() == [0, 1, 1, 0] and d.num_classes == 2
+    np.savez(tmp_path / "column.npz", x=x, labels=np.array([[0], [1], [1], [0]]))
+    for name in ("d.npz", "column.npz"):
+        d = load_data(str(tmp_path / name))
+        assert torch.equal(d.x, torch.arange(4 * 64, dtype=torch.float32).reshape(4, 64))
+        assert d.labels.tolist() == [0, 1, 1, 0] and d.num_classes == 2
 
 
 def test_a_loss_that_goes_non_finite_stops_training_and_saves_nothing(tmp_path, capsys,

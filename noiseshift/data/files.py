@@ -95,6 +95,8 @@ def _labels(labels, n: int, path) -> torch.Tensor | None:
     if labels is None:
         return None
     lab = np.asarray(labels)
+    if lab.ndim == 2 and lab.shape[1] == 1:  # a column of labels
+        lab = lab[:, 0]
     if lab.dtype.kind == "f" and np.isfinite(lab).all() and (lab == np.round(lab)).all():
         lab = lab.astype(np.int64)
     if lab.dtype.kind not in "iu" or lab.ndim != 1 or (lab.size and lab.min() < 0):
