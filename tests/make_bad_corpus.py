@@ -363,6 +363,9 @@ def bad_decompose_files(folder) -> dict[str, tuple[Path, str, bool]]:
             g.attrs["sampler"] = json.dumps(sampler)
         path = write_good(folder / f"{name}.h5", mutate=mutate, dim=16, data_dim=16)
         out[name] = (path, expect, pass_model)
+    out["other_shape"] = (write_good(folder / "other_shape.h5", mutate=lambda g, a: g.attrs.
+                                     __setitem__("sampler", json.dumps(full))),
+                          r"states have shape \(8,\), but the model reads \(16,\)", True)
     return out
 
 

@@ -176,6 +176,10 @@ def decompose_run(model, run, meter, data, *, k: int = 8, n_boot: int = N_BOOT,
         raise NoiseshiftError("the run has no seed or sampler settings to re-generate it from",
                               run.path)
     check_settings(settings, run)
+    shape = (getattr(model, "config", None) or {}).get("shape")
+    if shape is not None and tuple(shape) != tuple(run.shape):
+        raise NoiseshiftError(f"the run's states have shape {tuple(run.shape)}, but the model "
+                              f"reads {tuple(shape)}: another model made this run", run.path)
     if (run.attrs.get("guidance") or {}).get("kind", "none") != "none":
         raise NoiseshiftError("decompose re-runs the model alone: pick an unguided run",
                               run.path)
