@@ -13,7 +13,9 @@ class NoiseshiftError(Exception):
     def __init__(self, problem: str, path: str | None = None):
         self.problem = problem
         self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+        text = f"{self.path}: {problem}" if self.path else str(problem)
+        # One line, whatever a file name or a library's message holds.
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class TrajectoryError(NoiseshiftError):

@@ -103,6 +103,7 @@ def train_loop(
       run continues from it and ends exactly where an uninterrupted run would; without the
       file it starts fresh. ``meta`` (JSON-able, e.g. the model config) must match on resume.
     - ``on_step(info)`` is called after every step with info = {"step", "steps", "loss"}.
+    - A non-finite loss stops the run with a NoiseshiftError before that step's checkpoint.
 
     Under torchrun (DistributedDataParallel) every rank draws the same global batch and
     trains on its own shard of it (`_my_share`): a single-process step on the global batch.
@@ -126,6 +127,9 @@ def train_loop(
         batch, share = _my_share(sample_batch(gen))
         loss = loss_fn(net, _to(batch, dev)) * share
         hist.losses.append(distributed.mean(_optimizer_step(module, opt, ema, loss, grad_clip)))
+        if not math.isfinite(hist.losses[-1]):  # every rank sees the same mean: all stop
+            raise NoiseshiftError(f"the training loss is {hist.losses[-1]} at step {step + 1}: "
+                                  f"data too large or --lr too high; the model is not saved")
         if distributed.is_main():  # progress and checkpoints: rank 0's job
             done = step + 1
             if on_step is not None:

@@ -238,6 +238,137 @@ def tiny_model(folder, dim: int = 16) -> Path:
     return save_model(model, Path(folder) / "tiny.pt")
 
 
+# -- the newer surfaces: arrays and image folders for --data, pipeline and VAE folders,
+# decompose's trajectory files (issue 21). {name: (path, regex the one line must match)}.
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _h5_latents(path: Path, scale) -> Path:
+    with h5py.File(path, "w") as f:
+        f["latents"] = np.zeros((4, 2, 4, 4), np.float32)
+        f.attrs["scaling_factor"] = scale
+    return path
+
+
+def bad_arrays(folder) -> dict[str, tuple[Path, str]]:
+    """Array files and latents that every --data reader must refuse in one line."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    cases = {
+        "nan": (x.copy(), r"NaN/Inf"), "overflow": (np.full((4, 64), 1e300), r"as float32"),
+        "zero_width": (np.zeros((4, 0)), r"no empty dimension"),
+        "one_sample": (np.zeros((1, 64), np.float32), r"N >= 2"),
+        "rank1": (np.zeros(64, np.float32), r"rank 1"),
+        "complex": (np.zeros((4, 64), np.complex64), r"complex64"),
+    }
+    cases["nan"][0][2, 0, 3, 3] = np.nan
+    out = {}
+    for name, (arr, expect) in cases.items():
+        np.save(folder / f"{name}.npy", arr)
+        out[name] = (folder / f"{name}.npy", expect)
+    (folder / "text.npy").write_text("1,2,3\n")
+    out["text"] = (folder / "text.npy", r"cannot read data")
+    out["str_labels"] = (_npz(folder / "str_labels.npz", x=x, labels=np.array(list("abcd"))),
+                         r"labels must be non-negative integers")
+    out["float_labels"] = (_npz(folder / "float_labels.npz", x=x,
+                                labels=np.array([0.5, 1, 2, 3])), r"labels must be")
+    out["few_labels"] = (_npz(folder / "few_labels.npz", x=x, labels=np.arange(3)),
+                         r"3 labels for 4 samples")
+    out["nan_scale"] = (_h5_latents(folder / "nan_scale.h5", np.nan), r"scaling factor")
+    out["zero_scale"] = (_h5_latents(folder / "zero_scale.h5", 0.0), r"scaling factor")
+    return out
+
+
+def _images(folder: Path, arrays, suffix=".png", **save) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"{i}{suffix}", **save)
+    return folder
+
+
+def bad_image_folders(folder) -> dict[str, tuple[Path, str]]:
+    """Image folders every --data reader must refuse in one line. Pillow reads a file by
+    its content, so a TIFF named .png brings modes no PNG has (32-bit "I", "F")."""
+    folder = Path(folder)
+    grey = np.zeros((8, 8), np.uint8)
+    out = {"one_image": (_images(folder / "one_image", [grey]), r"1 image in the folder"),
+           "mode_F": (_images(folder / "mode_F", [grey.astype(np.float32)] * 2,
+                              format="TIFF"), r"image mode 'F'"),
+           "mode_I": (_images(folder / "mode_I", [grey.astype(np.int32)] * 2,
+                              format="TIFF"), r"image mode 'I'")}
+    (folder / "empty").mkdir()
+    out["empty"] = (folder / "empty", r"no images")
+    damaged = _images(folder / "damaged", [grey, grey])
+    (damaged / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    out["damaged"] = (damaged, r"cannot read image")
+    return out
+
+
+def _folder(path: Path, files: dict) -> Path:
+    for name, content in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def bad_model_folders(folder) -> dict[str, dict[str, tuple[Path, str]]]:
+    """{"pipelines": ...} for sample --model diffusers:DIR, {"vaes": ...} for encode --vae."""
+    folder = Path(folder)
+    unet = {"_class_name": "UNet2DModel", "sample_size": 8}
+    pipes = {
+        "no_index": (_folder(folder / "p_no_index", {"unet/config.json": unet}),
+                     r"not a diffusers pipeline folder"),
+        "index_not_json": (_folder(folder / "p_bad_index", {"model_index.json": "{unet"}),
+                           r"model_index.json is not readable JSON"),
+        "index_wrong_class": (_folder(folder / "p_wrong", {
+            "model_index.json": {"_class_name": "DDPMPipeline",
+                                 "unet": ["diffusers", "UNet2DConditionModel"],
+                                 "scheduler": ["diffusers", "DDPMScheduler"]},
+            "unet/config.json": unet}), r"unet/ holds a UNet2DModel, not the "
+                                         r"UNet2DConditionModel"),
+    }
+    vaes = {"unet_as_vae": (_folder(folder / "v_unet", {"config.json": unet}),
+                            r"holds a UNet2DModel, not the AutoencoderKL"),
+            "missing": (folder / "v_missing", r"no such folder")}
+    return {"pipelines": pipes, "vaes": vaes}
+
+
+def bad_decompose_files(folder) -> dict[str, tuple[Path, str, bool]]:
+    """Trajectory files decompose must refuse: {name: (path, regex, pass --model?)}. The
+    files are valid format v1 (inspect reads them); what they lack is what re-running needs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    full = {"name": "euler", "steps": S, "t_max": 1.0, "t_min": 0.0}
+    model = {"data": {"name": "gmm", "dim": 16}}
+    cases = {
+        "no_model_path": (model, full, r"does not say which model", False),
+        "model_gone": ({**model, "path": str(folder / "gone.pt")}, full,
+                       r"gone.pt is not a checkpoint file here", False),
+        "sampler_keys_missing": (model, {"name": "euler", "steps": S}, r"lack \['t_max'", True),
+        "sampler_disagrees": (model, {**full, "steps": 7}, r"7 steps\) disagree with the 5",
+                              True),
+        "sampler_foreign": (model, {**full, "name": "DDIMScheduler"},
+                            r"this run's sampler is 'DDIMScheduler'", True),
+    }
+    out = {}
+    for name, (m, sampler, expect, pass_model) in cases.items():
+        def mutate(g, a, m=m, sampler=sampler):
+            g.attrs["model"] = json.dumps(m)
+            g.attrs["sampler"] = json.dumps(sampler)
+        path = write_good(folder / f"{name}.h5", mutate=mutate, dim=16, data_dim=16)
+        out[name] = (path, expect, pass_model)
+    out["other_shape"] = (write_good(folder / "other_shape.h5", mutate=lambda g, a: g.attrs.
+                                     __setitem__("sampler", json.dumps(full))),
+                          r"states have shape \(8,\), but the model reads \(16,\)", True)
+    return out
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/bad")
     for name, (path, case) in build(target).items():

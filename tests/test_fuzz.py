@@ -12,6 +12,7 @@ docs/trajectory-format.md).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -378,3 +379,56 @@ def test_estimates_reader_long(spec):
 @given(st.floats(0, 1, exclude_max=True))
 def test_truncated_anywhere_long(cut):
     check_truncated(cut)
+
+
+
+# -- the option parsers: any string is a spec or one NoiseshiftError (issue 21) -------------
+
+PARSERS = settings(FAST, max_examples=int(os.environ.get("PARSER_EXAMPLES", 60)))
+SPEC_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.builds("{}{}{}".format, st.sampled_from(["", "latents:", "photos:", "gmm:", "./",
+                                                 "/", "digits", "x.npz", "x.h5:"]),
+              st.text(max_size=12), st.sampled_from(["", ".npy", ".h5:x", ":k", "/"])))
+
+
+@PARSERS
+@given(SPEC_TEXT, st.one_of(st.none(), st.integers(-5, 2000)))
+def test_data_spec_parser_gives_a_spec_or_one_error(text, size):
+    from noiseshift.data import parse_data_spec
+    from noiseshift.errors import NoiseshiftError
+
+    try:
+        spec = parse_data_spec(text, size=size)
+    except NoiseshiftError as e:
+        assert "\n" not in str(e).strip()
+        return
+    assert isinstance(spec, dict) and spec["name"]
+    json.dumps(spec)
+
+
+DDIM_KEYS = ["num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+             "trained_betas", "clip_sample", "set_alpha_to_one", "steps_offset",
+             "prediction_type", "thresholding", "timestep_spacing", "rescale_betas_zero_snr"]
+JSON_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 1200),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+                       st.lists(st.floats(-1, 2), max_size=3))
+CONFIG_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.dictionaries(st.sampled_from(DDIM_KEYS), JSON_VALUE, max_size=4).map(json.dumps),
+    st.lists(st.integers(), max_size=2).map(json.dumps))
+
+
+@PARSERS
+@given(CONFIG_TEXT, st.sampled_from(["DDIMScheduler", "EulerDiscreteScheduler",
+                                     "FlowMatchEulerDiscreteScheduler"]),
+       st.integers(-2, 1100))
+def test_scheduler_config_parser_gives_a_scheduler_or_one_error(text, name, steps):
+    pytest.importorskip("diffusers")
+    from noiseshift.errors import NoiseshiftError
+    from noiseshift.integrations.audit_diffusers import build_scheduler, check_scheduler
+
+    try:
+        check_scheduler(build_scheduler(name, None, text), steps)
+    except NoiseshiftError as e:
+        assert "\n" not in str(e).strip()

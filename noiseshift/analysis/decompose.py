@@ -41,7 +41,8 @@ from .statistics import N_BOOT
 PARTS = ("total", "sampler", "network")
 ORDERS = {"euler": 1, "ddim": 1, "euler-maruyama": 1, "heun": 2}
 
-__all__ = ["Decomposition", "PARTS", "decompose_run", "dominance", "regenerate"]
+__all__ = ["Decomposition", "PARTS", "check_settings", "decompose_run", "dominance",
+           "regenerate"]
 
 
 @dataclass
@@ -75,7 +76,8 @@ class _KeptDraws:
 
 
 def _split(settings: dict) -> tuple[str, int, np.ndarray, dict]:
-    kw = {k: v for k, v in settings.items() if k not in ("name", "steps", "t_max", "t_min")}
+    kw = {k: v for k, v in settings.items()
+          if k not in ("name", "steps", "t_max", "t_min", "recorded")}
     ts = timesteps(settings["steps"], settings["t_max"], settings["t_min"]).numpy()
     name = settings["name"]
     stochastic = name == "euler-maruyama" or (name == "ddim" and kw.get("eta", 0.0) > 0)
@@ -92,11 +94,43 @@ def _keep_every(k: int, states: list):
     return keep
 
 
+def _recorded(settings: dict, n: int) -> tuple[int, int]:
+    """(samples the run drew, every how many steps it recorded): a run recorded with
+    --record-n / --record-every holds the first samples and every k-th step only."""
+    rec = settings.get("recorded") or {}
+    return int(rec.get("n", n)), int(rec.get("every", 1))
+
+
+def check_settings(settings, run) -> None:
+    """Refuse, in one line, sampler settings decompose cannot re-run: from another writer,
+    with keys missing, or disagreeing with the steps the file holds."""
+    if not isinstance(settings, dict) or settings.get("name") not in ORDERS:
+        name = settings.get("name") if isinstance(settings, dict) else settings
+        raise NoiseshiftError(f"decompose re-runs the built-in samplers ({', '.join(ORDERS)});"
+                              f" this run's sampler is {name!r}", run.path)
+    missing = [k for k in ("steps", "t_max", "t_min") if k not in settings]
+    if missing:
+        raise NoiseshiftError(f"the run's sampler settings lack {missing}: not a run noiseshift "
+                              f"can re-generate", run.path)
+    try:
+        ts = timesteps(int(settings["steps"]), float(settings["t_max"]),
+                       float(settings["t_min"])).numpy()[:-1]
+        every = _recorded(settings, run.n)[1]
+    except (TypeError, ValueError):
+        raise NoiseshiftError("the run's sampler settings are not numbers", run.path) from None
+    t = np.asarray(run.t, dtype=np.float64)
+    if every < 1 or len(ts[::every]) != len(t) or not np.allclose(ts[::every], t, atol=1e-6):
+        raise NoiseshiftError(f"the run's sampler settings ({settings['steps']} steps) disagree "
+                              f"with the {len(t)} steps the file holds", run.path)
+
+
 @torch.no_grad()
 def regenerate(model, settings: dict, seed: int, n: int, shape, labels=None):
     """The run re-generated from its seed as `sampling.sample` draws it: (x_T, states (S, N,
-    ...), standard normal draws per step or None for a deterministic sampler)."""
+    ...) at the recorded steps, standard normal draws per step or None for a deterministic
+    sampler)."""
     name, _, ts, kw = _split(settings)
+    drawn, every = _recorded(settings, n)
     if isinstance(model, torch.nn.Module):
         model.eval()
     noise = IndexedNoise(seed, range(n), shape, torch.device("cpu"))
@@ -104,8 +138,8 @@ def regenerate(model, settings: dict, seed: int, n: int, shape, labels=None):
     draws = _KeptDraws(noise) if name == "euler-maruyama" else None
     states: list = []
     extra = {"noise_sampler": draws} if draws is not None else {}
-    get_sampler(name)(Blocked(model, sample_block(n)), x_T.clone(), torch.as_tensor(ts),
-                      y=labels, callback=_keep_every(1, states), **kw, **extra)
+    get_sampler(name)(Blocked(model, sample_block(drawn)), x_T.clone(), torch.as_tensor(ts),
+                      y=labels, callback=_keep_every(every, states), **kw, **extra)
     return x_T, torch.stack(states), None if draws is None else draws.draws
 
 
@@ -124,11 +158,11 @@ def fine_states(model, settings: dict, x_T, draws, k: int, labels=None, seed: in
         states, _ = reference_trajectory(model, x_T.clone(), ts, fine, y=labels,
                                          diffusion=kw.get("diffusion", 2.0),
                                          final_denoise=kw.get("final_denoise", True))
-        return states
+        return states[::_recorded(settings, 0)[1]]
     states: list = []
     get_sampler(name)(model, x_T.clone(), fine_grid(ts, k), y=labels,
                       callback=_keep_every(k, states), **kw)
-    return torch.stack(states[:steps])
+    return torch.stack(states[:steps])[::_recorded(settings, 0)[1]]
 
 
 def decompose_run(model, run, meter, data, *, k: int = 8, n_boot: int = N_BOOT,
@@ -138,9 +172,14 @@ def decompose_run(model, run, meter, data, *, k: int = 8, n_boot: int = N_BOOT,
     states of `data`; `order` (default `ORDERS` of the run's sampler) sets the
     extrapolation of the parts to infinitely many steps."""
     settings, run_seed = run.attrs["sampler"], run.attrs["seed"]
-    if run_seed is None or "name" not in settings:
+    if run_seed is None or not settings:
         raise NoiseshiftError("the run has no seed or sampler settings to re-generate it from",
                               run.path)
+    check_settings(settings, run)
+    shape = (getattr(model, "config", None) or {}).get("shape")
+    if shape is not None and tuple(shape) != tuple(run.shape):
+        raise NoiseshiftError(f"the run's states have shape {tuple(run.shape)}, but the model "
+                              f"reads {tuple(shape)}: another model made this run", run.path)
     if (run.attrs.get("guidance") or {}).get("kind", "none") != "none":
         raise NoiseshiftError("decompose re-runs the model alone: pick an unguided run",
                               run.path)

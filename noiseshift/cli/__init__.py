@@ -10,6 +10,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 
 from rich.markup import escape
 
@@ -58,6 +59,14 @@ def _start_distributed(argv: list[str]) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
 
 
+def _wait_for_rank_0(seconds: float = 3.0) -> None:
+    """Under torchrun every rank meets the same mistake in the input: rank 0 says it and
+    exits 2, torchrun then stops the other ranks, which exit 2 too. A rank still running
+    after `seconds` met a mistake of its own, and says it."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
+    time.sleep(seconds)
+
+
 def main() -> None:
     """Console entry point: a user mistake is one line on stderr and exit 2."""
     try:
@@ -65,8 +74,14 @@ def main() -> None:
             _start_distributed(sys.argv[1:])
         app()
     except NoiseshiftError as e:
+        if distributed.env_world()[0]:
+            _wait_for_rank_0()
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False,
                           soft_wrap=True)
+        if distributed.launched():  # destroying the group would wait for the other ranks
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

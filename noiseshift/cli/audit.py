@@ -12,6 +12,7 @@ from ..data import load_data
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS, N_BOOT
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
+from ..io.paths import refuse_overwriting_inputs
 from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
 from .common import app, console, fail, print_json
 
@@ -64,6 +65,7 @@ def audit_command(
     `noiseshift audit --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`.
     """
     try:
+        refuse_overwriting_inputs(out if plot else None, data)
         results = _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing,
                        scheduler_config, data, components, rank, n, seed, bootstrap)
         conv = convergence(results) if len(results) > 1 else None
@@ -78,12 +80,33 @@ def audit_command(
     _print(results, conv, per_step, fig)
 
 
-def _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing, config, data,
-         components, rank, n, seed, bootstrap):
+def _step_counts(steps: str) -> list[int]:
     try:
         counts = [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:
         raise NoiseshiftError(f"--steps must be integers, got {steps!r}") from None
+    if not counts or min(counts) < 1:
+        raise NoiseshiftError(f"--steps must be positive integers (8 or 8,16,32), got "
+                              f"{steps!r}")
+    return counts
+
+
+def _refuse_unused(scheduler, spacing, config, diffusion, eta) -> None:
+    """Options of the other kind of audit are refused, not ignored."""
+    mine, other = (("--diffusion", diffusion), ("--eta", eta)), (("--spacing", spacing),
+                                                                 ("--scheduler-config", config))
+    unused = [k for k, v in (mine if scheduler is not None else other) if v is not None]
+    if unused:
+        raise NoiseshiftError(f"{' and '.join(unused)} mean{'s' if len(unused) == 1 else ''} "
+                              f"nothing "
+                              + ("with --scheduler" if scheduler is not None else
+                                 "without --scheduler diffusers:CLASS"))
+
+
+def _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing, config, data,
+         components, rank, n, seed, bootstrap):
+    counts = _step_counts(steps)
+    _refuse_unused(scheduler, spacing, config, diffusion, eta)
     mix = default_mixture() if data is None else fit_mixture(load_data(data), components,
                                                              rank, seed)
     if scheduler is not None:

@@ -17,6 +17,7 @@ from ..data import load_data
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
 from ..io import open_trajectories
+from ..io.paths import refuse_overwriting_inputs
 from ..pretrained import get_estimator
 from ..report.audit import decomposition_figure, decomposition_rich
 from .common import app, console, denoiser_with_progress, fail, print_json
@@ -51,9 +52,10 @@ def decompose_command(
     Example: `noiseshift sample --n 256`, then `noiseshift decompose --plot`.
     """
     try:
+        refuse_overwriting_inputs(out if plot else None, file, model, estimator)
         r = open_trajectories(file).run(run)
         info = r.attrs.get("model") or {}
-        path = model or (None if info.get("path", "default") == "default" else info["path"])
+        path = model or _model_path(info, file)
         net = denoiser_with_progress(path, "cpu", json_out)
         spec = info.get("data") or (getattr(net, "config", {}) or {}).get("data")
         if spec is None:
@@ -75,3 +77,20 @@ def decompose_command(
     console.print(dec.sentence, highlight=False)
     if fig is not None:
         console.print(f"wrote [bold]{fig}[/]")
+
+
+def _model_path(info, file) -> str | None:
+    """The checkpoint the run records (None: the built-in default); a run that names none,
+    or one that is gone, is refused rather than re-run with another model."""
+    path = info.get("path") if isinstance(info, dict) else None
+    if path == "default":
+        return None
+    if not path:
+        raise NoiseshiftError("the run does not say which model made it; pass --model", file)
+    if Path(path).is_dir():
+        raise NoiseshiftError(f"the run was made by the pipeline folder {path}; decompose "
+                              f"re-runs noiseshift checkpoints only", file)
+    if not Path(path).is_file():
+        raise NoiseshiftError(f"the run's model {path} is not a checkpoint file here; pass "
+                              f"--model", file)
+    return str(path)

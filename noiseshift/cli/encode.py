@@ -8,6 +8,7 @@ import typer
 
 from ..data import load_data
 from ..integrations.encode import encode_latents
+from ..io.paths import check_output_file, refuse_overwriting_inputs
 from .common import app, console, data_option, data_spec, print_json, progress, size_option
 
 
@@ -31,6 +32,8 @@ def encode_command(
     Example: `noiseshift encode --vae sd-vae/ --data images/ --size 256 --out latents.h5`,
     then `noiseshift train-estimator --data latents:latents.h5 --out est.pt`.
     """
+    check_output_file(out)
+    refuse_overwriting_inputs(out, vae, data)
     dataset = load_data(data_spec(data, size))
     with progress(json_out) as p:
         task = p.add_task(f"encoding {len(dataset)} images", total=len(dataset))

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..estimation import estimate_file, overall
+from ..io.paths import refuse_overwriting_inputs
 from .common import (
     app,
     console,
@@ -60,6 +61,7 @@ def estimate_command(
 
     Example: `noiseshift estimate trajectories.h5 -e learned -e subspace`.
     """
+    refuse_overwriting_inputs(out, file, *estimator, data)
     # The bar opens on the first report, so a mistake found up front stays one line.
     with ExitStack() as stack:
         bars: dict = {}

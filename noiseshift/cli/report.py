@@ -9,6 +9,7 @@ import typer
 from ..data import load_data
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
+from ..io.paths import refuse_overwriting_inputs
 from ..report import build_report, write_report
 from ..report.tables import report_tables
 from ..report.text import metric_names
@@ -57,6 +58,7 @@ def report_command(
     `noiseshift report --plot`.
     """
     try:
+        refuse_overwriting_inputs(out, file, estimates, data)
         dataset = None if data is None else load_data(data_spec(data, size))
         rep, md = _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality,
                         json_out, dataset)

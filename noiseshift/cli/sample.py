@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
 from ..errors import NoiseshiftError
@@ -23,6 +24,7 @@ from ..integrations.pipeline_runs import (
     refuse_diffusers_options,
 )
 from ..io.images import save_grid
+from ..io.paths import refuse_overwriting_inputs
 from ..pretrained import estimator_for
 from ..recording import SamplerBackend, describe_model, record_with_baseline
 from ..runspec import RunSpec
@@ -188,6 +190,8 @@ def sample_command(
 
     Example: `noiseshift sample --sampler euler-maruyama --steps 32 --record traj.h5`.
     """
+    refuse_overwriting_inputs([None if no_record else record or DEFAULT_RECORD, grid], model,
+                              data, estimator)
     path = None if no_record else Path(record or DEFAULT_RECORD)
     if grid is not None and grid.suffix.lower() != ".png":
         raise NoiseshiftError("--grid needs a .png file name", grid)
@@ -272,6 +276,8 @@ def _summary(spec: RunSpec, backend, rec, path, grid) -> dict:
 def _model_info(net, source, data, size) -> dict:
     """The run's `model` attribute; --data, when given, names the data there."""
     info = describe_model(net, source)
+    if data is not None:  # NaN or unreadable data fail here, not in a later command
+        load_data(data_spec(data, size))
     return info if data is None else {**info, "data": data_spec(data, size)}
 
 

@@ -11,6 +11,7 @@ from ..data import load_data
 from ..defaults import DEFAULT_DENOISER, DEFAULT_SCHEDULE
 from ..distributed import is_main
 from ..errors import NoiseshiftError
+from ..io.paths import refuse_overwriting_inputs
 from ..io.schedules import schedule_from
 from ..models import describe, save_model
 from ..runtime import resolve_device
@@ -75,6 +76,7 @@ def train_command(
     `noiseshift sample --model model.pt`.
     """
     dataset = load_data(data_spec(data, size or side, dim))
+    refuse_overwriting_inputs(out, dataset.spec, schedule)
     if out.exists() and out.is_dir():
         raise NoiseshiftError("is a folder; --out needs a file name", out)
     state = state_path(out)

@@ -14,6 +14,7 @@ from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..estimators import LearnedEstimator
 from ..estimators.accuracy import compare
+from ..io.paths import refuse_overwriting_inputs
 from ..io.schedules import schedule_from
 from ..runtime import resolve_device
 from .common import (
@@ -67,6 +68,7 @@ def train_estimator_command(
     `noiseshift estimate trajectories.h5 --estimator est.pt`.
     """
     dataset = load_data(data_spec(data, size or side, dim))
+    refuse_overwriting_inputs(out, dataset.spec, schedule)
     schedule = schedule_from(schedule)
     if out.exists() and out.is_dir():
         raise NoiseshiftError("is a folder; --out needs a file name", out)

@@ -28,8 +28,8 @@ def load_digits(side: int = 16) -> Dataset:
     its basis rides along for the subspace oracle.
     """
 
-    if side < 8:
-        raise NoiseshiftError(f"digits side must be at least 8, got {side}")
+    if not 8 <= side <= 256:  # 1797 images at side 256 are 470 MB already
+        raise NoiseshiftError(f"digits side must be in 8..256, got {side}")
     d = sk_digits()
     images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
     x = upsample(images, side)
@@ -81,6 +81,6 @@ def load_photos(size: int = 32, split: str = "train", stride: int | None = None)
     x = torch.from_numpy(np.concatenate(xs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return Dataset(
         x=x.contiguous(), labels=torch.from_numpy(np.concatenate(ys)).long(),
-        spec={"name": "photos", "size": size, "split": split}, num_classes=2,
+        spec={"name": "photos", "side": size, "split": split}, num_classes=2,
         info={"stride": stride},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import h5py
@@ -73,20 +74,44 @@ def _load(path, key):
         raise NoiseshiftError(f"cannot read data ({type(e).__name__}: {e})", path) from e
 
 
-def _dataset(arr, labels, path, spec: dict, info: dict | None = None) -> Dataset:
-    if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3, 4) or arr.shape[0] < 2:
+def _as_float32(arr, path) -> np.ndarray:
+    """The array in the working dtype (native byte order), refused unless it is real, of
+    rank 2-4, N >= 2 and non-empty in every dimension, and finite after the cast (a float64
+    1e300 is finite, and Inf in float32)."""
+    shape = getattr(arr, "shape", ())
+    if arr.dtype.kind not in "fiu" or len(shape) not in (2, 3, 4) or shape[0] < 2 or \
+            0 in shape:
         raise NoiseshiftError(
-            f"expected a real array of shape (N, d), (N, H, W) or (N, C, H, W) with N >= 2, "
-            f"got {arr.dtype} {arr.shape} (rank {arr.ndim})", path)
-    check_finite(arr, path)
-    x = torch.tensor(arr, dtype=torch.float32)
+            f"expected a real array of shape (N, d), (N, H, W) or (N, C, H, W) with N >= 2 "
+            f"and no empty dimension, got {arr.dtype} {shape} (rank {len(shape)})", path)
+    with np.errstate(over="ignore"):  # an overflow is an Inf, which the next line names
+        x = np.asarray(arr, dtype=np.float32)
+    check_finite(x, path, "data (as float32)")
+    return x
+
+
+def _labels(labels, n: int, path) -> torch.Tensor | None:
+    """Class labels as int64 (N,): integers >= 0, or floats holding integers."""
+    if labels is None:
+        return None
+    lab = np.asarray(labels)
+    if lab.ndim == 2 and lab.shape[1] == 1:  # a column of labels
+        lab = lab[:, 0]
+    if lab.dtype.kind == "f" and np.isfinite(lab).all() and (lab == np.round(lab)).all():
+        lab = lab.astype(np.int64)
+    if lab.dtype.kind not in "iu" or lab.ndim != 1 or (lab.size and lab.min() < 0):
+        raise NoiseshiftError(f"labels must be non-negative integers of shape (N,), got "
+                              f"{lab.dtype} {lab.shape}", path)
+    if lab.shape[0] != n:
+        raise NoiseshiftError(f"{lab.shape[0]} labels for {n} samples", path)
+    return torch.from_numpy(lab.astype(np.int64))
+
+
+def _dataset(arr, labels, path, spec: dict, info: dict | None = None) -> Dataset:
+    x = torch.from_numpy(_as_float32(arr, path))
     if x.ndim == 3:
         x = x.unsqueeze(1)
-    lab = None
-    if labels is not None:
-        lab = torch.tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
-        if lab.shape[0] != x.shape[0]:
-            raise NoiseshiftError(f"{lab.shape[0]} labels for {x.shape[0]} samples", path)
+    lab = _labels(labels, x.shape[0], path)
     return Dataset(x=x, labels=lab, spec=spec, info=info or {},
                    num_classes=0 if lab is None else int(lab.max()) + 1)
 
@@ -116,6 +141,10 @@ def load_latents(path: str | Path, key: str | None = None,
                               "attribute or npz key `scaling_factor` (noiseshift encode does)",
                               path)
     shift = attrs.get("shift_factor", shift_factor)
+    if not math.isfinite(scale) or scale == 0 or not math.isfinite(shift or 0.0):
+        raise NoiseshiftError(f"latents with scaling factor {scale} and shift {shift}: the "
+                              f"scaling factor must be finite and non-zero, the shift finite",
+                              path)
     spec = {"name": "latents", "path": str(path), "scaling_factor": float(scale)}
     if key:
         spec["key"] = key

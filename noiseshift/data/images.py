@@ -12,6 +12,13 @@ from ..errors import NoiseshiftError
 from .base import Dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: Pillow modes by how their values map to [0, 255]: 8-bit modes convert with Pillow, 16-bit
+#: greyscale is scaled (Pillow's own convert to L clips it at 255). Any other mode ("I", "F":
+#: 32-bit values with no fixed range) is refused by name.
+EIGHT_BIT = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+             "LAB", "HSV")
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+GREY = ("1", "L") + SIXTEEN_BIT
 
 
 def _pil():
@@ -48,14 +55,30 @@ def _open(path: Path, image_cls):
     try:
         with image_cls.open(path) as im:
             im.load()
-            return im.copy()
+            im = im.copy()
     except Exception as e:  # Pillow raises many types for a damaged file
         raise NoiseshiftError(f"cannot read image ({type(e).__name__}: {e})", path) from e
+    if im.mode not in EIGHT_BIT + SIXTEEN_BIT:
+        raise NoiseshiftError(f"image mode {im.mode!r} has no fixed range of values; save it "
+                              f"as 8- or 16-bit greyscale or RGB", path)
+    return im
+
+
+def _pixels(im, mode: str, size: int, image_cls) -> np.ndarray:
+    """(C, size, size) float32 in [0, 255]; 16-bit greyscale is scaled, then resized in
+    float ("F"), since converting it to "L" would clip."""
+    if im.mode in SIXTEEN_BIT:
+        a = np.asarray(im, dtype=np.float32) * (255.0 / 65535.0)
+        a = np.asarray(_square(image_cls.fromarray(a, mode="F"), size, image_cls))
+        return np.repeat(a[None], 1 if mode == "L" else 3, axis=0)
+    a = np.asarray(_square(im.convert(mode), size, image_cls), dtype=np.float32)
+    return a[None] if mode == "L" else a.transpose(2, 0, 1)
 
 
 def load_image_folder(path: str | Path, size: int = 32) -> Dataset:
     """Every PNG/JPEG/WebP under `path`, as (N, C, size, size) in [-1, 1]. C = 1 when every
-    image is greyscale, else 3 (greyscale, palette and RGBA images are converted to RGB)."""
+    image is greyscale (1-, 8- or 16-bit), else 3 (greyscale, palette and RGBA images are
+    converted to RGB). Modes without a fixed range (32-bit "I", "F") are refused by name."""
     folder = Path(path)
     if not folder.is_dir():
         raise NoiseshiftError("no such folder", folder)
@@ -63,13 +86,12 @@ def load_image_folder(path: str | Path, size: int = 32) -> Dataset:
         raise NoiseshiftError(f"--size must be in 8..1024, got {size}", folder)
     image_cls = _pil()
     files, classes = list_images(folder)
+    if len(files) < 2:
+        raise NoiseshiftError(f"{len(files)} image in the folder; training and estimating "
+                              f"need at least 2", folder)
     images = [_open(p, image_cls) for p in files]
-    grey = all(im.mode in ("1", "L", "I;16", "I", "F") for im in images)
-    mode = "L" if grey else "RGB"
-    arrs = []
-    for im in images:
-        a = np.asarray(_square(im.convert(mode), size, image_cls), dtype=np.float32)
-        arrs.append(a[None] if grey else a.transpose(2, 0, 1))
+    mode = "L" if all(im.mode in GREY for im in images) else "RGB"
+    arrs = [_pixels(im, mode, size, image_cls) for im in images]
     x = torch.from_numpy(np.stack(arrs)) / 127.5 - 1.0
     names = sorted(set(classes))
     labels, k = None, 0
@@ -77,5 +99,5 @@ def load_image_folder(path: str | Path, size: int = 32) -> Dataset:
         labels = torch.tensor([names.index(c) for c in classes], dtype=torch.int64)
         k = len(names)
     return Dataset(x=x.contiguous(), labels=labels, num_classes=k,
-                   spec={"name": "images", "path": str(folder), "size": size},
+                   spec={"name": "images", "path": str(folder), "side": size},
                    info={"classes": names if labels is not None else [], "files": len(files)})

@@ -7,7 +7,9 @@
 
 `parse_data_spec(text, size=...)` turns the text into a JSON-able dict that checkpoints and
 each run's `model` attribute store, so later commands find the data without being told;
-`load_data(spec)` loads either form.
+`load_data(spec)` loads either form. An image side is always the key "side" (`--size` on
+the command line); specs stored before that said "size" for photos and image folders, and
+`canonical_spec` reads them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from .mixture import make_gmm
 
 BUILTINS = ("digits", "gmm", "photos")
 _GMM_KEYS = ("dim", "components", "std", "seed", "n")
+#: The spec key of an image side, and the key older files stored for photos and folders.
+SIDE, OLD_SIDE = "side", "size"
+
+
+def canonical_spec(spec: dict) -> dict:
+    """A stored spec with today's keys: an old "size" becomes "side"."""
+    spec = dict(spec)
+    if OLD_SIDE in spec and spec.get("name") in ("digits", "photos", "images"):
+        spec.setdefault(SIDE, spec.pop(OLD_SIDE))
+    return spec
 
 
 def _split_key(text: str) -> tuple[str, str | None]:
@@ -35,11 +47,11 @@ def _split_key(text: str) -> tuple[str, str | None]:
 
 def _builtin(name: str, arg: str | None, size: int | None, dim: int | None) -> dict:
     if name == "digits":
-        return {"name": "digits", "side": size or 16}
+        return {"name": "digits", SIDE: size or 16}
     if name == "gmm":
         return {"name": "gmm", "dim": dim or 64, "components": 8, "std": 0.25, "seed": 0,
                 "n": 4096}
-    return {"name": "photos", "size": size or 32, "split": arg or "train"}
+    return {"name": "photos", SIDE: size or 32, "split": arg or "train"}
 
 
 def parse_data_spec(text: str | dict, *, size: int | None = None,
@@ -48,8 +60,11 @@ def parse_data_spec(text: str | dict, *, size: int | None = None,
     (digits, photos, image folders), `dim` the mixture's dimension. Paths are made absolute
     so a stored spec still finds its file from another directory."""
     if isinstance(text, dict):
-        return dict(text)
+        return canonical_spec(text)
     text = str(text).strip()
+    if not text:  # Path("") is the current folder: every image under it would be read
+        raise NoiseshiftError("--data is empty: give a built-in name, an array file, an "
+                              "image folder or latents:PATH")
     name, _, arg = text.partition(":")
     if name in BUILTINS and (not arg or name == "photos"):
         return _builtin(name, arg or None, size, dim)
@@ -57,12 +72,21 @@ def parse_data_spec(text: str | dict, *, size: int | None = None,
         if not arg:
             raise NoiseshiftError("latents:PATH needs a path, e.g. latents:latents.h5")
         path, key = _split_key(arg)
+        if "\0" in path:
+            raise NoiseshiftError("latents:PATH holds a NUL byte")
         spec = {"name": "latents", "path": str(Path(path).resolve())}
         return {**spec, "key": key} if key else spec
+    try:
+        return _path_spec(text, size)
+    except (OSError, ValueError, RuntimeError) as e:  # NUL, too long a name, a symlink loop
+        raise NoiseshiftError(f"--data {text[:60]!r} is not a usable path ({e})") from None
+
+
+def _path_spec(text: str, size: int | None) -> dict:
     path, key = _split_key(text)
     p = Path(path)
     if p.is_dir():
-        return {"name": "images", "path": str(p.resolve()), "size": size or 32}
+        return {"name": "images", "path": str(p.resolve()), SIDE: size or 32}
     if p.suffix.lower() in ARRAY_SUFFIXES:
         if not p.exists():
             raise NoiseshiftError("no such file", p)
@@ -78,20 +102,19 @@ def parse_data_spec(text: str | dict, *, size: int | None = None,
 
 
 def load_data(spec: str | dict = "digits", **options) -> Dataset:
-    """A dataset from a spec dict (as stored) or a `--data` string; keyword options (side,
-    dim, size, ...) override the spec's."""
-    if not isinstance(spec, dict):
-        spec = parse_data_spec(spec, size=options.get("size") or options.get("side"),
-                               dim=options.get("dim"))
+    """A dataset from a spec dict (as stored, old keys too) or a `--data` string; keyword
+    options (side or size, dim, ...) override the spec's."""
+    side = options.pop(OLD_SIDE, None) or options.pop(SIDE, None)
+    spec = parse_data_spec(spec, size=side, dim=options.get("dim"))
     opts = {**{k: v for k, v in spec.items() if k != "name"},
-            **{k: v for k, v in options.items() if v is not None}}
+            **{k: v for k, v in {**options, SIDE: side}.items() if v is not None}}
     name = spec.get("name")
     if name == "digits":
-        return load_digits(side=opts.get("side", opts.get("size", 16)))
+        return load_digits(side=opts.get(SIDE, 16))
     if name == "gmm":
         return make_gmm(**{k: v for k, v in opts.items() if k in _GMM_KEYS})
     if name == "photos":
-        return load_photos(size=opts.get("size", 32), split=opts.get("split", "train"),
+        return load_photos(size=opts.get(SIDE, 32), split=opts.get("split", "train"),
                            stride=opts.get("stride"))
     if name == "file":
         return load_array(opts["path"], opts.get("key"))
@@ -99,7 +122,7 @@ def load_data(spec: str | dict = "digits", **options) -> Dataset:
         return load_latents(opts["path"], opts.get("key"), opts.get("scaling_factor"),
                             opts.get("shift_factor"))
     if name == "images":
-        return load_image_folder(opts["path"], size=opts.get("size", 32))
+        return load_image_folder(opts["path"], size=opts.get(SIDE, 32))
     raise NoiseshiftError(f"unknown data {name!r} in a stored spec: use one of "
                           f"{', '.join(BUILTINS)}, file, images or latents")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import warnings
 from pathlib import Path
 
@@ -312,8 +313,8 @@ def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None =
     if not (folder / "model_index.json").is_file():
         raise NoiseshiftError("not a diffusers pipeline folder (no model_index.json; save one "
                               "with pipe.save_pretrained(DIR))", folder)
-    # Without accelerate, say so to diffusers rather than have it warn on every load.
-    kw = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+    _check_components(folder)
+    kw = quiet_load_kwargs()
     bar = diffusers.utils.logging.is_progress_bar_enabled()
     if not progress:
         diffusers.utils.logging.disable_progress_bar()
@@ -335,6 +336,36 @@ def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None =
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def quiet_load_kwargs() -> dict:
+    """from_pretrained keywords: without accelerate, say so to diffusers rather than have it
+    warn (five lines) on every load."""
+    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+
+
+def check_saved_class(config_file: Path, want: str, folder) -> None:
+    """Refuse a saved component whose config.json names another class than `want` (diffusers
+    would build `want` from it with random weights, or fail deep inside sampling)."""
+    try:
+        got = json.loads(Path(config_file).read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return  # missing or damaged: diffusers' own load says so in one line
+    if got and got != want:
+        raise NoiseshiftError(f"{Path(config_file).parent.name}/ holds a {got}, not the "
+                              f"{want} expected here", folder)
+
+
+def _check_components(folder: Path) -> None:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise NoiseshiftError(f"model_index.json is not readable JSON ({e})", folder) from None
+    if not isinstance(index, dict):
+        raise NoiseshiftError("model_index.json is not a JSON object", folder)
+    for name, entry in index.items():
+        if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+            check_saved_class(folder / name / "config.json", entry[1], folder)
 
 
 def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):

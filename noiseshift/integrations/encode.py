@@ -23,6 +23,7 @@ from ..errors import NoiseshiftError
 from ..io import atomic_path
 from ..runtime import resolve_device
 from . import require
+from .diffusers import check_saved_class, quiet_load_kwargs
 
 
 def load_vae(path, device="cpu"):
@@ -34,8 +35,9 @@ def load_vae(path, device="cpu"):
         raise NoiseshiftError("no such folder (a diffusers AutoencoderKL saved with "
                               "save_pretrained)", path)
     sub = "vae" if (path / "vae" / "config.json").exists() else None
+    check_saved_class(path / (sub or "") / "config.json", "AutoencoderKL", path)
     try:
-        vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder=sub)
+        vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder=sub, **quiet_load_kwargs())
     except Exception as e:  # diffusers raises many types for a wrong folder
         raise NoiseshiftError(f"cannot load an AutoencoderKL ({type(e).__name__}: "
                               f"{str(e).splitlines()[0]})", path) from e

@@ -8,12 +8,19 @@ final path, so the merged run gets exactly the writer's guarantees: its structur
 at the final path by an atomic rename, every later step is committed, and ``complete`` is
 set last. A crash before the merge leaves the final path untouched; a crash during it
 leaves a run that says ``complete = False`` (what tests/test_kill.py promises of any
-writer). The shard files are removed after the merge.
+writer). The shard files are removed after the merge, and by every rank on the way out.
+
+A rank killed outright (SIGKILL, out of memory) cannot remove its own: its shard names carry
+the host and process id (``.NAME.<hex>.rank<r>.<host>-<pid>.shard.h5``), and the next run
+with the same output removes those whose process is gone from this host (`stale_shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +31,39 @@ from .trajectories import open_trajectories
 from .writer import TrajectoryWriter
 
 __all__ = ["merge_shards", "new_shard_path", "read_samples_shard", "remove_shards",
-           "save_samples_shard"]
+           "save_samples_shard", "stale_shards"]
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def stale_shards(path) -> list[Path]:
+    """Shard files beside ``path`` (and the temporary files beside them) left by ranks of
+    an earlier run on this host whose process no longer exists."""
+    path = Path(path)
+    tag = re.compile(r"\.rank\d+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.")
+    out = []
+    for p in path.parent.glob(f".*{path.name}.*.rank*"):
+        m = tag.search(p.name)
+        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+            out.append(p)
+    return sorted(out)
 
 
 def new_shard_path(path, rank: int, what: str = "shard.h5") -> Path:
-    """A fresh hidden name beside ``path`` for rank ``rank``'s shard (nothing there yet)."""
-    tmp = sibling_temp(path, f"rank{rank}.{what}")
+    """A fresh hidden name beside ``path`` for rank ``rank``'s shard (nothing there yet),
+    tagged with this host and process; stale shards of dead processes go first."""
+    remove_shards(stale_shards(path))
+    tmp = sibling_temp(path, f"rank{rank}.{_HOST}-{os.getpid()}.{what}")
     tmp.unlink()
     return tmp
 
