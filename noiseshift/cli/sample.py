@@ -16,7 +16,13 @@ from rich.table import Table
 from ..defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
 from ..errors import NoiseshiftError
-from ..guidance import DEFAULT_NAG_MODE, NAG_MODES, GuidanceWarning, build_guidance
+from ..guidance import (
+    DEFAULT_NAG_MODE,
+    GuidanceWarning,
+    build_guidance,
+    modes_help,
+    scale_help,
+)
 from ..integrations.pipeline_runs import (
     is_diffusers,
     refuse_diffusers_options,
@@ -40,17 +46,7 @@ from .common import (
 )
 
 DEFAULT_RECORD = "trajectories.h5"
-NAG_MODE_HELP = (
-    f"One of {', '.join(NAG_MODES)}; default {DEFAULT_NAG_MODE}. estimator-step: a damped "
-    "Newton step on a noise-level estimator's reading of the state, along the predicted "
-    "noise (w / (1 + w) of the step that brings the reading back to that of true states; "
-    "any model); estimator-noise: w times the part of grad log p(t|x), from the estimator, "
-    "along the predicted noise; estimator: the whole gradient (edits content too); "
-    "estimator-reading: the gradient of a Gaussian likelihood of the reading (capped); cf: "
-    "classifier-free, (w+1) v(x|t) - w v(x|null t), as published (needs a model trained "
-    "with --t-dropout); cf-read: the null-t branch read at the estimator's t'; "
-    "cf-read-control: the conditional branch read there (no null-t branch); cf-calibrated "
-    "(-control): the same at the calibrated reading, capped.")
+NAG_MODE_HELP = modes_help()
 
 
 def guided_model(model, **options):
@@ -133,8 +129,7 @@ def sample_command(
                              "sampler noise: the same seed gives the same samples."),
     class_: int = typer.Option(None, "--class", help="Class label for every sample; "
                                "default: labels drawn from the seed."),
-    nag_scale: float = typer.Option(0.0, "--nag-scale", help="Noise-level guidance (NAG) "
-                                    "scale w; 0 = off."),
+    nag_scale: float = typer.Option(0.0, "--nag-scale", help=scale_help()),
     nag_mode: str = typer.Option(DEFAULT_NAG_MODE, "--nag-mode", help=NAG_MODE_HELP),
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance on "
                                     "the class: v + w (v(x|c) - v(x|null c)); 0 = off."),

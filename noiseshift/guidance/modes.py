@@ -89,7 +89,7 @@ def parse_mode(name: str) -> ModeSpec:
 def modes_help() -> str:
     """`--nag-mode`'s help: every mode, what it does, and the default."""
     rows = "; ".join(f"{m}: {s.summary}" for m, s in MODES.items())
-    return f"One of {', '.join(MODES)}; default {DEFAULT_NAG_MODE}. {rows}."
+    return f"Default {DEFAULT_NAG_MODE}. {rows}."
 
 
 def scale_help() -> str:
