@@ -7,7 +7,8 @@ change with ``--save``, once after with ``--compare``:
     python bench/mode_outputs.py --compare /tmp/modes-before.pt
 
 Each case (every mode, with and without CFG, and with an interval and eps scaling) is one
-forward pass at rows spread over t in [0, 1], one 4-step Euler-Maruyama run and the
+forward pass at rows spread over t in [0, 1] (with CFG, also on 360 rows, more than one
+model call holds), one 4-step Euler-Maruyama run and the
 guidance dict (as JSON), on a UNet (with null-t and null-class tokens) and a learned
 estimator, both trained for a few steps on smooth random fields.
 """
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from noiseshift.data import Dataset
 from noiseshift.estimators import LearnedEstimator
-from noiseshift.guidance import MODES, build_guidance
+from noiseshift.guidance import MODES, ClassifierFreeGuidance, build_guidance
 from noiseshift.sampling import sample
 from noiseshift.schedules import get_schedule
 from noiseshift.training import train_denoiser
@@ -72,6 +73,7 @@ def cases():
 
 def outputs(model, estimator) -> dict:
     x, t = states()
+    g = torch.Generator().manual_seed(2)
     y = torch.arange(len(T_ROWS)) % 10
     out = {}
     for name, kw in cases():
@@ -81,6 +83,11 @@ def outputs(model, estimator) -> dict:
             out[f"{name}/forward"] = guided(x, t, y)
         out[f"{name}/sample"] = sample(guided, 6, sampler="euler-maruyama", steps=4, seed=3,
                                        y=torch.arange(6) % 10)
+        if "+cfg" in name and isinstance(guided, ClassifierFreeGuidance):
+            # Enough rows that the stacked branches outgrow one model call.
+            big = x.repeat(40, 1, 1, 1) + 0.01 * torch.randn(360, *SHAPE, generator=g)
+            with torch.no_grad():
+                out[f"{name}/forward-360"] = guided(big, t.repeat(40), y.repeat(40))
     return out
 
 

@@ -15,6 +15,7 @@ from noiseshift.guidance import (
     MODES,
     ClassifierFreeGuidance,
     build_guidance,
+    classifier_free,
     parse_mode,
 )
 from noiseshift.integrations.guided import OutputGuidance
@@ -137,3 +138,21 @@ def test_sample_help_lists_every_mode_and_what_its_scale_means():
         assert f"{mode}: {spec.summary}" in text
         assert spec.scale in text
     assert "w/(1+w)" in text
+
+
+def test_stacked_branches_run_in_blocks_bit_for_bit(monkeypatch):
+    """CFG + cf NAG on more rows than one call holds: every model call stays within
+    BRANCH_BLOCK rows, and the output is the one-call output bit for bit."""
+    model, sizes = _net(0.3), []
+    model.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    guided, _ = build_guidance(model, nag_scale=1.0, nag_mode="cf", cfg_scale=2.0)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(200, *SHAPE, generator=g)
+    t = torch.rand(200, generator=g, dtype=torch.float64) * 0.8
+    y = torch.randint(3, (200,), generator=g)
+    with torch.no_grad():
+        blocked = guided(x, t, y)
+        assert sizes == [256, 256, 88]
+        monkeypatch.setattr(classifier_free, "BRANCH_BLOCK", 10_000)
+        assert torch.equal(blocked, guided(x, t, y))
+    assert sizes[3:] == [600]
