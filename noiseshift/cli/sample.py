@@ -21,6 +21,7 @@ from ..guidance import (
     GuidanceWarning,
     build_guidance,
     modes_help,
+    parse_mode,
     scale_help,
 )
 from ..integrations.pipeline_runs import (
@@ -86,7 +87,7 @@ def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, 
                 eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
                 time_shift=_numbers(time_shift, "--time-shift"),
                 interval=_numbers(interval, "--guidance-interval"))
-    if nag_scale and nag_mode != "cf":
+    if nag_scale and parse_mode(nag_mode).needs_estimator:
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar,
                                               data=data)
