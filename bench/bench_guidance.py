@@ -12,7 +12,8 @@ Cost: one forward step of the default digits UNet (the cached trained one if pre
 else the same architecture untrained: cost does not depend on the weights), unguided,
 classifier-free NAG (2 branches), CFG + NAG (3 branches; each also with all branches in
 one model call, as before `classifier_free.BRANCH_BLOCK`) and estimator-gradient NAG, at
-the same batch (512), interleaved, median of repeats. Run with OMP_NUM_THREADS=1: with
+the same batch (512), interleaved, median of repeats; also as `sample` calls the model (in
+blocks of `sampling.SAMPLE_BLOCK` rows). Run with OMP_NUM_THREADS=1: with
 2 threads on a shared 2-core machine the unguided pass is the one that parallelises worst,
 which flatters every ratio. Targets: NAG <= 1.5x, CFG+NAG <= 2.0x.
 
@@ -47,7 +48,7 @@ from noiseshift.estimators import ExactOracle, NoiseLevelEstimator
 from noiseshift.guidance import GuidanceWarning, build_guidance, classifier_free
 from noiseshift.models import build_model, load_model
 from noiseshift.pretrained import default_model_path
-from noiseshift.sampling import sample
+from noiseshift.sampling import SAMPLE_BLOCK, Blocked, sample
 from noiseshift.training import denoiser_config
 
 # -- cost -----------------------------------------------------------------------------------
@@ -113,6 +114,9 @@ def bench_cost(batch: int, repeats: int) -> dict:
         "nag cf, one call": _one_call(nag("cf")),
         "cfg+nag cf": nag("cf", cfg_scale=1.0),
         "cfg+nag cf, one call": _one_call(nag("cf", cfg_scale=1.0)),
+        "unguided, sampler blocks": Blocked(model, SAMPLE_BLOCK),
+        "nag cf, sampler blocks": Blocked(nag("cf"), SAMPLE_BLOCK),
+        "cfg+nag cf, sampler blocks": Blocked(nag("cf", cfg_scale=1.0), SAMPLE_BLOCK),
         "nag estimator": nag("estimator"),
         "nag estimator-noise": nag("estimator-noise"),
         "nag estimator-step": nag("estimator-step"),
@@ -138,6 +142,10 @@ def bench_cost(batch: int, repeats: int) -> dict:
         print(f"{k:<26}{1000 * v:>10.2f}{v / base:>12.2f}")
     print(f"targets: nag cf <= 1.5x -> {med['nag cf'] / base:.2f}x; "
           f"cfg+nag cf <= 2.0x -> {med['cfg+nag cf'] / base:.2f}x")
+    blocked = med["unguided, sampler blocks"]
+    print(f"as `sample` calls them ({SAMPLE_BLOCK}-row blocks): nag cf "
+          f"{med['nag cf, sampler blocks'] / blocked:.2f}x, cfg+nag cf "
+          f"{med['cfg+nag cf, sampler blocks'] / blocked:.2f}x the blocked unguided step")
     return {k: v / base for k, v in med.items()}
 
 
