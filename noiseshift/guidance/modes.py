@@ -4,7 +4,9 @@ CLI's help and the docs read `MODES`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..errors import NoiseshiftError
 from .base import DEFAULT_CAP, FULL_INTERVAL, UNCAPPED_INTERVAL
@@ -31,7 +33,11 @@ class ModeSpec:
     cap: float | None
     scale: str
     summary: str
-    options: dict = field(default_factory=dict, hash=False)
+    options: Mapping = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        # Read-only, so that no caller can change what a mode builds.
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
 _SCORE = "w in s + w (s(x|t) - s(branch at the read level)), in score space"
