@@ -72,7 +72,7 @@ def test_cli_nag_mode_default_is_the_library_default(tiny_models, tmp_path):
     assert out["guidance"]["nag"]["mode"] == DEFAULT_NAG_MODE
     assert out["guidance"]["nag"]["interval"] == list(DEFAULT_INTERVAL)
     res = CliRunner().invoke(app, ["sample", "--help"], env={"COLUMNS": "200"})
-    assert f"default {DEFAULT_NAG_MODE}" in " ".join(res.stdout.split())
+    assert f"Default {DEFAULT_NAG_MODE}." in " ".join(res.stdout.split())
 
 
 def test_sample_guidance_errors(tiny_models, tmp_path):

@@ -16,7 +16,14 @@ from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
 from ..errors import NoiseshiftError
-from ..guidance import DEFAULT_NAG_MODE, NAG_MODES, GuidanceWarning, build_guidance
+from ..guidance import (
+    DEFAULT_NAG_MODE,
+    GuidanceWarning,
+    build_guidance,
+    modes_help,
+    parse_mode,
+    scale_help,
+)
 from ..integrations.pipeline_runs import (
     folder_run,
     is_diffusers,
@@ -43,17 +50,7 @@ from .common import (
 )
 
 DEFAULT_RECORD = "trajectories.h5"
-NAG_MODE_HELP = (
-    f"One of {', '.join(NAG_MODES)}; default {DEFAULT_NAG_MODE}. estimator-step: a damped "
-    "Newton step on a noise-level estimator's reading of the state, along the predicted "
-    "noise (w / (1 + w) of the step that brings the reading back to that of true states; "
-    "any model); estimator-noise: w times the part of grad log p(t|x), from the estimator, "
-    "along the predicted noise; estimator: the whole gradient (edits content too); "
-    "estimator-reading: the gradient of a Gaussian likelihood of the reading (capped); cf: "
-    "classifier-free, (w+1) v(x|t) - w v(x|null t), as published (needs a model trained "
-    "with --t-dropout); cf-read: the null-t branch read at the estimator's t'; "
-    "cf-read-control: the conditional branch read there (no null-t branch); cf-calibrated "
-    "(-control): the same at the calibrated reading, capped.")
+NAG_MODE_HELP = modes_help()
 
 
 def guided_model(model, **options):
@@ -93,7 +90,7 @@ def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, 
                 eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
                 time_shift=_numbers(time_shift, "--time-shift"),
                 interval=_numbers(interval, "--guidance-interval"))
-    if nag_scale and nag_mode != "cf":
+    if nag_scale and parse_mode(nag_mode).needs_estimator:
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar,
                                               data=data)
@@ -136,8 +133,7 @@ def sample_command(
                              "sampler noise: the same seed gives the same samples."),
     class_: int = typer.Option(None, "--class", help="Class label for every sample; "
                                "default: labels drawn from the seed."),
-    nag_scale: float = typer.Option(0.0, "--nag-scale", help="Noise-level guidance (NAG) "
-                                    "scale w; 0 = off."),
+    nag_scale: float = typer.Option(0.0, "--nag-scale", help=scale_help()),
     nag_mode: str = typer.Option(DEFAULT_NAG_MODE, "--nag-mode", help=NAG_MODE_HELP),
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance on "
                                     "the class: v + w (v(x|c) - v(x|null c)); 0 = off."),

@@ -16,8 +16,10 @@ every sampler runs every guidance and wrappers compose:
   converts the null-t branch at the calibrated reading, with the score -> velocity factor
   capped.
 - `EpsScaling` (Ning et al., ICLR 2024) and `TimeShift` (Li et al., ICLR 2024) (peers.py).
-- `build_guidance` builds any combination from CLI-style options; `run_name` names the run
-  (build.py).
+- `MODES` (modes.py): the one table of NAG modes (`ModeSpec`: wrapper, what it needs, its
+  default interval and cap, what the scale means); `parse_mode` checks a name.
+- `build_guidance` builds any combination from CLI-style options, reading `MODES`;
+  `run_name` names the run (build.py).
 - `Guided`, the shared constants and `GuidanceWarning` live in base.py.
 
 Outputs are mixed and converted only through ``Schedule.convert`` (in float64). The probe of
@@ -25,19 +27,13 @@ whether a model trusts its t input is `noiseshift.analysis.probe`.
 """
 
 from .base import (
-    CAPPED_MODES,
     DEFAULT_CAP,
-    DEFAULT_INTERVAL,
-    DEFAULT_NAG_MODE,
     FULL_INTERVAL,
     LOW_DIM,
-    NAG_MODES,
     UNCAPPED_INTERVAL,
     GuidanceWarning,
     Guided,
     capped,
-    default_cap,
-    default_interval,
     velocity_gain,
 )
 from .build import build_guidance, describe_estimator, low_dim_warning, run_name
@@ -52,14 +48,24 @@ from .estimator import (
     read_t,
     reading_and_grad,
 )
+from .modes import (
+    DEFAULT_INTERVAL,
+    DEFAULT_NAG_MODE,
+    MODES,
+    NAG_MODES,
+    ModeSpec,
+    modes_help,
+    parse_mode,
+    scale_help,
+)
 from .peers import EpsScaling, TimeShift
 
 __all__ = [
-    "CAPPED_MODES", "DEFAULT_CAP", "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL",
-    "LOW_DIM", "NAG_MODES", "NO_NULL_T", "ClassifierFreeGuidance", "EpsScaling",
-    "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ReadingLikelihoodNAG", "ReadingStepNAG",
-    "TimeShift", "UNCAPPED_INTERVAL",
-    "build_guidance", "calibrated_t", "capped", "default_cap", "default_interval",
-    "describe_estimator", "grad_log_posterior", "interpolate_log_posterior", "low_dim_warning",
-    "read_t", "reading_and_grad", "run_name", "velocity_gain",
+    "DEFAULT_CAP", "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL",
+    "LOW_DIM", "MODES", "NAG_MODES", "NO_NULL_T", "ClassifierFreeGuidance", "EpsScaling",
+    "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ModeSpec", "ReadingLikelihoodNAG",
+    "ReadingStepNAG", "TimeShift", "UNCAPPED_INTERVAL",
+    "build_guidance", "calibrated_t", "capped", "describe_estimator", "grad_log_posterior",
+    "interpolate_log_posterior", "low_dim_warning", "modes_help", "parse_mode", "read_t",
+    "reading_and_grad", "run_name", "scale_help", "velocity_gain",
 ]

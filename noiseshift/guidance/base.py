@@ -24,33 +24,9 @@ from ..schedules import Schedule
 UNCAPPED_INTERVAL = (0.0, 0.8)
 FULL_INTERVAL = (0.0, 1.0)
 LOW_DIM = 16
-NAG_MODES = ("estimator-step", "estimator", "estimator-noise", "estimator-reading", "cf",
-             "cf-read", "cf-read-control", "cf-calibrated", "cf-calibrated-control")
-# Modes that cap the score -> velocity factor (t / (1 - t) under the linear schedule) at
-# DEFAULT_CAP instead of skipping t > 0.8.
-CAPPED_MODES = ("estimator-reading", "cf-calibrated", "cf-calibrated-control")
+# The capped modes (see modes.py) guide over the whole range, with the score -> velocity
+# factor (t / (1 - t) under the linear schedule) capped here instead of skipping t > 0.8.
 DEFAULT_CAP = 4.0
-# The default: a damped Newton step on the learned estimator's reading, along the predicted
-# noise, over the whole range (it needs no cap: its velocity change is finite at t = 1). On
-# the default digits model (Euler-Maruyama, 16 steps, n = 1000) it was the only form that
-# lowered FD: -18% and -12% (resolved) and -5% (not) on seeds 0 / 1 / 2 at scale 1.5, with
-# the shift -21% by the independent meter, accuracy unchanged and recall -0.02. Guided over
-# [0, 0.3] only, the FD gain was about the same and the shift cut half as large. Scale 1.5
-# removes three fifths of the read excess per step. docs/results.md has the sweep
-# (bench/bench_guidance.py --digits).
-DEFAULT_NAG_MODE = "estimator-step"
-DEFAULT_INTERVAL = FULL_INTERVAL
-WHOLE_RANGE_MODES = (*CAPPED_MODES, "estimator-step")
-
-
-def default_interval(mode: str) -> tuple[float, float]:
-    """The NAG interval a mode uses unless told otherwise."""
-    return FULL_INTERVAL if mode in WHOLE_RANGE_MODES else UNCAPPED_INTERVAL
-
-
-def default_cap(mode: str) -> float | None:
-    """The cap a mode uses unless told otherwise (None: no cap)."""
-    return DEFAULT_CAP if mode in CAPPED_MODES else None
 
 
 class GuidanceWarning(UserWarning):

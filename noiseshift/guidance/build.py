@@ -8,17 +8,9 @@ import warnings
 import numpy as np
 
 from ..errors import NoiseshiftError
-from .base import (
-    DEFAULT_NAG_MODE,
-    FULL_INTERVAL,
-    LOW_DIM,
-    NAG_MODES,
-    GuidanceWarning,
-    default_cap,
-    default_interval,
-)
+from .base import FULL_INTERVAL, LOW_DIM, GuidanceWarning
 from .classifier_free import ClassifierFreeGuidance
-from .estimator import EstimatorGradientNAG, ReadingLikelihoodNAG, ReadingStepNAG
+from .modes import DEFAULT_NAG_MODE, MODES, ModeSpec, parse_mode
 from .peers import EpsScaling, TimeShift
 
 
@@ -36,40 +28,24 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
                    estimator=None, data=None, cap: float | None = None):
     """A guided model from CLI-style options, and the JSON-able dict that describes it.
 
-    nag_mode: "estimator" (gradient of the estimator's log p(t|x)), "estimator-noise" (that
-    gradient projected on the predicted noise), "cf" (classifier-free, as published),
-    "cf-read" (null-t branch read at the estimator's t'), "cf-read-control",
-    "cf-calibrated" (null-t branch converted at the calibrated reading, capped),
-    "cf-calibrated-control", "estimator-reading" (gradient of a Gaussian likelihood of the
-    estimator's reading, capped).
+    nag_mode: a key of `modes.MODES` (the table says what each builds and needs).
     eps_scale: lambda_t's constant b, or (b, k) for lambda_t = k t + b.
     time_shift: (window, cutoff); E|x0|^2 comes from ``data``, else the model's config.
-    interval: (lo, hi) for every guidance term; default NAG in `default_interval(nag_mode)`,
-    CFG and eps scaling everywhere.
+    interval: (lo, hi) for every guidance term; default NAG in the mode's interval, CFG and
+    eps scaling everywhere.
     cap: the most the velocity moves per unit of score change (the linear schedule's
-    t / (1 - t) is capped there); None: the mode's `default_cap`; math.inf: no cap.
+    t / (1 - t) is capped there); None: the mode's cap; math.inf: no cap.
     The dict has ``kind`` (the run name, "none" when unguided) and one entry per term. With
     nothing asked for, the model itself comes back. Warns (`GuidanceWarning`) for NAG on
     data of dimension <= 16.
     """
-    if nag_mode not in NAG_MODES:
-        raise NoiseshiftError(f"unknown --nag-mode {nag_mode!r}; use one of {NAG_MODES}")
-    needs_est = bool(nag_scale) and nag_mode != "cf"
+    spec = parse_mode(nag_mode)
+    needs_est = bool(nag_scale) and spec.needs_estimator
     if needs_est and estimator is None:
         raise NoiseshiftError(f"--nag-mode {nag_mode} needs a noise-level estimator")
-    guided, desc = model, {}
-    if time_shift is not None:
-        window, cutoff = time_shift
-        guided = TimeShift(guided, window=window, cutoff=cutoff,
-                           data_m2=_data_m2(model, data))
-        desc.update(guided.describe())
-    if eps_scale is not None:
-        b, k = (*np.atleast_1d(np.asarray(eps_scale, dtype=float)), 0.0)[:2]
-        guided = EpsScaling(guided, scale=b, slope=k, interval=interval)
-        desc.update(guided.describe())
-    guided = _nag(guided, nag_mode, nag_scale, cfg_scale, interval, estimator, cap)
-    if isinstance(guided, (ClassifierFreeGuidance, EstimatorGradientNAG)):
-        desc.update(guided.describe())
+    guided = _peers(model, eps_scale, time_shift, interval, data)
+    guided = _nag(guided, spec, nag_scale, cfg_scale, interval, estimator, cap)
+    desc = _describe(guided, model)
     if "nag" in desc:
         if needs_est:
             desc["nag"]["estimator"] = describe_estimator(estimator)
@@ -80,28 +56,47 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
     return guided, desc
 
 
-READING_MODES = {"estimator-reading": ReadingLikelihoodNAG, "estimator-step": ReadingStepNAG}
+def _peers(model, eps_scale, time_shift, interval, data):
+    """The time-shift and eps-scaling wrappers around ``model``, as asked for."""
+    guided = model
+    if time_shift is not None:
+        window, cutoff = time_shift
+        guided = TimeShift(guided, window=window, cutoff=cutoff,
+                           data_m2=_data_m2(model, data))
+    if eps_scale is not None:
+        b, k = (*np.atleast_1d(np.asarray(eps_scale, dtype=float)), 0.0)[:2]
+        guided = EpsScaling(guided, scale=b, slope=k, interval=interval)
+    return guided
 
 
-def _nag(guided, mode: str, scale: float, cfg_scale: float, interval, estimator, cap):
-    """The CFG and NAG wrappers around ``guided`` for one NAG mode."""
-    nag_interval = default_interval(mode) if interval is None else interval
-    cap = default_cap(mode) if cap is None else cap
-    by_estimator = mode.startswith("estimator")
-    cf_nag = 0.0 if by_estimator else scale
+def _nag(guided, spec: ModeSpec, scale: float, cfg_scale: float, interval, estimator, cap):
+    """The CFG and NAG wrappers around ``guided`` for one NAG mode: a classifier-free mode
+    shares CFG's wrapper (one batched forward pass), any other wraps it."""
+    nag_interval = spec.interval if interval is None else interval
+    cap = spec.cap if cap is None else cap
+    cf_nag = scale if spec.wrapper is ClassifierFreeGuidance else 0.0
     if cfg_scale or cf_nag:
-        read = estimator if mode.startswith("cf-") else None
+        read = estimator if cf_nag and spec.needs_estimator else None
         guided = ClassifierFreeGuidance(
             guided, cfg_scale=cfg_scale, nag_scale=cf_nag, cfg_interval=interval,
-            nag_interval=nag_interval, read=read, control=mode.endswith("-control"),
-            calibrated=mode.startswith("cf-calibrated"), cap=cap if read is not None else None)
-    if scale and mode in READING_MODES:
-        guided = READING_MODES[mode](guided, estimator, scale=scale, interval=nag_interval,
-                                     cap=cap)
-    elif scale and by_estimator:
-        guided = EstimatorGradientNAG(guided, estimator, scale=scale, interval=nag_interval,
-                                      project=mode == "estimator-noise", cap=cap)
+            nag_interval=nag_interval, read=read, cap=cap if read is not None else None,
+            **(spec.options if cf_nag else {}))
+    if scale and not cf_nag:
+        guided = spec.wrapper(guided, estimator, scale=scale, interval=nag_interval, cap=cap,
+                              **spec.options)
     return guided
+
+
+def _describe(guided, model) -> dict:
+    """Every wrapper's entries between ``guided`` and ``model``, innermost first."""
+    chain = []
+    while guided is not model:
+        chain.append(guided)
+        guided = guided.model
+    desc = {}
+    for wrapper in reversed(chain):
+        desc.update(wrapper.describe())
+    return desc
 
 
 def _data_m2(model, data) -> float:
@@ -149,7 +144,7 @@ def run_name(guidance: dict) -> str:
         g = guidance.get(key)
         if not g:
             continue
-        default = default_interval(g["mode"]) if key == "nag" else FULL_INTERVAL
+        default = MODES[g["mode"]].interval if key == "nag" else FULL_INTERVAL
         if key == "cfg":
             name = f"cfg-{_num(g['scale'])}"
         elif key == "nag":

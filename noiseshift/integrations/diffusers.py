@@ -116,11 +116,11 @@ def guide(pipe, estimator, scale: float, *, mode: str = DEFAULT_NAG_MODE, interv
           eps_scale=None):
     """Estimator-based NAG on any diffusers pipeline, inside the step hook.
 
-    ``mode``: "estimator-step" (the default: a damped Newton step on the estimator's reading,
-    along the predicted noise), "estimator-noise" (the gradient of log p(t|x) projected on
-    the predicted noise), "estimator" or "estimator-reading"; ``interval``: (lo, hi) in
-    noiseshift t (default: the mode's, `guidance.default_interval`: (0, 1) for
-    estimator-step and estimator-reading, (0, 0.8) for the others);
+    ``mode``: a `guidance.MODES` mode with no null-t branch: "estimator-step" (the default:
+    a damped Newton step on the estimator's reading, along the predicted noise),
+    "estimator-noise" (the gradient of log p(t|x) projected on the predicted noise),
+    "estimator", "estimator-reading" or a cf control; ``interval``: (lo, hi) in noiseshift t
+    (default: the mode's, in `guidance.MODES`);
     ``eps_scale``: epsilon scaling's lambda_t = b, or (b, k) for k t + b. ``scale=0`` (and
     no eps_scale) leaves every step untouched, bit for bit. `record` entered around or
     inside it records the guided states under the guidance's run name.

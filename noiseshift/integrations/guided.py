@@ -11,13 +11,19 @@ from __future__ import annotations
 import torch
 
 from ..errors import NoiseshiftError
-from ..guidance import DEFAULT_NAG_MODE, NAG_MODES, build_guidance
+from ..guidance import DEFAULT_NAG_MODE, MODES, build_guidance, parse_mode
 from ..schedules import get_schedule
 
-CF_MODES = tuple(m for m in NAG_MODES if m.startswith("cf"))
-NO_NULL_T = ("nag mode {mode!r} is classifier-free NAG, which needs a null-t branch (a model "
-             "trained with noise-condition dropout); {library} models have none: use "
-             "mode='estimator-step', 'estimator-noise' or 'estimator'")
+
+def check_mode(mode: str, library: str, cli: bool = False) -> None:
+    """One line if ``mode`` runs the model's null-t branch, which ``library``'s models lack;
+    it lists the modes that need none, as options (``cli``) or as keyword arguments."""
+    if parse_mode(mode).needs_null_t:
+        ok = [m for m, spec in MODES.items() if not spec.needs_null_t]
+        ok = "--nag-mode " + ", ".join(ok) if cli else "mode=" + ", ".join(map(repr, ok))
+        raise NoiseshiftError(f"nag mode {mode!r} runs the model's null-t branch (a model "
+                              f"trained with noise-condition dropout); {library} models have "
+                              f"none: use {ok}")
 
 
 class _Given(torch.nn.Module):
@@ -35,9 +41,9 @@ class _Given(torch.nn.Module):
 
 
 class OutputGuidance:
-    """Estimator-based NAG (modes "estimator-step", the default, "estimator-noise",
-    "estimator", "estimator-reading") and epsilon scaling on a model output in noiseshift's
-    parametrisation ``prediction`` under ``schedule``.
+    """NAG in any mode that needs no null-t branch (`check_mode`; "estimator-step" is the
+    default) and epsilon scaling on a model output in noiseshift's parametrisation
+    ``prediction`` under ``schedule``.
 
     ``guidance`` is the run's guidance dict (its ``kind`` names the run); ``passthrough`` is
     True when nothing was asked for (scale 0, no eps scaling), and then outputs are never
@@ -47,8 +53,7 @@ class OutputGuidance:
     def __init__(self, estimator, scale: float, *, schedule, prediction: str,
                  mode: str = DEFAULT_NAG_MODE, interval=None, eps_scale=None, shape=None,
                  library: str = "diffusers"):
-        if mode in CF_MODES:
-            raise NoiseshiftError(NO_NULL_T.format(mode=mode, library=library))
+        check_mode(mode, library)
         self.schedule = get_schedule(schedule)
         self.estimator, self.shape = estimator, None if shape is None else tuple(shape)
         if scale and estimator is not None:
@@ -92,4 +97,4 @@ def check_estimator(estimator, schedule, shape) -> None:
                               f"posterior over t to take a gradient of; use a learned one")
 
 
-__all__ = ["CF_MODES", "OutputGuidance", "check_estimator"]
+__all__ = ["OutputGuidance", "check_estimator", "check_mode"]

@@ -130,9 +130,11 @@ class KDiffusionRecorder:
 class NAGDenoiser(torch.nn.Module):
     """A k-diffusion denoiser ``(x, sigma, **kw) -> denoised`` with estimator-based NAG.
 
-    The wrapped denoiser's x0 is edited by noiseshift's estimator-based NAG (`ReadingStepNAG`
-    in mode "estimator-step", the default; `EstimatorGradientNAG` in modes "estimator-noise"
-    and "estimator") and epsilon scaling with ``eps_scale``, in the convention's schedule.
+    The wrapped denoiser's x0 is edited by noiseshift's NAG in any mode of
+    `guidance.MODES` without a null-t branch (`ReadingStepNAG` in mode "estimator-step", the
+    default; `EstimatorGradientNAG` in modes "estimator-noise" and "estimator"; the others
+    are refused in one line) and epsilon scaling with ``eps_scale``, in the convention's
+    schedule.
     In mode "estimator" and the VP conventions this adds ``w sigma^2 / sqrt(1 + sigma^2) * g``
     to denoised, g the estimator's gradient in vp-cosine coordinates ("estimator-noise"
     projects g on the predicted noise); "estimator-step" moves denoised along the predicted

@@ -42,7 +42,7 @@ from .diffusers import (
     pipeline_shape,
     record,
 )
-from .guided import CF_MODES, NO_NULL_T
+from .guided import check_mode
 from .schedulers import SchedulerView
 
 
@@ -133,10 +133,7 @@ def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
     """(a `Guide` to check the settings and name the run, or None without guidance; the
     estimator). ``estimator`` is an estimator or a checkpoint path; it must be trained for
     the schedule the pipeline's states map onto and for their shape."""
-    if nag_mode in CF_MODES:
-        raise NoiseshiftError(NO_NULL_T.format(mode=nag_mode, library="diffusers").replace(
-            "mode='estimator-step', 'estimator-noise' or 'estimator'",
-            "--nag-mode estimator-step, estimator-noise or estimator"))
+    check_mode(nag_mode, "diffusers", cli=True)
     if not nag_scale and eps_scale is None:
         return None, None
     est = None
