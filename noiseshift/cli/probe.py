@@ -8,7 +8,8 @@ from rich.table import Table
 from ..analysis.probe import probe
 from ..data import load_data
 from ..errors import NoiseshiftError
-from .common import app, console, denoiser_with_progress, print_json
+from .common import app, console, print_json
+from .inputs import denoiser_with_progress
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

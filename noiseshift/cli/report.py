@@ -10,7 +10,8 @@ from ..data import load_data
 from ..errors import NoiseshiftError
 from ..report import build_report, write_report
 from ..report.tables import report_tables
-from .common import app, console, data_option, data_spec, fail, print_json, progress, size_option
+from .common import app, console, data_option, fail, print_json, progress, size_option
+from .inputs import data_spec
 
 
 @app.command("report")

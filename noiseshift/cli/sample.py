@@ -30,14 +30,13 @@ from .common import (
     app,
     console,
     data_option,
-    data_spec,
-    denoiser_with_progress,
     err_console,
     print_json,
     progress,
     size_option,
     training_bar,
 )
+from .inputs import data_spec, denoiser_with_progress
 
 DEFAULT_RECORD = "trajectories.h5"
 NAG_MODE_HELP = (

@@ -15,7 +15,8 @@ from ..io.schedules import schedule_from
 from ..models import describe, save_model
 from ..runtime import resolve_device
 from ..training import train_denoiser
-from .common import app, console, data_option, data_spec, print_json, progress, size_option
+from .common import app, console, data_option, print_json, progress, size_option
+from .inputs import data_spec
 
 
 def state_path(out: Path) -> Path:

@@ -20,11 +20,11 @@ from .common import (
     app,
     console,
     data_option,
-    data_spec,
     print_json,
     progress,
     size_option,
 )
+from .inputs import data_spec
 
 
 @app.command("train-estimator")

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..errors import NoiseshiftError
 
@@ -50,6 +49,8 @@ def save_grid(images, path, labels=None, title: str | None = None,
               ncol: int | None = None, dpi: int = 110) -> Path:
     """Save images as a PNG grid (ncol per row, default ceil(sqrt(N))); returns the path.
     labels: one class label per image, written in red in its top-left corner."""
+    from matplotlib.figure import Figure
+
     x = _images(images)
     n, _, h, w = x.shape
     ncol = ncol or int(math.ceil(math.sqrt(n)))
