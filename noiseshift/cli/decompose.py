@@ -19,7 +19,7 @@ from ..io import open_trajectories
 from ..pretrained import get_estimator
 from ..report.audit import decomposition_figure, decomposition_rich
 from .common import app, console, fail, print_json
-from .inputs import denoiser_with_progress
+from .denoisers import denoiser_with_progress
 
 
 @app.command("decompose")

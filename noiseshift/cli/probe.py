@@ -9,7 +9,7 @@ from ..analysis.probe import probe
 from ..data import load_data
 from ..errors import NoiseshiftError
 from .common import app, console, print_json
-from .inputs import denoiser_with_progress
+from .denoisers import denoiser_with_progress
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

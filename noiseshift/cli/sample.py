@@ -36,7 +36,8 @@ from .common import (
     size_option,
     training_bar,
 )
-from .inputs import data_spec, denoiser_with_progress
+from .denoisers import denoiser_with_progress
+from .inputs import data_spec
 
 DEFAULT_RECORD = "trajectories.h5"
 NAG_MODE_HELP = (

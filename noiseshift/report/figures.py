@@ -7,17 +7,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from scipy.stats import gaussian_kde
 
 from ..io.images import save_grid
 from .runs import Report
 from .stats import flat_points
 from .text import has
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 MAX_GRID = 64  # samples shown per grid
 
@@ -41,6 +42,8 @@ def make_figures(rep: Report, out: Path, progress=None) -> dict[str, Path]:
 
 
 def _colors(runs) -> dict[str, str]:
+    import matplotlib
+
     cmap = matplotlib.colormaps["tab10"]
     return {r.name: cmap(i % 10) for i, r in enumerate(runs)}
 
@@ -51,6 +54,8 @@ def _shade(ax, zones) -> None:
 
 
 def _fig_t_prime(rep: Report) -> Figure:
+    from matplotlib.figure import Figure
+
     colors = _colors(rep.runs)
     fig = Figure(figsize=(5.2, 4.6))
     ax = fig.subplots()
@@ -75,6 +80,8 @@ def _fig_t_prime(rep: Report) -> Figure:
 
 
 def _fig_delta(rep: Report) -> Figure:
+    from matplotlib.figure import Figure
+
     two = rep.independent is not None
     fig = Figure(figsize=(11 if two else 6, 4.4))
     axes = fig.subplots(1, 2 if two else 1, squeeze=False, sharey=False)
@@ -129,6 +136,8 @@ def _chosen_steps(t: np.ndarray, k: int = 4) -> list[int]:
 
 
 def _fig_density(rep: Report) -> Figure | None:
+    from matplotlib.figure import Figure
+
     runs = [rd for rd in rep.runs if rep.main in rd.readings]
     if not runs:
         return None
@@ -144,6 +153,8 @@ def _fig_density(rep: Report) -> Figure | None:
 
 
 def _density_panel(ax, rep: Report, runs, i: int) -> None:
+    from scipy.stats import gaussian_kde
+
     colors = _colors(rep.runs)
     grid = np.linspace(0, 1, 400)
     t = runs[0].t[i]
@@ -202,6 +213,9 @@ def _families(rep: Report, s: pd.DataFrame) -> dict[str, list]:
 
 def _fig_quality_scale(rep: Report) -> Figure | None:
     """FD and mean |delta| against scale, for runs that differ only in one guidance scale."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
     if "fd" not in rep.summary:
         return None
     s = rep.summary.set_index("run")
