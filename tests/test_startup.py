@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,48 +23,53 @@ HEAVY = ("torch", "sklearn", "scipy.stats", "matplotlib", "pandas")
 CLI = Path(__file__).resolve().parents[1] / "noiseshift" / "cli"
 
 
-def loaded_after(code: str) -> dict[str, bool]:
+def loaded_after(code: str) -> tuple[dict[str, bool], str]:
     """Which of HEAVY (and which noiseshift.cli modules) a fresh interpreter holds after
-    running `code`."""
+    running `code`, and what `code` printed."""
     probe = (f"{code}\nimport json, sys\n"
              "print(json.dumps({m: m in sys.modules for m in "
              f"{HEAVY!r} + tuple(n for n in sys.modules if n.startswith('noiseshift.cli'))}}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out.splitlines()[-1])
+                         check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    printed, _, last = out.rstrip("\n").rpartition("\n")
+    return json.loads(last), printed
 
 
 def run_cli(*args: str) -> str:
-    """`python -m noiseshift ARGS` in a fresh interpreter, then which modules it loaded."""
+    """Code that runs the console entry point on ARGS, as `noiseshift ARGS` does."""
     return (f"import sys\nsys.argv = ['noiseshift', *{list(args)!r}]\n"
             "from noiseshift.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass")
 
 
 def test_importing_the_cli_loads_no_heavy_library():
-    loaded = loaded_after("import noiseshift.cli")
+    loaded, _ = loaded_after("import noiseshift.cli")
     assert not any(loaded[m] for m in ("sklearn", "scipy.stats", "matplotlib", "pandas")), loaded
     assert not loaded["torch"], loaded
 
 
 def test_help_lists_the_commands_without_importing_them():
-    loaded = loaded_after(run_cli("--help"))
+    loaded, printed = loaded_after(run_cli("--help"))
     assert not any(loaded[m] for m in HEAVY), loaded
     commands = {m for m in loaded if m.startswith("noiseshift.cli.")} - {"noiseshift.cli.common"}
     assert not commands, commands
+    listed = [line.split()[1] for line in printed.splitlines()
+              if len(line.split()) > 1 and line.split()[1] in COMMANDS]
+    assert listed == list(COMMANDS)
 
 
 def test_inspect_reads_a_trajectory_file_without_torch(tmp_path):
     from make_bad_corpus import write_good
 
     path = write_good(tmp_path / "small.h5")
-    loaded = loaded_after(run_cli("inspect", str(path)))
+    loaded, printed = loaded_after(run_cli("inspect", str(path)))
     assert not any(loaded[m] for m in HEAVY), loaded
     assert loaded["noiseshift.cli.inspect"] and not loaded.get("noiseshift.cli.sample")
+    assert "baseline" in printed
 
 
-def _command_functions() -> dict[str, ast.FunctionDef]:
-    """name -> the function each cli module registers with @app.command(name)."""
+def _command_functions() -> dict[str, tuple[str, ast.FunctionDef]]:
+    """name -> (module, function) for each @app.command(name) in cli/."""
     out = {}
     for path in CLI.glob("*.py"):
         for fn in ast.walk(ast.parse(path.read_text())):
@@ -77,7 +83,7 @@ def test_the_table_names_every_command_module_and_its_docstring():
     # The table's help is what `noiseshift --help` shows: the first paragraph of the
     # command's docstring, lines joined (typer's markdown mode does the same).
     found = _command_functions()
-    assert list(COMMANDS) == [n for n in COMMANDS if n in found] and set(found) == set(COMMANDS)
+    assert set(found) == set(COMMANDS)
     for name, (module, short) in COMMANDS.items():
         stem, fn = found[name]
         first = inspect.cleandoc(ast.get_docstring(fn)).split("\n\n")[0].replace("\n", " ")
