@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from difflib import get_close_matches
 from typing import NoReturn
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -149,9 +148,9 @@ def print_json(obj) -> None:
 
 
 def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
+    # numpy scalars and arrays: `tolist` gives plain numbers (asked for by name, so that the
+    # CLI's start does not import numpy).
+    if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
