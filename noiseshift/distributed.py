@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from .runtime import resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _dist():
+    """torch.distributed, imported on first use: the CLI's entry point calls `launched` and
+    `destroy` on every command, `--help` included, which loads no torch."""
+    import torch.distributed as dist
+
+    return dist
 
 
 def env_world() -> tuple[int, int, int]:
@@ -37,14 +47,19 @@ def launched() -> bool:
 
 def active() -> bool:
     """Whether a process group is up with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _initialized() and _dist().get_world_size() > 1
+
+
+def _initialized() -> bool:
+    # Without torch loaded no process group can be up; asking must not load it.
+    return "torch" in sys.modules and _dist().is_available() and _dist().is_initialized()
 
 
 def world() -> tuple[int, int]:
     """(rank, world size) of the process group; (0, 1) without one."""
     if not active():
         return 0, 1
-    return dist.get_rank(), dist.get_world_size()
+    return _dist().get_rank(), _dist().get_world_size()
 
 
 def is_main() -> bool:
@@ -53,6 +68,8 @@ def is_main() -> bool:
 
 def device_for(device="auto") -> torch.device:
     """The device of this process: under torchrun with CUDA, cuda:LOCAL_RANK."""
+    import torch
+
     dev = resolve_device(device)
     if dev.type == "cuda" and launched() and dev.index is None:
         dev = torch.device("cuda", env_world()[1])
@@ -64,22 +81,22 @@ def init(device="auto") -> torch.device:
     """Join the process group torchrun set up (NCCL for CUDA, gloo for the CPU) and return
     this process's device. Without torchrun nothing happens."""
     dev = device_for(device)
-    if launched() and not dist.is_initialized():
+    if launched() and not _initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend, **kw)
+        _dist().init_process_group(backend, **kw)
     return dev
 
 
 def destroy() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if _initialized():
+        _dist().destroy_process_group()
 
 
 @contextlib.contextmanager
 def session(device="auto") -> Iterator[torch.device]:
     """`init` on entry, `destroy` on exit (for a CLI command's lifetime)."""
-    started = launched() and not dist.is_initialized()
+    started = launched() and not _initialized()
     dev = init(device)
     try:
         yield dev
@@ -104,15 +121,15 @@ def strided(items: list, rank: int | None = None, world_size: int | None = None)
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        _dist().barrier()
 
 
 def gather(obj) -> list | None:
     """Every rank's ``obj`` in rank order on rank 0 (None elsewhere); [obj] without a group."""
     if not active():
         return [obj]
-    out = [None] * dist.get_world_size() if is_main() else None
-    dist.gather_object(obj, out, dst=0)
+    out = [None] * world()[1] if is_main() else None
+    _dist().gather_object(obj, out, dst=0)
     return out
 
 
@@ -120,8 +137,8 @@ def all_gather(obj) -> list:
     """Every rank's ``obj`` in rank order, on every rank."""
     if not active():
         return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out = [None] * world()[1]
+    _dist().all_gather_object(out, obj)
     return out
 
 
@@ -130,7 +147,7 @@ def broadcast(obj):
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -138,7 +155,7 @@ def mean(value: float) -> float:
     """The mean of a float over ranks."""
     if not active():
         return float(value)
-    return sum(all_gather(float(value))) / dist.get_world_size()
+    return sum(all_gather(float(value))) / world()[1]
 
 
 __all__ = ["active", "all_gather", "barrier", "broadcast", "destroy", "device_for",

@@ -11,26 +11,38 @@ numpy array or a torch tensor and answers in the same kind.
 from __future__ import annotations
 
 import math
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import NoiseshiftError
+
+if TYPE_CHECKING:
+    import torch
 
 PARAMETRISATIONS = ("velocity", "eps", "x0", "score")
 
 
+def _is_tensor(t: Any) -> bool:
+    # Without torch loaded nothing is a tensor: reading a trajectory file (`inspect`) uses
+    # schedules on numpy alone and never pays for importing torch.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(t, torch.Tensor)
+
+
 def _xp(t: Any):
-    return torch if isinstance(t, torch.Tensor) else np
+    return sys.modules["torch"] if _is_tensor(t) else np
 
 
 def _as_array(t: Any):
-    return t if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float64)
+    return t if _is_tensor(t) else np.asarray(t, dtype=np.float64)
 
 
 def expand_like(t: Any, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a scalar or a per-sample (N,) t against a batch x of shape (N, ...)."""
+    import torch
+
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.ndim == 0:
         return t
@@ -77,6 +89,8 @@ class Schedule:
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """x_t = alpha(t) x0 + sigma(t) eps, with t a scalar or per-sample (N,); the
         coefficients are cast to x0's dtype (diffusers' `scheduler.add_noise`)."""
+        import torch
+
         tt = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
         return expand_like(self.alpha(tt), x0) * x0 + expand_like(self.sigma(tt), x0) * eps
 
@@ -152,6 +166,8 @@ class Schedule:
         """Of each row's candidate times (N, K), the one whose marginal second moment
         alpha^2 m2 + sigma^2 is nearest that row's m (N,): a search over a window of t, as
         time-shift sampling (Li et al., 2024) does, where `t_from_second_moment` solves."""
+        import torch
+
         err = torch.as_tensor(self.second_moment(candidates, m2)) - m[:, None]
         return candidates.gather(1, err.abs().argmin(1, keepdim=True)).squeeze(1)
 
@@ -210,6 +226,8 @@ class Schedule:
 
 def _as_t(t, x: torch.Tensor) -> torch.Tensor:
     # Schedule math in float64: at the ends (alpha -> 0, sigma -> 0) float32 loses the answer.
+    import torch
+
     return torch.as_tensor(t, dtype=torch.float64, device=x.device)
 
 

@@ -40,9 +40,15 @@ TEMPORARY_ALLOWLIST: set[str] = set()
 
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
-#: Third-party packages that may be imported inside a function: optional extras, and
-#: matplotlib in figure code (kept lazy for a fast CLI start).
-LAZY_OK = {"diffusers", "k_diffusion", "matplotlib", "PIL"}
+#: Third-party packages that may be imported inside a function: optional extras, and the
+#: heavy libraries (seconds to import) in the functions that use them, so that a command
+#: pays only for what it runs (`noiseshift --help` imports none of them).
+LAZY_OK = {"diffusers", "k_diffusion", "PIL", "matplotlib", "pandas", "scipy", "sklearn"}
+#: torch is imported inside functions only in the modules that `--help` and `inspect` pass
+#: through (the package root, the CLI's entry point, the trajectory reader); everywhere
+#: else at the top.
+LAZY_TORCH = {"noiseshift.schedules", "noiseshift.runtime", "noiseshift.distributed",
+              "noiseshift.io.checkpoints"}
 
 
 def _modules() -> dict[str, Path]:
@@ -218,8 +224,11 @@ def test_imports_inside_functions_only_keep_optional_dependencies_optional():
                     continue
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                          else ["." * node.level + (node.module or "")])
+                if fn.name == "__getattr__" and module == "noiseshift":
+                    continue  # the package root re-exports lazily (PEP 562), for a fast start
                 for name in names:
-                    if name.split(".")[0] not in LAZY_OK:
+                    top = name.split(".")[0]
+                    if top not in LAZY_OK and not (top == "torch" and module in LAZY_TORCH):
                         bad.append(f"{module}:{node.lineno} {fn.name}() imports {name}")
     assert not bad, "move these to the top of the module:\n" + "\n".join(sorted(set(bad)))
 
@@ -260,10 +269,12 @@ def test_the_checker_sees_relative_absolute_and_function_level_imports():
         del TREES["noiseshift.probe_example"], MODULES["noiseshift.probe_example"]
 
 
-def test_cli_commands_share_only_common():
+def test_cli_commands_reach_no_other_command():
     # One command module never reaches into another (cli/probe once imported cli/sample
-    # for load_denoiser, which is library logic: recording.load_denoiser).
+    # for load_denoiser, which is library logic: recording.load_denoiser). What they share
+    # is in `common` (no library, no torch), `inputs` (--data) and `denoisers` (a model).
+    shared = {"noiseshift.cli.common", "noiseshift.cli.inputs", "noiseshift.cli.denoisers"}
     for module, targets in GRAPH.items():
         if module.startswith("noiseshift.cli."):
             inner = {t for t in targets if t.startswith("noiseshift.cli")}
-            assert inner <= {"noiseshift.cli.common"}, (module, inner)
+            assert inner <= shared, (module, inner)

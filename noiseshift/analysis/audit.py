@@ -13,9 +13,9 @@ scheduler through the same `audit_states`. `fit_mixture` matches a mixture to us
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data import Dataset, GaussianMixture, MixtureDenoiser, make_gmm
@@ -26,6 +26,9 @@ from ..schedules import get_schedule
 from .shifts import band_table, mean_abs, order_fit, read_states, shift_table, true_readings
 from .simulation import exact_meter
 from .statistics import N_BOOT, Estimate
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["AuditResult", "audit_builtin", "audit_states", "convergence", "default_mixture",
            "fit_mixture", "verdict"]
@@ -115,6 +118,8 @@ def verdict(res: AuditResult) -> str:
 def convergence(results: list[AuditResult]) -> tuple[pd.DataFrame, float]:
     """The convergence table (steps, mean |delta| with CI, max |delta|) and the fitted order
     of mean |delta| in the steps."""
+    import pandas as pd
+
     rows = [{"steps": r.steps, "mean_abs": r.mean_abs.value, "lo": r.mean_abs.lo,
              "hi": r.mean_abs.hi, "max_abs": float(r.table["shift"].abs().max())}
             for r in results]

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..errors import NoiseshiftError
@@ -37,6 +37,9 @@ from ..sampling import Blocked, IndexedNoise, get_sampler, sample_block, timeste
 from .shifts import band_table, read_states, shift_table, true_readings
 from .simulation import bridge_increments, fine_grid, reference_trajectory
 from .statistics import N_BOOT
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARTS = ("total", "sampler", "network")
 ORDERS = {"euler": 1, "ddim": 1, "euler-maruyama": 1, "heun": 2}

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import chi2
-from sklearn.decomposition import PCA
-from sklearn.metrics import pairwise_distances
-from sklearn.neighbors import NearestNeighbors
 
 from ..data import DATA_END
 from ..errors import NoiseshiftError
@@ -53,6 +49,8 @@ class FeatureSpace:
     """
 
     def __init__(self, reference, kind: str = "auto", classifier=None, dims: int = 64):
+        from sklearn.decomposition import PCA
+
         reference = torch.as_tensor(reference)
         self.kind = kind
         if kind == "digits":
@@ -148,6 +146,8 @@ def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw
 # -- precision and recall ------------------------------------------------------------------------
 
 def _knn_radii(f: np.ndarray, k: int) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(f).kneighbors(f)
     return dist[:, k]  # column 0 is the point itself
 
@@ -155,6 +155,8 @@ def _knn_radii(f: np.ndarray, k: int) -> np.ndarray:
 def _coverage(real: np.ndarray, fake: np.ndarray, k: int, real_radii=None):
     """Boolean matrices: in_real[i, j] = fake i inside real j's k-NN ball;
     in_fake[i, j] = real j inside fake i's k-NN ball."""
+    from sklearn.metrics import pairwise_distances
+
     d = pairwise_distances(fake, real)
     rr = _knn_radii(real, k) if real_radii is None else real_radii
     return d <= rr[None, :], d <= _knn_radii(fake, k)[:, None]
@@ -204,6 +206,8 @@ def energy_distance(x, mixture, n_ref: int = 2048, seed: int = 0, **kw) -> Estim
     """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| to fresh mixture samples Y
     (U statistics: unbiased, 0 in expectation iff the distributions agree). CI from
     resampling the samples X."""
+    from sklearn.metrics import pairwise_distances
+
     y, _ = mixture.sample(n_ref, torch.Generator().manual_seed(seed + 12345))
     xf, yf = _flat(x).numpy(), y.double().numpy()
     dxy = pairwise_distances(xf, yf).mean(1)
@@ -226,6 +230,8 @@ def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) 
     Returns {"covered": share of modes covered, "on_mode": share of samples on a mode,
     "counts": samples per mode}.
     """
+    from scipy.stats import chi2
+
     xf = _flat(x)
     d = xf.shape[1]
     k = mixture.log_joint(xf, 0.0, DATA_END).argmax(1)

@@ -13,11 +13,15 @@ same size.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import torch
 
 from .statistics import N_BOOT, Estimate, bootstrap
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Bands of t for the summaries: [lo, hi) (the last one closed).
 SHIFT_BANDS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
@@ -58,6 +62,8 @@ def _diff(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> Estimate:
 
 def shift_table(ts, parts: dict, *, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """One row per step: step, t, and per part `name`, `name_lo`, `name_hi`."""
+    import pandas as pd
+
     ts = np.asarray(ts, dtype=np.float64)
     rows = []
     for s, t in enumerate(ts):
@@ -77,6 +83,8 @@ def band_table(ts, parts: dict, *, bands=SHIFT_BANDS, n_boot: int = N_BOOT,
                seed: int = 0) -> pd.DataFrame:
     """One row per band of t that holds steps: band, steps, and per part its mean shift
     over the band's steps with CI (`name`, `name_lo`, `name_hi`)."""
+    import pandas as pd
+
     ts = np.asarray(ts, dtype=np.float64)
     rows = []
     for lo, hi in bands:

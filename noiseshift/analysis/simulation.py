@@ -28,9 +28,9 @@ error.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data import MixtureDenoiser
@@ -52,6 +52,9 @@ from .theory import (
     t_exact,
     t_exact_log_snr,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "BrownianNoise",
@@ -291,6 +294,8 @@ def injection_experiment(data, schedule: Schedule | str, *, ts=None, ratios=(0.1
     proposition); on mixture data also routes a, b, c, d with x_t as the reference. `data`
     is any Dataset (the meter defaults to the exact oracle, which needs a mixture).
     """
+    import pandas as pd
+
     if coordinate not in ("log-snr", "sigma"):
         raise NoiseshiftError(f"coordinate must be log-snr or sigma, not {coordinate!r}")
     schedule = get_schedule(schedule)

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..schedules import Schedule, get_schedule
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "ROUTES",
@@ -202,6 +205,8 @@ def predict_routes(states, ts, schedule: Schedule | str, *, m2: float, reference
     Columns: t, a, b, c, d, sigma_e (RMS deviation), sigma_e_orth, and the share of the
     deviation's energy that is radial / in the mean span / orthogonal.
     """
+    import pandas as pd
+
     schedule = get_schedule(schedule)
     rows = []
     for i, t in enumerate(as_float64(ts)):

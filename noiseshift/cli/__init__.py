@@ -1,12 +1,12 @@
 """The `noiseshift` command line: a thin layer over the library.
 
-Each command lives in its own module in this package and registers itself on `app`;
-`COMMANDS` lists them.
+Each command lives in its own module in this package and registers itself on `app` when
+that module is imported; `common.COMMANDS` names the module and the one-line help of each,
+so `noiseshift --help` lists them without importing any (see `common.LazyGroup`).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -16,14 +16,7 @@ from rich.markup import escape
 
 from .. import distributed
 from ..errors import NoiseshiftError
-from .common import app, err_console
-
-# Registration order is the order `--help` lists them: the story's order.
-COMMANDS = ("demo", "train", "train_estimator", "sample", "estimate", "report", "inspect",
-            "probe", "audit", "decompose", "encode")
-for _name in COMMANDS:
-    importlib.import_module(f"{__name__}.{_name}")
-
+from .common import COMMANDS, app, err_console
 
 #: Commands that split their work over ranks under torchrun; any other command runs on
 #: rank 0 alone (the other ranks exit at once).
@@ -89,4 +82,4 @@ def main() -> None:
         distributed.destroy()
 
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "main"]

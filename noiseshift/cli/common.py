@@ -1,14 +1,20 @@
-"""What every command shares: the typer app, consoles, progress bars, one-line errors and
-loading the denoiser with a bar while the default one trains."""
+"""What every command shares: the typer app and its table of commands, consoles, progress
+bars, one-line errors and the --data option.
+
+Nothing here loads torch or the library: `noiseshift --help` lists the commands from
+`COMMANDS` and imports a command's module only when that command runs (click's LazyGroup
+pattern), so each command pays only for what it uses.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from contextlib import contextmanager
+from difflib import get_close_matches
 from typing import NoReturn
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -21,9 +27,88 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperCommand, TyperGroup
+from typer.main import get_command_from_info
 
-from ..data import parse_data_spec
-from ..recording import load_denoiser, needs_training
+#: Each command: its module in this package, and its one-line help (the first paragraph of
+#: the command's docstring, which `noiseshift --help` shows; tests/test_startup.py checks
+#: that the two agree). The order is the order `--help` lists them: the story's order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "Train (or reuse from the cache) a denoiser with noise-condition dropout "
+             "and a noise-level estimator; sample an unguided run, NAG in every mode and the "
+             "peers (epsilon scaling, time-shift) with the same seeds; read the real noise "
+             "level of every state; write `OUT/report/` (figures, summary.csv, report.md); "
+             "and probe whether the model trusts its t input."),
+    "train": ("train", "Train a denoiser with the flow-matching objective and save it to "
+              "--out."),
+    "train-estimator": ("train_estimator", "Train a learned noise-level estimator for "
+                        "--data under --schedule, save it to --out, and print its "
+                        "held-out accuracy by band of t beside the baselines."),
+    "sample": ("sample", "Sample from a denoiser and record the trajectory: every state "
+               "x_t the sampler visits, the model's x0 prediction there, the nominal t, "
+               "labels and final samples."),
+    "estimate": ("estimate", "Read the noise level t' each recorded state really carries, "
+                 "and the shift from its schedule."),
+    "report": ("report", "Summarise the noise shift of every run, against its schedule, the "
+               "theory and a baseline."),
+    "inspect": ("inspect", "List the runs in FILE (steps, N, shape, schedule, sampler, "
+                "guidance, seed, complete) and check the file against trajectory format v1 "
+                "(docs/trajectory-format.md)."),
+    "probe": ("probe", "Probe whether a model trusts its t input, the signal "
+              "classifier-free NAG needs."),
+    "audit": ("audit", "Run a sampler with a perfect model and report the noise shift it "
+              "causes alone."),
+    "decompose": ("decompose", "Split a run's noise shift into the sampler's part and the "
+                  "network's part."),
+    "encode": ("encode", "Encode images into VAE latents, with the VAE's scaling and shift "
+               "factors applied and stored, so `--data latents:OUT` trains an estimator "
+               "where a latent model's states live."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """The `noiseshift` group: lists the commands from `COMMANDS`, and imports a command's
+    module (which registers it on `app`) the first time the command is looked up to run."""
+
+    #: True while the group's own help is drawn: the list then shows the table's help.
+    listing = False
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            if self.listing:
+                return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+            self.commands[cmd_name] = _load_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
+        # typer suggests from the commands loaded so far; suggest from all of them.
+        name = args[0] if args else "-"
+        matches = [] if name in COMMANDS or name.startswith("-") else \
+            get_close_matches(name, list(COMMANDS))
+        if matches:
+            ctx.fail(f"No such command {name!r}. Did you mean {', '.join(map(repr, matches))}?")
+        return super().resolve_command(ctx, args)
+
+    def format_help(self, ctx: typer.Context, formatter) -> None:
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
+
+
+def _load_command(name: str) -> TyperCommand:
+    """Import the command's module and build its click command as typer would have."""
+    importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")
+    info = next(c for c in app.registered_commands if c.name == name)
+    return get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                 rich_markup_mode=app.rich_markup_mode)
+
 
 app = typer.Typer(
     name="noiseshift",
@@ -34,7 +119,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    cls=LazyGroup,
 )
+
+
+@app.callback()
+def _group() -> None:
+    # No options of its own: a callback makes typer build the group even before any command
+    # module has registered a command on it.
+    pass
+
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -53,9 +148,9 @@ def print_json(obj) -> None:
 
 
 def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
+    # numpy scalars and arrays: `tolist` gives plain numbers (asked for by name, so that the
+    # CLI's start does not import numpy).
+    if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
@@ -119,16 +214,3 @@ def data_option(default: str | None, extra: str = ""):
 def size_option(default: int | None = None):
     return typer.Option(default, "--size", min=8, max=1024, help="Image side for image data "
                         "(digits 16, photos and folders 32 by default).")
-
-
-def data_spec(text: str | None, size: int | None = None, dim: int | None = None) -> dict | None:
-    """A --data value as a spec dict (None stays None)."""
-    return None if text is None else parse_data_spec(text, size=size, dim=dim)
-
-
-def denoiser_with_progress(path: str | None, device: str = "auto", quiet: bool = False):
-    """`recording.load_denoiser`, with a progress bar when the default model trains."""
-    if not needs_training(path):
-        return load_denoiser(path, device)
-    with training_bar(quiet, "training the default model (first use only)") as on_step:
-        return load_denoiser(None, device, progress=on_step)

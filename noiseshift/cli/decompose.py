@@ -20,7 +20,8 @@ from ..io import open_trajectories
 from ..io.paths import refuse_overwriting_inputs
 from ..pretrained import get_estimator
 from ..report.audit import decomposition_figure, decomposition_rich
-from .common import app, console, denoiser_with_progress, fail, print_json
+from .common import app, console, fail, print_json
+from .denoisers import denoiser_with_progress
 
 
 @app.command("decompose")

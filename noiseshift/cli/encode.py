@@ -9,7 +9,8 @@ import typer
 from ..data import load_data
 from ..integrations.encode import encode_latents
 from ..io.paths import check_output_file, refuse_overwriting_inputs
-from .common import app, console, data_option, data_spec, print_json, progress, size_option
+from .common import app, console, data_option, print_json, progress, size_option
+from .inputs import data_spec
 
 
 @app.command("encode")

@@ -14,12 +14,12 @@ from .common import (
     app,
     console,
     data_option,
-    data_spec,
     print_json,
     print_note,
     progress,
     size_option,
 )
+from .inputs import data_spec
 
 
 @app.command("estimate")

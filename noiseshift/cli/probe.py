@@ -8,7 +8,8 @@ from rich.table import Table
 from ..analysis.probe import probe
 from ..data import load_data
 from ..errors import NoiseshiftError
-from .common import app, console, denoiser_with_progress, print_json
+from .common import app, console, print_json
+from .denoisers import denoiser_with_progress
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -36,7 +37,7 @@ def probe_command(
     device: str = typer.Option("auto", "--device"),
     json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ):
-    """Probe whether a model **trusts its t input**, the signal classifier-free NAG needs.
+    """Probe whether a model trusts its t input, the signal classifier-free NAG needs.
 
     States truly noised to t' = t(1+rho) are fed to the model while it is told t. On the
     directions that hold only noise, the conditional branch's response gain is 1 for a

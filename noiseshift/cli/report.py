@@ -13,7 +13,8 @@ from ..io.paths import refuse_overwriting_inputs
 from ..report import build_report, write_report
 from ..report.tables import report_tables
 from ..report.text import metric_names
-from .common import app, console, data_option, data_spec, fail, print_json, progress, size_option
+from .common import app, console, data_option, fail, print_json, progress, size_option
+from .inputs import data_spec
 
 
 @app.command("report")

@@ -40,14 +40,14 @@ from .common import (
     app,
     console,
     data_option,
-    data_spec,
-    denoiser_with_progress,
     err_console,
     print_json,
     progress,
     size_option,
     training_bar,
 )
+from .denoisers import denoiser_with_progress
+from .inputs import data_spec
 
 DEFAULT_RECORD = "trajectories.h5"
 NAG_MODE_HELP = modes_help()
@@ -177,7 +177,7 @@ def sample_command(
     record_every: int = typer.Option(1, "--record-every", min=1, help="Record every K-th "
                                      "step only (steps 0, K, 2K, ...)."),
 ):
-    """Sample from a denoiser and **record the trajectory**: every state x_t the sampler
+    """Sample from a denoiser and record the trajectory: every state x_t the sampler
     visits, the model's x0 prediction there, the nominal t, labels and final samples.
 
     The recording goes to --record (default trajectories.h5 in the current folder) as run

@@ -16,7 +16,8 @@ from ..io.schedules import schedule_from
 from ..models import describe, save_model
 from ..runtime import resolve_device
 from ..training import train_denoiser
-from .common import app, console, data_option, data_spec, print_json, progress, size_option
+from .common import app, console, data_option, print_json, progress, size_option
+from .inputs import data_spec
 
 
 def state_path(out: Path) -> Path:
@@ -62,7 +63,7 @@ def train_command(
                                 "or to train longer with a larger --steps."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
-    """Train a denoiser with the flow-matching objective and save it to **--out**.
+    """Train a denoiser with the flow-matching objective and save it to --out.
 
     A state x_t = alpha(t) x0 + sigma(t) eps is drawn at t ~ U[0, 1] and the network learns
     the target in its --prediction parametrisation (by default the velocity). A fraction

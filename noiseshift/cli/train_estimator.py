@@ -21,11 +21,11 @@ from .common import (
     app,
     console,
     data_option,
-    data_spec,
     print_json,
     progress,
     size_option,
 )
+from .inputs import data_spec
 
 
 @app.command("train-estimator")
@@ -54,8 +54,8 @@ def train_estimator_command(
                                "cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
-    """Train a learned noise-level estimator for **--data** under **--schedule**, save it to
-    **--out**, and print its held-out accuracy by band of t beside the baselines.
+    """Train a learned noise-level estimator for --data under --schedule, save it to
+    --out, and print its held-out accuracy by band of t beside the baselines.
 
     The network (an MLP for vectors, a small conv net for images) learns a posterior over
     --bins bins of t from forward-noised data, t ~ U[0, 1]; its posterior mean is then

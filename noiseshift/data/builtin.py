@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits as sk_digits
-from sklearn.datasets import load_sample_images
 
 from ..errors import NoiseshiftError
 from .base import Dataset
@@ -27,6 +25,7 @@ def load_digits(side: int = 16) -> Dataset:
     Upsampling is linear, so the data lie in a 64-dimensional subspace of the side^2 pixels;
     its basis rides along for the subspace oracle.
     """
+    from sklearn.datasets import load_digits as sk_digits
 
     if not 8 <= side <= 256:  # 1797 images at side 256 are 470 MB already
         raise NoiseshiftError(f"digits side must be in 8..256, got {side}")
@@ -65,6 +64,8 @@ def load_photos(size: int = 32, split: str = "train", stride: int | None = None)
     patches from the left (1 - PHOTO_HELD_OUT) of each photograph's width, `test` from the
     rest, `all` from both. Labels say which photograph a patch came from.
     """
+    from sklearn.datasets import load_sample_images
+
     if split not in ("train", "test", "all"):
         raise NoiseshiftError(f"photos split must be train, test or all, not {split!r}")
     if not 8 <= size <= 256:

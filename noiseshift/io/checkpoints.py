@@ -13,8 +13,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import CheckpointError
 from .atomic import atomic_path
 
@@ -43,6 +41,8 @@ class Wording:
 def save_checkpoint(path, fmt: str, fields: dict, version: int = VERSION) -> Path:
     """torch.save ``{"format": fmt, "version": version, **fields}`` atomically (a temporary
     file beside `path`, fsynced, renamed over it), creating the folder if needed."""
+    import torch  # here, not at the top: `inspect` reads trajectory files without torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -54,6 +54,8 @@ def read_checkpoint(path, fmt: str, device="cpu", *, version: int = VERSION,
                     wording: Wording = Wording()) -> dict:
     """Load a checkpoint dict safely (``weights_only=True``, tensors mapped to `device`) and
     check its format tag and version; CheckpointError(problem, path) otherwise."""
+    import torch
+
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(wording.folder, path)

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..errors import NoiseshiftError
 
@@ -51,6 +50,8 @@ def save_grid(images, path, labels=None, title: str | None = None,
     """Save images as a PNG grid (ncol per row, default ceil(sqrt(N))); returns the path.
     labels: one class label per image, written in its top-left corner. title: default
     "N samples" (and what the labels are)."""
+    from matplotlib.figure import Figure
+
     x = _images(images)
     n, _, h, w = x.shape
     ncol = ncol or int(math.ceil(math.sqrt(n)))

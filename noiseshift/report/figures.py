@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from scipy.stats import gaussian_kde
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 from ..io.images import save_grid
 from .runs import Report
@@ -46,6 +47,8 @@ SMALL_MULTIPLES = 5  # more runs than this: one panel per run instead of one cro
 def _styles(runs) -> dict[str, dict]:
     """Colour and marker per run, so runs differ in shape as well as colour (print, colour
     blindness)."""
+    import matplotlib
+
     cmap = matplotlib.colormaps["tab10"]
     return {r.name: {"color": cmap(i % 10), "marker": MARKERS[i % len(MARKERS)], "ms": 3.5}
             for i, r in enumerate(runs)}
@@ -69,6 +72,8 @@ def _legend_below(fig: Figure, axes) -> None:
 
 def _grid(n: int, width: float, height: float):
     """A constrained-layout figure with n panels (3 per row), shared axes."""
+    from matplotlib.figure import Figure
+
     ncol = min(3, n)
     nrow = math.ceil(n / ncol)
     fig = Figure(figsize=(width * ncol, height * nrow + 0.8), layout="constrained")
@@ -98,6 +103,8 @@ def _t_prime_runs(ax, rep: Report, runs, styles, base=None) -> None:
 
 
 def _fig_t_prime(rep: Report) -> Figure | None:
+    from matplotlib.figure import Figure
+
     runs = [rd for rd in rep.runs if rep.main in rd.readings]
     if not runs:
         return None
@@ -125,6 +132,8 @@ def _fig_t_prime(rep: Report) -> Figure | None:
 
 
 def _fig_delta(rep: Report) -> Figure:
+    from matplotlib.figure import Figure
+
     two = rep.independent is not None
     fig = Figure(figsize=(11 if two else 6, 5.0), layout="constrained")
     axes = fig.subplots(1, 2 if two else 1, squeeze=False, sharey=False)
@@ -193,6 +202,8 @@ def _chosen_steps(t: np.ndarray, k: int = 4) -> list[int]:
 
 
 def _fig_density(rep: Report) -> Figure | None:
+    from matplotlib.figure import Figure
+
     runs = [rd for rd in rep.runs if rep.main in rd.readings]
     if not runs:
         return None
@@ -208,6 +219,8 @@ def _fig_density(rep: Report) -> Figure | None:
 
 
 def _density_panel(ax, rep: Report, runs, i: int) -> None:
+    from scipy.stats import gaussian_kde
+
     styles = _styles(rep.runs)
     grid = np.linspace(0, 1, 400)
     t = runs[0].t[i]
@@ -266,6 +279,9 @@ def _families(rep: Report, s: pd.DataFrame) -> dict[str, list]:
 
 def _fig_quality_scale(rep: Report) -> Figure | None:
     """FD and mean |delta| against scale, for runs that differ only in one guidance scale."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
     if "fd" not in rep.summary:
         return None
     s = rep.summary.set_index("run")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .figures import make_figures
 from .runs import LATE, Report
 from .text import col, fmt, has, metric_names
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FIGURE_TITLES = (
     ("t_prime", "t' against t"),
@@ -140,6 +143,8 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
 
 def ci_frame(df: pd.DataFrame, keys: list[tuple[str, str, str]], first: list[str]):
     """A display frame with 'value [lo, hi]' strings."""
+    import pandas as pd
+
     rows = []
     for _, r in df.iterrows():
         row = {c: r[c] for c in first if c in r}

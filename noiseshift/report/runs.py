@@ -7,12 +7,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ..io import open_estimates, open_trajectories
 from ..schedules import get_schedule
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LATE = 0.3  # "late" steps: t <= LATE
 #: Bands of t of the report's bands table (bands.csv).

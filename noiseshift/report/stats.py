@@ -7,15 +7,18 @@ per-step table but left out of every average, since a shift cannot be read there
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ..analysis import theory
 from ..analysis.statistics import Estimate, bootstrap
 from ..estimation import summarize
 from ..estimators.base import in_zones
 from .runs import LATE, REPORT_BANDS, Reading, RunData, is_paired
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -112,6 +115,8 @@ def est_cols(prefix: str, e: Estimate | None) -> dict:
 def steps_table(runs, names, base, m2) -> pd.DataFrame:
     """One row per run, estimator and step: the reading, its shift, route (b)'s prediction
     and the paired difference against the baseline."""
+    import pandas as pd
+
     rows = []
     for rd in runs:
         pred_b = (theory.delta_second_moment(rd.t, rd.moment, m2, rd.schedule)
@@ -130,6 +135,8 @@ def steps_table(runs, names, base, m2) -> pd.DataFrame:
 
 def summary_frames(runs, main, independent, qual, n_boot, seed):
     """(summary: one row per run, bands: one row per run, estimator and band of t)."""
+    import pandas as pd
+
     rows, bands = [], []
     for rd in runs:
         row = {"run": rd.name, "guidance": rd.label, "n": rd.n, "steps": len(rd.t),
@@ -156,6 +163,8 @@ def summary_frames(runs, main, independent, qual, n_boot, seed):
 
 def paired_table(runs, base, main, independent, qdiff, n_boot, seed) -> pd.DataFrame:
     """One row per run but the baseline: differences (run - baseline) with CIs."""
+    import pandas as pd
+
     if base is None:
         return pd.DataFrame()
     rows = []
@@ -184,6 +193,8 @@ def flat_points(m2, schedule) -> np.ndarray:
 def theory_table(runs, steps: pd.DataFrame, main: str, m2) -> pd.DataFrame:
     """Route (b), the reference-free second-moment match, against the measured shift on the
     readable steps; r2_away leaves out steps within 0.1 of a flat point of the moment."""
+    import pandas as pd
+
     rows = []
     for rd in runs:
         s = steps[(steps.run == rd.name) & (steps.estimator == main)]
