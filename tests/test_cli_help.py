@@ -4,12 +4,12 @@ option descriptions get most of the line (not a squeezed column beside the optio
 import re
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from noiseshift.cli import COMMANDS as TABLE
 from noiseshift.cli import app
 
-COMMANDS = sorted(typer.main.get_command(app).commands)
+COMMANDS = sorted(TABLE)
 DESCRIPTION_FROM = 34  # a description starts by this column: it gets >= 44 of 78
 
 

@@ -30,39 +30,21 @@ from rich.progress import (
 from typer.core import TyperCommand, TyperGroup
 from typer.main import get_command_from_info
 
-#: Each command: its module in this package, and its one-line help (the first paragraph of
-#: the command's docstring, which `noiseshift --help` shows; tests/test_startup.py checks
-#: that the two agree). The order is the order `--help` lists them: the story's order.
+#: Each command: its module in this package, and the summary `noiseshift --help` lists (one
+#: line at 80 columns; the command's own docstring says the rest). The order is the order
+#: `--help` lists them: the story's order. tests/test_startup.py checks it against the modules.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "Train (or reuse from the cache) a denoiser with noise-condition dropout "
-             "and a noise-level estimator; sample an unguided run, NAG in every mode and the "
-             "peers (epsilon scaling, time-shift) with the same seeds; read the real noise "
-             "level of every state; write `OUT/report/` (figures, summary.csv, report.md); "
-             "and probe whether the model trusts its t input."),
-    "train": ("train", "Train a denoiser with the flow-matching objective and save it to "
-              "--out."),
-    "train-estimator": ("train_estimator", "Train a learned noise-level estimator for "
-                        "--data under --schedule, save it to --out, and print its "
-                        "held-out accuracy by band of t beside the baselines."),
-    "sample": ("sample", "Sample from a denoiser and record the trajectory: every state "
-               "x_t the sampler visits, the model's x0 prediction there, the nominal t, "
-               "labels and final samples."),
-    "estimate": ("estimate", "Read the noise level t' each recorded state really carries, "
-                 "and the shift from its schedule."),
-    "report": ("report", "Summarise the noise shift of every run, against its schedule, the "
-               "theory and a baseline."),
-    "inspect": ("inspect", "List the runs in FILE (steps, N, shape, schedule, sampler, "
-                "guidance, seed, complete) and check the file against trajectory format v1 "
-                "(docs/trajectory-format.md)."),
-    "probe": ("probe", "Probe whether a model trusts its t input, the signal "
-              "classifier-free NAG needs."),
-    "audit": ("audit", "Run a sampler with a perfect model and report the noise shift it "
-              "causes alone."),
-    "decompose": ("decompose", "Split a run's noise shift into the sampler's part and the "
-                  "network's part."),
-    "encode": ("encode", "Encode images into VAE latents, with the VAE's scaling and shift "
-               "factors applied and stored, so `--data latents:OUT` trains an estimator "
-               "where a latent model's states live."),
+    "demo": ("demo", "The whole story on built-in data, end to end."),
+    "train": ("train", "Train a denoiser and save it."),
+    "train-estimator": ("train_estimator", "Train a noise-level estimator for your data."),
+    "sample": ("sample", "Sample from a denoiser and record the trajectory."),
+    "estimate": ("estimate", "Read the noise level t' of every recorded state."),
+    "report": ("report", "Tables and figures of every run's noise shift."),
+    "inspect": ("inspect", "List the runs in a trajectory file; validate it."),
+    "probe": ("probe", "Does the model read its noise level from t or from x?"),
+    "audit": ("audit", "The sampler's own shift, with a perfect model."),
+    "decompose": ("decompose", "Split a run's shift into sampler and network parts."),
+    "encode": ("encode", "Encode images into VAE latents for an estimator."),
 }
 
 
@@ -79,9 +61,10 @@ class LazyGroup(TyperGroup):
     def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | None:
         if cmd_name not in COMMANDS:
             return None
+        if self.listing:  # the list shows the table's summary, loaded or not
+            summary = COMMANDS[cmd_name][1]
+            return TyperCommand(cmd_name, help=summary, short_help=summary)
         if cmd_name not in self.commands:
-            if self.listing:
-                return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
             self.commands[cmd_name] = _load_command(cmd_name)
         return self.commands[cmd_name]
 
