@@ -1,6 +1,7 @@
 """The defaults, in one place: data, schedule, sampler, the built-in recipes, the cache.
 
-A leaf module: it imports nothing from noiseshift, so every layer can read it.
+A leaf module: it imports nothing from noiseshift but the size switch (tiny.py, itself a
+leaf), so every layer can read it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+from .tiny import sized
 
 DEFAULT_DATA = {"name": "digits", "side": 16}
 DEFAULT_SCHEDULE = "linear"
@@ -20,7 +23,7 @@ DEFAULT_STEPS = 16
 # dropout 0.1 (for CFG). Its training budget is sized to <= 3 minutes on 2 CPU cores; it
 # reaches FD 3.2 and 96% class accuracy (analysis/classifier.py's digits classifier) with
 # Euler-Maruyama at 16 steps.
-DEFAULT_DENOISER = {
+DEFAULT_DENOISER = sized("denoiser", {
     "arch": "unet",
     "channels": [16, 32],
     "steps": 1500,
@@ -31,7 +34,7 @@ DEFAULT_DENOISER = {
     "prediction": "velocity",
     "ema_decay": 0.999,
     "seed": 0,
-}
+})
 
 
 def cache_dir() -> Path:
@@ -50,8 +53,9 @@ def recipe_key(*parts) -> str:
 # conv posterior over 100 bins of t (Haar band noise, gauss head), 800 steps of 256 (held-out
 # MAE of t 0.018 on 16x16 digits, a little better than the subspace oracle's 0.019); about a
 # minute on 2 CPU cores.
-DEFAULT_ESTIMATOR = {"bins": 100, "steps": 800, "lr": 1e-2, "train_batch": 256,
-                     "ema_decay": 0.99, "head": "gauss", "haar_levels": 2, "seed": 0}
+DEFAULT_ESTIMATOR = sized("estimator", {"bins": 100, "steps": 800, "lr": 1e-2,
+                                        "train_batch": 256, "ema_decay": 0.99,
+                                        "head": "gauss", "haar_levels": 2, "seed": 0})
 
 
 # The demo's mixture: 64-d, where the exact posterior of t is sharp enough to read a shift.
