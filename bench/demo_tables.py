@@ -76,8 +76,9 @@ def region(report: Path, wide: bool) -> str:
     paired = paired.sort_values("run", key=lambda s: s.map(order))
     base = summary.set_index("run").loc["unguided"]
     when = datetime.fromtimestamp((report / "summary.csv").stat().st_mtime, timezone.utc)
-    caption = (f"From `noiseshift demo` written {when:%Y-%m-%d} (n = {base.n}, {base.steps} "
-               f"steps; `python bench/demo_tables.py {report.as_posix()}` wrote this table). "
+    caption = (f"From `noiseshift demo` written {when:%Y-%m-%d} (n = {int(base.n)}, "
+               f"{int(base.steps)} steps; `python bench/demo_tables.py {report.as_posix()}` "
+               "wrote this table). "
                "FD: Fréchet distance in the digits classifier's features, lower is better; "
                "dFD is paired, with a 95% bootstrap CI.")
     return caption + "\n\n" + "\n".join(rows(summary, paired, wide)) + "\n"

@@ -130,3 +130,55 @@ def test_progress_lines_through_a_pipe(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^\[\d+s\] training, loss [\d.]+: done in \d+s$", proc.stderr, re.M), \
         proc.stderr
+
+
+def _fake_report(folder: Path) -> Path:
+    """A demo report with two runs beside the unguided one: the columns demo_tables reads."""
+    import pandas as pd
+
+    folder.mkdir()
+    base = {"n": 512, "steps": 16, "mean_delta": 0.032, "ind_mean_delta": 0.036,
+            "mean_delta_late": 0.063, "mean_abs_delta": 0.0320, "ind_mean_abs_delta": 0.0360}
+    pd.DataFrame([
+        {"run": "nag-cf-1", **base, "mean_delta": 0.031, "fd": 7.40},
+        {"run": "nag-estimator-step-1.5", **base, "mean_delta": 0.0255, "fd": 2.90},
+        {"run": "unguided", **base, "fd": 3.41},
+    ]).to_csv(folder / "summary.csv", index=False)
+    pd.DataFrame([
+        {"run": "nag-cf-1", "baseline": "unguided", "d_mean_abs_delta": -0.00096,
+         "d_ind_mean_abs_delta": -0.00072, "d_fd": 3.99, "d_fd_lo": 2.66, "d_fd_hi": 5.33},
+        {"run": "nag-estimator-step-1.5", "baseline": "unguided", "d_mean_abs_delta": -0.0064,
+         "d_ind_mean_abs_delta": -0.00756, "d_fd": -0.50, "d_fd_lo": -0.98, "d_fd_hi": -0.06},
+    ]).to_csv(folder / "paired.csv", index=False)
+    return folder
+
+
+def test_demo_tables_rewrite_the_marked_regions(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import demo_tables
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    report = _fake_report(tmp_path / "report")
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
+    for doc in (readme, results):
+        doc.write_text("before\n<!-- demo:begin -->\nold table\n<!-- demo:end -->\nafter\n")
+    docs = {readme: False, results: True}
+    assert demo_tables.main([str(report), "--check"], docs=docs) == 1
+    assert "old table" in readme.read_text()  # --check writes nothing
+    assert demo_tables.main([str(report)], docs=docs) == 0
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- demo:begin -->\n") and text.endswith(
+        "<!-- demo:end -->\nafter\n") and "old table" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| unguided (mean delta +0.032, subspace +0.036; late")
+    # The default first; shift changes are d / baseline; a resolved FD gain in bold.
+    assert rows[2] == ("| nag-estimator-step-1.5 (the default) | -20% / -21% | 2.90 | "
+                       "**-0.50 [-0.98, -0.06]** |")
+    assert rows[3] == "| nag-cf-1 | -3% / -2% | 7.40 | +3.99 [+2.66, +5.33] |"
+    assert "n = 512, 16 steps" in text and "lower is better" in text
+    assert "| +0.0255 | -20% / -21% |" in results.read_text()  # the wide table's mean delta
+    assert demo_tables.main([str(report), "--check"], docs=docs) == 0
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- demo:begin -->"):
+        demo_tables.main([str(report)], docs={tmp_path / "plain.md": False})
