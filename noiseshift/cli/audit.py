@@ -12,6 +12,7 @@ from ..data import load_data
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
 from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
+from ..tiny import sized
 from .common import app, console, fail, print_json
 
 
@@ -37,7 +38,7 @@ def audit_command(
                                     "64-d, 8-mode mixture."),
     components: int = typer.Option(8, "--components", min=1, help="Modes fitted with --data."),
     rank: int = typer.Option(8, "--rank", min=1, help="PCA directions k-means sees (--data)."),
-    n: int = typer.Option(512, "--n", min=8, help="Samples per run."),
+    n: int = typer.Option(sized("n", 512), "--n", min=8, help="Samples per run."),
     seed: int = typer.Option(0, "--seed"),
     bootstrap: int = typer.Option(200, "--bootstrap", min=20, help="Bootstrap resamples."),
     plot: bool = typer.Option(False, "--plot", help="Draw the shift per step (PNG at --out)."),

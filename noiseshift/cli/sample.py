@@ -26,6 +26,7 @@ from ..io.images import save_grid
 from ..pretrained import estimator_for
 from ..recording import describe_model, record_with_baseline, run_exists, run_name
 from ..sampling import draw_labels, sample_across_ranks, sampler_settings
+from ..tiny import sized
 from .common import (
     app,
     console,
@@ -127,8 +128,8 @@ def sample_command(
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
                                 "euler-maruyama or ddim."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
-    n: int = typer.Option(512, "--n", "-n", min=1, help="Number of samples (under torchrun "
-                          "write -n, or put -- before the command)."),
+    n: int = typer.Option(sized("n", 512), "--n", "-n", min=1, help="Number of samples (under "
+                          "torchrun write -n, or put -- before the command)."),
     seed: int = typer.Option(0, "--seed", help="Seed for labels, initial noise and "
                              "sampler noise: the same seed gives the same samples."),
     class_: int = typer.Option(None, "--class", help="Class label for every sample; "
