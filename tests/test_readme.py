@@ -95,7 +95,7 @@ def test_every_block_runs_in_order(tmp_path):
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "COLUMNS": "100",
            "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "blocks.json")],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     done = [line for line in proc.stdout.splitlines() if line.startswith(("ok ", "SKIPPED "))]
     assert len(done) == len(todo), proc.stdout
