@@ -13,9 +13,9 @@ import os
 
 #: What NOISESHIFT_TINY=1 changes, by name: dicts update a recipe, numbers replace a default.
 TINY = {
-    "denoiser": {"steps": 100, "channels": [8, 16]},
-    "estimator": {"steps": 60},
-    "classifier": {"steps": 60},
+    "denoiser": {"steps": 40, "channels": [8, 16]},
+    "estimator": {"steps": 40},
+    "classifier": {"steps": 40},
     "n": 64,
     # the demo's --quick recipe overrides: none, so the tiny recipes above stand
     "quick": {"denoiser": {}, "estimator": {}},
