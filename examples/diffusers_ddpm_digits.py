@@ -11,15 +11,21 @@
 5. reads t' of every recorded state with the learned estimator and with the subspace oracle
    (an independent meter), writes a report and prints the shift of each run.
 
-    python examples/diffusers_ddpm_digits.py --out ddpm-out          # a few minutes on a CPU
-    python examples/diffusers_ddpm_digits.py --out /tmp/ddpm --tiny   # a smoke test
+    python examples/diffusers_ddpm_digits.py --out ddpm-out          # tens of minutes on a CPU
+    python examples/diffusers_ddpm_digits.py --out ddpm-out --tiny   # a smoke test, ~30 s
+
+It also saves the training images as OUT/images.npy, for `noiseshift train-estimator --data`.
+NOISESHIFT_TINY=1 has the effect of --tiny. Each stage prints a line with its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from noiseshift.data import load_data
@@ -28,6 +34,7 @@ from noiseshift.estimators import LearnedEstimator
 from noiseshift.integrations.diffusers import guide, load_pipeline, record
 from noiseshift.integrations.tiny import train_ddpm
 from noiseshift.report import build_report, write_report
+from noiseshift.tiny import enabled as tiny_enabled
 
 DATA = {"name": "digits", "side": 16}
 FULL = {"train_steps": 1500, "channels": (16, 32), "batch": 64, "estimator_steps": 800,
@@ -36,9 +43,20 @@ TINY = {"train_steps": 60, "channels": (8, 16), "batch": 32, "estimator_steps": 
         "n": 32, "steps": 6}
 
 
+STAGES = ("train the pipeline and the estimator", "record two runs", "estimate and report")
+T0 = time.perf_counter()
+
+
+def stage(k: int) -> None:
+    """A line on stderr as stage k (0-based) starts: a log or a pipe sees progress too."""
+    print(f"[{time.perf_counter() - T0:.0f}s] stage {k + 1}/{len(STAGES)}: {STAGES[k]}",
+          file=sys.stderr, flush=True)
+
+
 def build(out: Path, cfg: dict, seed: int) -> Path:
     """Train the pipeline and the estimator; save both under ``out``."""
     data = load_data(DATA)
+    np.save(out / "images.npy", np.asarray(data.x, dtype=np.float32))
     pipe = train_ddpm(data, steps=cfg["train_steps"], batch_size=cfg["batch"],
                       channels=cfg["channels"], seed=seed)
     pipe.save_pretrained(out / "pipeline")
@@ -68,19 +86,23 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="tiny training (a smoke test)")
     args = ap.parse_args(argv)
+    args.tiny = args.tiny or tiny_enabled()
     cfg = TINY if args.tiny else FULL
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     args.out.mkdir(parents=True, exist_ok=True)
 
+    stage(0)
     est_path = build(args.out, cfg, args.seed)
     pipe = load_pipeline(args.out / "pipeline", scheduler="ddim")
     pipe.set_progress_bar_config(disable=True)
     est = LearnedEstimator.load(est_path, device="cpu")
     traj = args.out / "trajectories.h5"
     traj.unlink(missing_ok=True)  # this script's own file: start clean
+    stage(1)
     runs = sample_runs(pipe, est, traj, cfg, args.nag_scale, args.seed)
     print(f"recorded runs {runs} ({cfg['n']} samples x {cfg['steps']} DDIM steps) -> {traj}")
 
+    stage(2)
     res = estimate_file(traj, [str(est_path), "subspace"], device="cpu")
     rep = build_report(traj, res.path, quality=not args.tiny)
     md = write_report(rep, args.out / "report", plot=False)
@@ -89,6 +111,7 @@ def main(argv=None) -> int:
     print(rep.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"mean_abs_delta: |t' - reference(t)| by the learned estimator; ind_: by the "
           f"subspace oracle. report -> {md}")
+    print(f"[{time.perf_counter() - T0:.0f}s] done", file=sys.stderr)
     return 0
 
 

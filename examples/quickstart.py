@@ -17,6 +17,8 @@ skips the sample-quality metrics, so its numbers only show that the pipeline run
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -32,6 +34,14 @@ from noiseshift.report.tables import demo_tables
 
 TINY_DENOISER = {"steps": 30, "channels": [4, 8]}
 TINY_ESTIMATOR = {"steps": 30}
+STAGES = ("load (or train) the models", "record two runs", "estimate t'", "report")
+T0 = time.perf_counter()
+
+
+def stage(k: int) -> None:
+    """A line on stderr as stage k (0-based) starts: a log or a pipe sees progress too."""
+    print(f"[{time.perf_counter() - T0:.0f}s] stage {k + 1}/{len(STAGES)}: {STAGES[k]}",
+          file=sys.stderr, flush=True)
 
 
 def load_models(tiny: bool):
@@ -77,15 +87,19 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     traj = args.out / "trajectories.h5"
     traj.unlink(missing_ok=True)  # this script's own file: start clean
+    stage(0)
     model, est, est_name = load_models(args.tiny)
     data = load_data(pretrained.DEFAULT_DATA)
 
+    stage(1)
     runs = record(model, est, data, traj, args.n, args.steps, args.seed)
     print(f"recorded runs {runs} ({args.n} samples x {args.steps} steps) -> {traj}")
 
+    stage(2)
     res = estimate_file(traj, [est_name, "subspace"])
     print(f"estimates -> {res.path}")
 
+    stage(3)
     rep = build_report(traj, res.path, quality=not args.tiny, data=data)
     md = write_report(rep, args.out / "report", plot=False)
     print_summary(rep, console)

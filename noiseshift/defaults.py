@@ -1,6 +1,7 @@
 """The defaults, in one place: data, schedule, sampler, the built-in recipes, the cache.
 
-A leaf module: it imports nothing from noiseshift, so every layer can read it. The one rule:
+A leaf module: it imports nothing from noiseshift but the size switch (tiny.py, itself a
+leaf), so every layer can read it. The one rule:
 a value here is written nowhere else; a signature, library or CLI, that shares it names it
 (``steps: int = DEFAULT_DENOISER["steps"]``), so editing it here changes the Python API, the
 CLI and the cache keys together.
@@ -13,11 +14,13 @@ import json
 import os
 from pathlib import Path
 
+from .tiny import sized
+
 DEFAULT_DATA = {"name": "digits", "side": 16}
 DEFAULT_SCHEDULE = "linear"
 DEFAULT_SAMPLER = "euler-maruyama"
 DEFAULT_STEPS = 16
-DEFAULT_N = 512
+DEFAULT_N = sized("n", 512)  # NOISESHIFT_TINY=1: 64
 # Bootstrap resamples behind every confidence interval.
 N_BOOT = 200
 
@@ -26,7 +29,7 @@ N_BOOT = 200
 # dropout 0.1 (for CFG). Its training budget is sized to <= 3 minutes on 2 CPU cores; it
 # reaches FD 3.2 and 96% class accuracy (analysis/classifier.py's digits classifier) with
 # Euler-Maruyama at 16 steps.
-DEFAULT_DENOISER = {
+DEFAULT_DENOISER = sized("denoiser", {
     "arch": "unet",
     "channels": [16, 32],
     "steps": 1500,
@@ -37,7 +40,7 @@ DEFAULT_DENOISER = {
     "prediction": "velocity",
     "ema_decay": 0.999,
     "seed": 0,
-}
+})
 
 
 def cache_dir() -> Path:
@@ -57,8 +60,9 @@ def recipe_key(*parts) -> str:
 # MAE of t 0.018 on 16x16 digits, a little better than the subspace oracle's 0.019); about a
 # minute on 2 CPU cores. lr from a one-seed sweep on 16x16 digits at 800 steps (held-out MAE
 # 0.026 at lr 5e-3, 0.020 at 1e-2, 0.018 at 2e-2; 1e-2 leaves headroom for other data).
-DEFAULT_ESTIMATOR = {"bins": 100, "steps": 800, "lr": 1e-2, "train_batch": 256,
-                     "ema_decay": 0.99, "head": "gauss", "haar_levels": 2, "seed": 0}
+DEFAULT_ESTIMATOR = sized("estimator", {"bins": 100, "steps": 800, "lr": 1e-2,
+                                        "train_batch": 256, "ema_decay": 0.99,
+                                        "head": "gauss", "haar_levels": 2, "seed": 0})
 
 
 # The demo's mixture: 64-d, where the exact posterior of t is sharp enough to read a shift.

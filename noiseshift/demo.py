@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import pretrained
+from . import pretrained, tiny
 from .analysis.probe import probe
 from .data import load_data
 from .defaults import DEFAULT_N
@@ -73,11 +73,13 @@ class DemoSettings:
     def make(cls, data: str = "digits", quick: bool = False, seed: int = 0, n: int | None = None):
         if data not in ("digits", "gmm"):
             raise NoiseshiftError(f"the demo runs on built-in data: digits or gmm, not {data!r}")
+        quick = quick or tiny.enabled()
         if not quick:
             return cls(data=data, seed=seed, n=n or DEFAULT_N)
         # Tiny everything: minutes of training would dominate a smoke test.
-        return cls(data=data, seed=seed, n=n or 128, steps=8, runs=QUICK_RUNS, n_boot=100,
-                   denoiser={"steps": 150}, estimator={"steps": 150})
+        return cls(data=data, seed=seed, n=n or tiny.sized("n", 128), steps=8, runs=QUICK_RUNS,
+                   n_boot=100, **tiny.sized("quick", {"denoiser": {"steps": 150},
+                                                      "estimator": {"steps": 150}}))
 
 
 @dataclass

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "noiseshift"
 
 #: Layer of each top-level module or package of noiseshift/ (docs/architecture.md).
 LAYERS: dict[str, int] = {
-    "errors": 0, "defaults": 0, "runtime": 0, "distributed": 0,
+    "errors": 0, "defaults": 0, "tiny": 0, "runtime": 0, "distributed": 0,
     "schedules": 1, "__init__": 1,  # the package root re-exports errors and schedules
     "data": 2,
     "io": 3,

@@ -20,6 +20,7 @@ from ..defaults import cache_dir, recipe_key
 from ..errors import NoiseshiftError
 from ..io.checkpoints import read_checkpoint, save_checkpoint
 from ..runtime import seeded_init
+from ..tiny import sized
 from .statistics import Estimate, bootstrap_mean
 
 __all__ = [
@@ -31,8 +32,9 @@ __all__ = [
     "train_digits_classifier",
 ]
 
-CLASSIFIER = {"side": 16, "channels": [16, 32], "features": 64, "steps": 400,
-              "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0}
+CLASSIFIER = sized("classifier", {"side": 16, "channels": [16, 32], "features": 64,
+                                  "steps": 400, "batch_size": 64, "lr": 2e-3,
+                                  "weight_decay": 1e-4, "seed": 0})
 CLASSIFIER_FORMAT = "noiseshift.classifier"
 
 

@@ -9,7 +9,7 @@ import typer
 from ..analysis.audit import audit_builtin, convergence, default_mixture, fit_mixture
 from ..analysis.simulation import exact_meter
 from ..data import load_data
-from ..defaults import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS, N_BOOT
+from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS, N_BOOT
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
 from ..io.paths import refuse_overwriting_inputs
@@ -40,7 +40,7 @@ def audit_command(
                                     "64-d, 8-mode mixture."),
     components: int = typer.Option(8, "--components", min=1, help="Modes fitted with --data."),
     rank: int = typer.Option(8, "--rank", min=1, help="PCA directions k-means sees (--data)."),
-    n: int = typer.Option(512, "--n", min=8, help="Samples per run."),
+    n: int = typer.Option(DEFAULT_N, "--n", min=8, help="Samples per run."),
     seed: int = typer.Option(0, "--seed"),
     bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples."),
     plot: bool = typer.Option(False, "--plot", help="Draw the shift per step (PNG at --out)."),

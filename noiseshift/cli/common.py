@@ -138,10 +138,72 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: Not a terminal: seconds between a running stage's lines, and the shortest stage that
+#: gets a line at all (a log needs the stages that take time, not every file check).
+LINE_EVERY = 30.0
+LINE_MIN = 1.0
+
+
+class _StageLines(Progress):
+    """Progress for a log or a pipe, where a bar would vanish: a line on stderr when a stage
+    ends and every LINE_EVERY seconds while it runs, with its elapsed time and an estimate
+    of what is left (rich's own task timing)."""
+
+    def __init__(self):
+        super().__init__(console=err_console, disable=True)
+        self._last: dict = {}  # task id -> time of its last line; None once its end is said
+        self._t0 = self.get_time()
+
+    def update(self, task_id, **kw) -> None:
+        super().update(task_id, **kw)
+        self._say(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._say(task_id)
+
+    def close(self) -> None:
+        """The end line of every stage still open (the command finished without error)."""
+        for task in self.tasks:
+            self._say(task.id, ended=True)
+
+    def _say(self, task_id, ended: bool = False) -> None:
+        task, now = self._tasks[task_id], self.get_time()
+        last = self._last.get(task_id, task.start_time)
+        if last is None or task.start_time is None:
+            return
+        elapsed = now - task.start_time
+        if task.finished or ended:
+            self._last[task_id] = None
+            if elapsed >= LINE_MIN:
+                self._line(f"{task.description}: done in {_clock(elapsed)}")
+        elif now - last >= LINE_EVERY:
+            self._last[task_id] = now
+            left = task.time_remaining
+            size = "" if task.total is None else f"{task.completed:.0f}/{task.total:.0f}, "
+            self._line(f"{task.description}: {size}{_clock(elapsed)} elapsed"
+                       + ("" if left is None else f", about {_clock(left)} left"))
+
+    def _line(self, text: str) -> None:
+        err_console.print(f"[{_clock(self.get_time() - self._t0)}] {text}", markup=False,
+                          highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 @contextmanager
 def progress(quiet: bool = False):
-    """A rich progress bar; hidden with quiet (for --json) or when stderr is not a terminal
-    in tests."""
+    """A rich progress bar on a terminal; in a log or a pipe, a line per stage with its
+    elapsed time and what is left (`_StageLines`); nothing with quiet (for --json)."""
+    if not quiet and not err_console.is_terminal:
+        lines = _StageLines()
+        with lines:
+            yield lines
+        lines.close()
+        return
     p = Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -150,9 +212,7 @@ def progress(quiet: bool = False):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        # Not a terminal (a log, a pipe, a test): rich would print the bar's last frame there,
-        # a second line beside a one-line error.
-        disable=quiet or not err_console.is_terminal,
+        disable=quiet,
         transient=False,
     )
     with p:
