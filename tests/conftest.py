@@ -15,15 +15,19 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count(
 
 def pytest_addoption(parser):
     parser.addoption("--fuzz", action="store_true", help="run the long fuzz (1000+ cases)")
+    parser.addoption("--docs", action="store_true", help="run every command block of README.md "
+                     "and docs/ (tests/test_readme.py; minutes; .ci/run does)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--fuzz"):
-        return
-    skip = pytest.mark.skip(reason="long fuzz: run with --fuzz")
-    for item in items:
-        if "fuzz" in item.keywords:
-            item.add_marker(skip)
+    for mark, option, why in (("fuzz", "--fuzz", "long fuzz"),
+                              ("docs", "--docs", "the README and docs blocks")):
+        if config.getoption(option):
+            continue
+        skip = pytest.mark.skip(reason=f"{why}: run with {option}")
+        for item in items:
+            if mark in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")
