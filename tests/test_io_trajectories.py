@@ -357,7 +357,7 @@ def test_outside_writer_example_in_spec_is_valid(tmp_path, monkeypatch):
     code = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "h5py.File" in b)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "trajectory-format.md", "exec"), {})
-    s = validate(tmp_path / "traj.h5")
+    s = validate(tmp_path / "own.h5")
     assert s["runs"][0]["complete"] and s["runs"][0]["steps"] == 25
     assert s["runs"][0]["shape"] == [3, 32, 32]
 
