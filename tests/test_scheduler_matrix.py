@@ -8,7 +8,6 @@ is registered on the diffusers module for the test (build_scheduler finds classe
 from __future__ import annotations
 
 import json
-
 import math
 
 import pytest
@@ -125,8 +124,9 @@ def test_matrix_ranks_flagged_first_and_prints_at_80_columns(tmp_path):
 
 
 def test_cli_matrix_json_and_plot(tmp_path):
-    from noiseshift.cli import app
     from typer.testing import CliRunner
+
+    from noiseshift.cli import app
 
     fig = tmp_path / "m.png"
     out = CliRunner().invoke(app, ["audit", "--diffusers-matrix", "--schedulers",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..analysis.audit import default_mixture
 from ..analysis.shifts import mean_abs, order_fit, read_states, true_readings
 from ..analysis.simulation import exact_meter
 from ..analysis.statistics import N_BOOT, Estimate, bootstrap
@@ -220,8 +221,6 @@ def check_configuration(name: str, spacing: str | None = None, config: dict | No
                         seed: int = 0, meters: dict | None = None,
                         n_boot: int = N_BOOT) -> ConfigResult:
     """One configuration over the step counts: the numbers, the fitted order and the flag."""
-    from ..analysis.audit import default_mixture
-
     data = default_mixture() if data is None else data
     meters = {} if meters is None else meters
     probe, start, runs = point_mass(data.mixture), time.perf_counter(), []
