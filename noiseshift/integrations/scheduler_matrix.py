@@ -292,12 +292,12 @@ def audit_matrix(data=None, *, schedulers=None, spacings=SPACINGS, steps=STEPS,
     """The matrix, ranked: flagged configurations first, then by mean |shift| at the most
     steps. configs: "default" (each scheduler as shipped) or "all" (with VARIANTS).
     on_config(done, total, result) is called after each configuration (a progress bar)."""
+    if configs not in ("all", "default"):
+        raise NoiseshiftError(f"configs must be 'all' or 'default', got {configs!r}")
     names, skipped = discover(schedulers)
     plan = [(name, sp, tag, cfg) for name in names
             for tag, cfg in (variants(name) if configs == "all" else [("default", {})])
             for sp in _spacings(name, spacings)]
-    if configs not in ("all", "default"):
-        raise NoiseshiftError(f"configs must be 'all' or 'default', got {configs!r}")
     meters: dict = {}
     rows = []
     for i, (name, sp, tag, cfg) in enumerate(plan):
