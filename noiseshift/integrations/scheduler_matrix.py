@@ -20,8 +20,10 @@ The flag (`flag_reason`), worst case over the step counts:
   spacing that starts below the top of the table);
 - off its labels: on the probe, started from a true state at the first label, a state lands
   more than LABEL_TOL in t from the level its timestep stands for;
-- residual noise: on the probe the final sample keeps a level above RESIDUAL_TOL, or on the
-  mixture it reads noisier than data with its CI's lower end above RESIDUAL_TOL.
+- residual noise: on the probe the final sample keeps a level above RESIDUAL_TOL.
+
+The mixture's residual reading is reported, not flagged: a sampler's last step leaves a
+discretisation error there too (flow Euler reads +0.014 at 10 steps, +0.004 at 30).
 
 t is in the family's units (vp-cosine for diffusion schedulers, linear = sigma for flow).
 """
@@ -209,10 +211,6 @@ def flag_reason(runs: list[StepCount]) -> str | None:
     if rest.probe_residual > RESIDUAL_TOL:
         return (f"residual noise: the final sample stays at t={rest.probe_residual:.3f} at "
                 f"{rest.steps} steps, with an exact model")
-    noisy = max(runs, key=lambda r: r.residual.lo)
-    if noisy.residual.lo > RESIDUAL_TOL:
-        return (f"residual noise: the final sample reads {noisy.residual.value:+.3f} noisier "
-                f"than data at {noisy.steps} steps (the last step overshoots)")
     return None
 
 
