@@ -235,7 +235,7 @@ def check_configuration(name: str, spacing: str | None = None, config: dict | No
 def discover(names=None) -> tuple[list[str], dict[str, str]]:
     """diffusers' scheduler classes the matrix can run (sorted) and the others with why: the
     adapter cannot read them (`SchedulerView`), their model output is EDM-preconditioned, or
-    a two-step run on the probe fails."""
+    a five-step run on the probe fails (PNDM needs more than two)."""
     diffusers = _diffusers()
     pool = names or sorted(n for n in dir(diffusers) if n.endswith("Scheduler")
                            and not n.startswith("Flax") and isinstance(getattr(diffusers, n),
@@ -259,7 +259,7 @@ def _why_not(diffusers, name, probe) -> str | None:
         view = SchedulerView(build_scheduler(name))
         if view.parametrisation() is None:
             return "EDM-preconditioned model output (the perfect model gives eps, v or x0)"
-        run_scheduler(build_scheduler(name), probe, 2, 2)
+        run_scheduler(build_scheduler(name), probe, 5, 2)
     except NoiseshiftError as e:
         return e.problem
     except Exception as e:  # noqa: BLE001 - any failure means: cannot run it here
