@@ -12,17 +12,21 @@ from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS, N_BOOT
 from ..errors import NoiseshiftError
 from ..integrations.audit_diffusers import audit_scheduler
+from ..integrations.scheduler_matrix import audit_matrix
 from ..io.paths import refuse_overwriting_inputs
 from ..report.audit import audit_figure, audit_table, band_rich, convergence_rich
-from .common import app, console, fail, print_json
+from ..report.matrix import flag_lines, matrix_figure, matrix_rich
+from .common import app, console, fail, print_json, progress
 
 
 @app.command("audit")
 def audit_command(
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="Built-in sampler: euler, "
                                 "heun, euler-maruyama, ddim."),
-    steps: str = typer.Option(str(DEFAULT_STEPS), "--steps", help="Steps, or a comma list "
-                              "(8,16,32,64) for the convergence table and fitted order."),
+    steps: str | None = typer.Option(None, "--steps", help="Steps, or a comma list "
+                                     "(8,16,32,64) for the convergence table and fitted "
+                                     f"order (default {DEFAULT_STEPS}; the matrix: 10,15,30)."),
+    schedule: str = typer.Option("linear", "--schedule", help="Built-in samplers' schedule."),
     schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Built-in samplers' "
                                  "schedule."),
     diffusion: float | None = typer.Option(None, "--diffusion", help="Euler-Maruyama's g^2 "
@@ -47,6 +51,17 @@ def audit_command(
     out: Path = typer.Option(Path("audit.png"), "--out", "-o", help="The figure's path."),
     per_step: bool = typer.Option(False, "--per-step", help="Print the per-step table too."),
     json_out: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    matrix: bool = typer.Option(False, "--diffusers-matrix", help="Audit every diffusers "
+                                "scheduler noiseshift can read x spacings x configurations "
+                                "at each --steps, and flag those off schedule (see "
+                                "docs/scheduler-lint.md)."),
+    schedulers: str | None = typer.Option(None, "--schedulers", help="Matrix: a comma list "
+                                          "of classes (default: all supported)."),
+    spacings: str = typer.Option("leading,linspace,trailing", "--spacings",
+                                 help="Matrix: the timestep_spacing values."),
+    configs: str = typer.Option("all", "--configs", help="Matrix: 'default' (as shipped) or "
+                                "'all' (with v/x0 prediction, SD betas, zero terminal SNR, "
+                                "Karras sigmas, final sigma_min, flow shift 3)."),
 ):
     """Run a sampler with a perfect model and report the noise shift it causes alone.
 
@@ -61,13 +76,23 @@ def audit_command(
     spread per mode. It keeps your data's energy and coarse mode structure, not within-mode
     correlations or texture, so it audits the sampler on data like yours, not on your data.
 
+    --diffusers-matrix runs every diffusers scheduler noiseshift can read, at each spacing
+    and configuration that matters, and flags those off schedule (docs/scheduler-lint.md).
+
     Examples: `noiseshift audit --steps 8,16,32,64`;
-    `noiseshift audit --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`.
+    `noiseshift audit --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`;
+    `noiseshift audit --diffusers-matrix --schedulers DDIMScheduler --steps 5,10 --n 64`.
     """
+    if matrix:
+        refuse_overwriting_inputs(out if plot else None, data)
+        _matrix(schedulers, spacings, configs, steps, data, components, rank, n, seed,
+                bootstrap, plot and out, json_out)
+        return
     try:
         refuse_overwriting_inputs(out if plot else None, data)
-        results = _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing,
-                       scheduler_config, data, components, rank, n, seed, bootstrap)
+        results = _run(sampler, steps or str(DEFAULT_STEPS), schedule, diffusion, eta,
+                       scheduler, spacing, scheduler_config, data, components, rank, n, seed,
+                       bootstrap)
         conv = convergence(results) if len(results) > 1 else None
         fig = audit_figure(results, out) if plot else None
     except NoiseshiftError as e:
@@ -103,12 +128,41 @@ def _refuse_unused(scheduler, spacing, config, diffusion, eta) -> None:
                                  "without --scheduler diffusers:CLASS"))
 
 
+def _mixture(data, components, rank, seed):
+    return default_mixture() if data is None else fit_mixture(load_data(data), components,
+                                                              rank, seed)
+
+
+def _matrix(schedulers, spacings, configs, steps, data, components, rank, n, seed, bootstrap,
+            figure, json_out) -> None:
+    names = [s.strip().removeprefix("diffusers:") for s in (schedulers or "").split(",")
+             if s.strip()] or None
+    try:
+        with progress(json_out) as p:
+            task = p.add_task("auditing schedulers", total=None)
+            res = audit_matrix(_mixture(data, components, rank, seed), schedulers=names,
+                               spacings=[s.strip() for s in spacings.split(",") if s.strip()],
+                               steps=_step_counts(steps or "10,15,30"), configs=configs, n=n,
+                               seed=seed, n_boot=bootstrap, on_config=lambda done, total, _:
+                               p.update(task, completed=done, total=total))
+        fig = matrix_figure(res, figure) if figure and res.rows else None
+    except NoiseshiftError as e:
+        fail(e.problem, e.path)
+    if json_out:
+        print_json({**res.to_dict(), "figure": fig and str(fig)})
+        return
+    console.print(matrix_rich(res))
+    for line in flag_lines(res):
+        console.print(line, highlight=False, markup=False)
+    if fig is not None:
+        console.print(f"wrote [bold]{fig}[/]")
+
+
 def _run(sampler, steps, schedule, diffusion, eta, scheduler, spacing, config, data,
          components, rank, n, seed, bootstrap):
     counts = _step_counts(steps)
     _refuse_unused(scheduler, spacing, config, diffusion, eta)
-    mix = default_mixture() if data is None else fit_mixture(load_data(data), components,
-                                                             rank, seed)
+    mix = _mixture(data, components, rank, seed)
     if scheduler is not None:
         meters: dict = {}
         return [audit_scheduler(mix, scheduler, steps=s, spacing=spacing, config=config, n=n,

@@ -21,7 +21,7 @@ from ..analysis.simulation import exact_meter
 from ..analysis.statistics import N_BOOT
 from ..errors import NoiseshiftError
 from .diffusers import SPACINGS
-from .levels import to_schedule_form
+from .levels import map_level, to_schedule_form
 from .mixture_unet import MixtureUNet
 from .schedulers import SUPPORTED, SchedulerView, jsonable
 
@@ -122,19 +122,25 @@ def check_scheduler(scheduler, steps: int) -> None:
     SchedulerView(scheduler)
 
 
-def run_scheduler(scheduler, mixture, steps: int, n: int, seed: int = 0, shape=None):
+def run_scheduler(scheduler, mixture, steps: int, n: int, seed: int = 0, shape=None,
+                  trace: dict | None = None, latents: torch.Tensor | None = None):
     """The standard loop with the exact `MixtureUNet`: (t (S,), states (S, N, d) in the
-    family's form, family name). Stochastic schedulers draw from a generator seeded by seed."""
+    family's form, family name). Stochastic schedulers draw from a generator seeded by seed.
+    A `trace` dict receives "labels" (S,), the t each state's timestep stands for as the
+    model reads it, and "final", the last sample (N, d) as the pipeline returns it.
+    `latents` (N, *shape), as a pipeline's, replace the initial noise."""
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = tuple(shape or _shape(mixture.dim))
     unet = MixtureUNet.for_scheduler(mixture, scheduler, shape)
     view = SchedulerView(scheduler)
     gen = torch.Generator().manual_seed(seed)
-    x = randn_tensor((n, *shape), generator=gen) * getattr(scheduler, "init_noise_sigma", 1.0)
+    # Pipelines set the timesteps first: Euler's init_noise_sigma depends on them.
     scheduler.set_timesteps(steps)
+    x = randn_tensor((n, *shape), generator=gen) * getattr(scheduler, "init_noise_sigma", 1.0)
+    x = x if latents is None else latents
     takes_gen = "generator" in inspect.signature(scheduler.step).parameters
-    ts, states = [], []
+    ts, labels, states = [], [], []
     with torch.no_grad():
         for t in scheduler.timesteps:
             inp = scheduler.scale_model_input(x, t) if hasattr(scheduler,
@@ -143,9 +149,12 @@ def run_scheduler(scheduler, mixture, steps: int, n: int, seed: int = 0, shape=N
             state = view.state(t)
             if state.first_order:
                 ts.append(state.t)
+                labels.append(map_level(*unet.level(float(t)), view.family)[0])
                 states.append(to_schedule_form(x, state.k).reshape(n, -1).clone())
             x = scheduler.step(out, t, x, **({"generator": gen} if takes_gen else {})
                                ).prev_sample
+    if trace is not None:
+        trace.update(labels=np.array(labels), final=x.reshape(n, -1).float())
     return np.array(ts), torch.stack(states), view.family
 
 
