@@ -26,7 +26,6 @@ def audit_command(
     steps: str | None = typer.Option(None, "--steps", help="Steps, or a comma list "
                                      "(8,16,32,64) for the convergence table and fitted "
                                      f"order (default {DEFAULT_STEPS}; the matrix: 10,15,30)."),
-    schedule: str = typer.Option("linear", "--schedule", help="Built-in samplers' schedule."),
     schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Built-in samplers' "
                                  "schedule."),
     diffusion: float | None = typer.Option(None, "--diffusion", help="Euler-Maruyama's g^2 "
