@@ -63,15 +63,14 @@ def resolve(text, *, allow_download: bool = False, files=("model_index.json",)) 
         raise NoiseshiftError(f"{text!r} is neither a folder nor a Hub id (ORG/NAME[@REVISION])")
     repo, revision = parsed
     require("diffusers")  # which brings the hub client
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
+    client = require("huggingface_hub")
+    not_there = require("huggingface_hub.errors").EntryNotFoundError
     failure = None
     for name in files:
         try:
-            path = Path(hf_hub_download(repo, name, revision=revision,
-                                        local_files_only=not allow_download))
-        except EntryNotFoundError as e:  # cached repo, or one online, without this file
+            path = Path(client.hf_hub_download(repo, name, revision=revision,
+                                               local_files_only=not allow_download))
+        except not_there as e:  # cached repo, or one online, without this file
             failure = failure or e
             continue
         except Exception as e:  # the client raises many kinds: offline, not found, HTTP
