@@ -1,8 +1,9 @@
 """Feature spaces other papers use, from local weights: `--features SPEC` for `report` (and
 `extractor_space` for a bench or tune).
 
-- ``inception:PATH``: the FID Inception-v3 (``pt_inception-2015-12-05-6726825d.pth``, the file
-  torch-fidelity and pytorch-fid use), built by torch-fidelity's `FeatureExtractorInceptionV3`
+- ``inception:PATH``: the FID Inception-v3 (torch-fidelity's
+  ``weights-inception-2015-12-05-6726825d.pth``, pytorch-fid's ``pt_inception-...`` of the
+  same hash), built by torch-fidelity's `FeatureExtractorInceptionV3`
   (2048-d pool3 features). The network is torch-fidelity's, not re-implemented here.
 - ``dinov2:PATH``: a DINOv2 ViT checkpoint (timm, or Meta's torch hub ``.pth``) through timm
   (the CLS token; Stein et al. 2023 use ViT-L/14 at 224 px).
