@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NoiseshiftError
-from .quality import FeatureSpace, kernel_mean_offdiagonal
+from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal
 
 KINDS = ("inception", "dinov2", "module", "export")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -171,10 +171,17 @@ class ExtractorSpace(FeatureSpace):
         self.reference = extractor(reference)
         self._radii: dict[int, np.ndarray] = {}
         self._kid_real: float | None = None
+        self._fd_ref = None
 
     @property
     def label(self) -> str:
         return self.extractor.label
+
+    def fd_reference(self):
+        """`analysis.quality.fd_reference` of the reference (computed once)."""
+        if self._fd_ref is None:
+            self._fd_ref = fd_reference(self.reference)
+        return self._fd_ref
 
     def kid_real(self) -> float:
         """The reference's own kernel term of KID (computed once)."""

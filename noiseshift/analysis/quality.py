@@ -33,6 +33,7 @@ __all__ = [
     "fd_difference",
     "fd_linear",
     "fd_linear_difference",
+    "fd_reference",
     "feature_space",
     "frechet_distance",
     "gaussian_frechet",
@@ -180,17 +181,22 @@ def _fd_values(fake: np.ndarray, ref: _Reference) -> np.ndarray:
     return ref.distance(fake) + infl - infl.mean()
 
 
-def fd_linear(fake: np.ndarray, real: np.ndarray, **kw) -> Estimate:
+def fd_linear(fake: np.ndarray, real: np.ndarray, ref=None, **kw) -> Estimate:
     """FD of generated features to real ones (the same value as `fd`), with a linearised
-    bootstrap CI (see above)."""
-    return bootstrap_mean(_fd_values(fake, _Reference(real)), **kw)
+    bootstrap CI (see above). ``ref``: `fd_reference(real)`, when cached."""
+    return bootstrap_mean(_fd_values(fake, ref or _Reference(real)), **kw)
 
 
-def fd_linear_difference(fake_a, fake_b, real, **kw) -> Estimate:
+def fd_linear_difference(fake_a, fake_b, real, ref=None, **kw) -> Estimate:
     """FD(b) - FD(a), paired, with a linearised bootstrap CI."""
     _same_length(fake_a, fake_b)
-    ref = _Reference(real)
+    ref = ref or _Reference(real)
     return bootstrap_mean(_fd_values(fake_b, ref) - _fd_values(fake_a, ref), **kw)
+
+
+def fd_reference(real: np.ndarray) -> _Reference:
+    """The real features' moments and covariance square root, for `fd_linear`'s ``ref``."""
+    return _Reference(real)
 
 
 def _kernel_sums(x: np.ndarray, y: np.ndarray, block: int = 2048) -> np.ndarray:
@@ -340,7 +346,7 @@ def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
     kw = {"n_boot": n_boot, "seed": seed}
     f = space(samples)
     if space.kind == "extractor":
-        out = {"fd": fd_linear(f, space.reference, **kw),
+        out = {"fd": fd_linear(f, space.reference, space.fd_reference(), **kw),
                "kid": kid(f, space.reference, space.kid_real(), **kw)}
     else:
         out = {"fd": fd(f, space.reference, **kw)}
@@ -365,7 +371,7 @@ def quality_difference(samples_a, samples_b, data, *, labels=None,
     kw = {"n_boot": n_boot, "seed": seed}
     fa, fb = space(samples_a), space(samples_b)
     if space.kind == "extractor":
-        out = {"fd": fd_linear_difference(fa, fb, space.reference, **kw),
+        out = {"fd": fd_linear_difference(fa, fb, space.reference, space.fd_reference(), **kw),
                "kid": kid_difference(fa, fb, space.reference, space.kid_real(), **kw)}
     else:
         out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
