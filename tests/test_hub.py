@@ -112,7 +112,8 @@ def test_a_missing_id_offline_is_one_line_exit_2(cache, tmp_path, capsys):
     lines = cli_exit_2(["sample", "--model", "diffusers:nobody/nothing", "--n", "2",
                         "--record", str(tmp_path / "t.h5")], capsys)
     assert len(lines) == 1
-    assert "nobody/nothing is not in the Hugging Face cache" in lines[0]
+    assert "nobody/nothing: no such folder, and no such Hub id in the Hugging Face cache" \
+        in lines[0]
     assert "hf download nobody/nothing" in lines[0] and "--allow-download" in lines[0]
     assert not (tmp_path / "t.h5").exists()
     lines = cli_exit_2(["sample", "--allow-download", "--n", "2"], capsys)

@@ -85,8 +85,9 @@ def _missing(repo: str, revision: str | None, allow_download: bool, e) -> Noises
     at = f"@{revision}" if revision else ""
     if not allow_download:
         rev = f" --revision {revision}" if revision else ""
-        return NoiseshiftError(f"{repo}{at} is not in the Hugging Face cache; fetch it once "
-                               f"with `hf download {repo}{rev}`, or pass --allow-download")
+        return NoiseshiftError(f"{repo}{at}: no such folder, and no such Hub id in the Hugging "
+                               f"Face cache; fetch it once with `hf download {repo}{rev}`, "
+                               f"or pass --allow-download")
     text = str(e).strip().splitlines()[0][:200] if e is not None and str(e).strip() else ""
     return NoiseshiftError(f"cannot fetch {repo}{at} from the Hub ({type(e).__name__}: {text})")
 
