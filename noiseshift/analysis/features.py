@@ -172,6 +172,21 @@ class ExtractorSpace(FeatureSpace):
         self._radii: dict[int, np.ndarray] = {}
         self._kid_real: float | None = None
         self._fd_ref = None
+        self._memo: list[tuple] = []  # (array, tag, what was computed from it)
+
+    def __call__(self, x) -> np.ndarray:
+        """The features of samples ``x``, extracted once per array."""
+        return self.memo(x, lambda: self.extractor(x), tag="features")
+
+    def memo(self, key, compute, tag: str = "terms"):
+        """``compute()``, once per (``key`` object, ``tag``): kept with ``key`` itself, so an
+        identity match cannot be a reused id."""
+        for k, t, value in self._memo:
+            if k is key and t == tag:
+                return value
+        value = compute()
+        self._memo.append((key, tag, value))
+        return value
 
     @property
     def label(self) -> str:

@@ -259,26 +259,27 @@ def _coverage(real: np.ndarray, fake: np.ndarray, k: int, real_radii=None):
 
 
 def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, real_radii=None,
-                     **kw) -> tuple[Estimate, Estimate]:
+                     coverage=None, **kw) -> tuple[Estimate, Estimate]:
     """Improved precision (share of generated samples inside the real manifold, the union of
     k-NN balls) and recall (share of real samples inside the generated manifold).
 
     CIs resample the generated set; the balls keep the radii of the full sets (a resample's
     duplicates would shrink k-NN radii to zero). `real_radii` (from `FeatureSpace.radii`)
-    saves recomputing the real set's k-NN radii for every run."""
-    in_real, in_fake = _coverage(real, fake, k, real_radii)
+    saves recomputing the real set's k-NN radii for every run; ``coverage`` the two
+    matrices (`_coverage`), when already computed."""
+    in_real, in_fake = coverage or _coverage(real, fake, k, real_radii)
     precision = bootstrap_mean(in_real.any(1).astype(np.float64), **kw)
     recall = bootstrap(lambda i: in_fake[np.unique(i)].any(0).mean(), len(fake), **kw)
     return precision, recall
 
 
 def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=None,
-                                **kw) -> tuple[Estimate, Estimate]:
+                                coverages=None, **kw) -> tuple[Estimate, Estimate]:
     """Paired differences (b - a) of precision and recall, resampling sample indices
-    jointly."""
-    rr = _knn_radii(real, k) if real_radii is None else real_radii
-    ra, fa = _coverage(real, fake_a, k, rr)
-    rb, fb = _coverage(real, fake_b, k, rr)
+    jointly; ``coverages``: both runs' `_coverage`, when already computed."""
+    rr = _knn_radii(real, k) if real_radii is None and coverages is None else real_radii
+    (ra, fa), (rb, fb) = coverages or (_coverage(real, fake_a, k, rr),
+                                       _coverage(real, fake_b, k, rr))
     dp = rb.any(1).astype(np.float64) - ra.any(1).astype(np.float64)
     precision = bootstrap_mean(dp, **kw)
     recall = bootstrap(lambda i: fb[np.unique(i)].any(0).mean() - fa[np.unique(i)].any(0).mean(),
@@ -337,6 +338,18 @@ def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) 
 
 # -- everything for one run, and paired differences ----------------------------------------------
 
+def _wide_terms(space, f: np.ndarray) -> dict | None:
+    """For an extractor space (`features.ExtractorSpace`): the per-sample FD and KID values
+    and the k-NN coverage of features ``f``, computed once per run (`space.memo`), since a
+    report needs them for the run and again for its paired difference. None otherwise."""
+    if space.kind != "extractor":
+        return None
+    return space.memo(f, lambda: {
+        "fd": _fd_values(f, space.fd_reference()),
+        "kid": _kid_values(f, space.reference, space.kid_real()),
+        "coverage": _coverage(space.reference, f, 3, space.radii())})
+
+
 def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
             n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """The sample-quality numbers for one run against a `Dataset`: FD, precision, recall
@@ -345,13 +358,13 @@ def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
     space = space or feature_space(data)
     kw = {"n_boot": n_boot, "seed": seed}
     f = space(samples)
-    if space.kind == "extractor":
-        out = {"fd": fd_linear(f, space.reference, space.fd_reference(), **kw),
-               "kid": kid(f, space.reference, space.kid_real(), **kw)}
+    terms = _wide_terms(space, f)
+    if terms:
+        out = {"fd": bootstrap_mean(terms["fd"], **kw), "kid": bootstrap_mean(terms["kid"], **kw)}
     else:
         out = {"fd": fd(f, space.reference, **kw)}
-    out["precision"], out["recall"] = precision_recall(f, space.reference,
-                                                       real_radii=space.radii(), **kw)
+    out["precision"], out["recall"] = precision_recall(
+        f, space.reference, real_radii=space.radii(), coverage=terms and terms["coverage"], **kw)
     if labels is not None and space.kind == "digits":
         out["accuracy"] = classifier_accuracy(samples, labels, space.net, **kw)
     if data.mixture is not None:
@@ -370,13 +383,15 @@ def quality_difference(samples_a, samples_b, data, *, labels=None,
     space = space or feature_space(data)
     kw = {"n_boot": n_boot, "seed": seed}
     fa, fb = space(samples_a), space(samples_b)
-    if space.kind == "extractor":
-        out = {"fd": fd_linear_difference(fa, fb, space.reference, space.fd_reference(), **kw),
-               "kid": kid_difference(fa, fb, space.reference, space.kid_real(), **kw)}
+    ta, tb = _wide_terms(space, fa), _wide_terms(space, fb)
+    if ta:
+        _same_length(fa, fb)
+        out = {k: bootstrap_mean(tb[k] - ta[k], **kw) for k in ("fd", "kid")}
     else:
         out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
     out["precision"], out["recall"] = precision_recall_difference(
-        fa, fb, space.reference, real_radii=space.radii(), **kw)
+        fa, fb, space.reference, real_radii=space.radii(),
+        coverages=ta and (ta["coverage"], tb["coverage"]), **kw)
     if labels is not None and space.kind == "digits":
         out["accuracy"] = bootstrap_mean(classifier_hits(samples_b, labels, space.net)
                                          - classifier_hits(samples_a, labels, space.net), **kw)
