@@ -167,7 +167,6 @@ class ExtractorSpace(FeatureSpace):
     def __init__(self, reference, extractor: Extractor):
         self.kind = "extractor"
         self.extractor = extractor
-        self._fn = extractor
         self.reference = extractor(reference)
         self._radii: dict[int, np.ndarray] = {}
         self._kid_real: float | None = None
