@@ -27,9 +27,15 @@ __all__ = [
     "energy_distance",
     "fd",
     "fd_difference",
+    "fd_linear",
+    "fd_linear_difference",
+    "fd_reference",
     "feature_space",
     "frechet_distance",
     "gaussian_frechet",
+    "kernel_mean_offdiagonal",
+    "kid",
+    "kid_difference",
     "mixture_log_likelihood",
     "mode_coverage",
     "precision_recall",
@@ -64,6 +70,15 @@ class FeatureSpace:
             self._fn = self._raw
         self.reference = self._fn(reference)
         self._radii: dict[int, np.ndarray] = {}
+
+    @property
+    def label(self) -> str:
+        """What space the numbers are in, for the report."""
+        d = self.reference.shape[1]
+        if self.kind == "digits":
+            return f"digits classifier penultimate features ({d}-d, noiseshift's own)"
+        return f"raw values ({d}-d)" if self._pca is None else \
+            f"top {d} principal components of the raw data values"
 
     def radii(self, k: int = 3) -> np.ndarray:
         """k-NN radii of the reference features (computed once per k)."""
@@ -143,6 +158,89 @@ def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw
                      len(fake_a), **kw)
 
 
+# -- FD and KID in wide feature spaces (Inception's 2048-d): CIs by linearisation ------------
+#
+# An exact bootstrap of FD costs a d x d covariance and eigendecomposition per resample
+# (minutes each way at d = 2048, n = 10,000). Both statistics are smooth functions of the
+# generated sample, so each gets per-sample values whose mean is the statistic exactly and
+# whose spread is its first-order (influence function, Hoeffding) expansion; the CI is the
+# bootstrap of their mean, and a paired difference is the mean of differences.
+
+def _fd_values(fake: np.ndarray, ref: _Reference) -> np.ndarray:
+    """Per-sample values with mean FD(fake): FD plus each sample's centred influence,
+    2 (mu - mu_r).z + |z|^2 - z' B z (z = x - mu; B = A (A C A)^-1/2 A, A = C_r^1/2)."""
+    mu, cov = _stats(fake)
+    w, v = np.linalg.eigh(ref.sqrt_cov @ cov @ ref.sqrt_cov)
+    keep = w > max(float(w.max()), 0.0) * 1e-12
+    inv_sqrt = (v[:, keep] / np.sqrt(w[keep])) @ v[:, keep].T
+    b = ref.sqrt_cov @ inv_sqrt @ ref.sqrt_cov
+    z = fake - mu
+    infl = 2 * z @ (mu - ref.mu) + (z * z).sum(1) - ((z @ b) * z).sum(1)
+    return ref.distance(fake) + infl - infl.mean()
+
+
+def fd_linear(fake: np.ndarray, real: np.ndarray, ref=None, **kw) -> Estimate:
+    """FD of generated features to real ones (the same value as `fd`), with a linearised
+    bootstrap CI (see above). ``ref``: `fd_reference(real)`, when cached."""
+    return bootstrap_mean(_fd_values(fake, ref or _Reference(real)), **kw)
+
+
+def fd_linear_difference(fake_a, fake_b, real, ref=None, **kw) -> Estimate:
+    """FD(b) - FD(a), paired, with a linearised bootstrap CI."""
+    _same_length(fake_a, fake_b)
+    ref = ref or _Reference(real)
+    return bootstrap_mean(_fd_values(fake_b, ref) - _fd_values(fake_a, ref), **kw)
+
+
+def fd_reference(real: np.ndarray) -> _Reference:
+    """The real features' moments and covariance square root, for `fd_linear`'s ``ref``."""
+    return _Reference(real)
+
+
+def _kernel_sums(x: np.ndarray, y: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Row sums of the polynomial kernel k(x, y) = (x.y / d + 1)^3 (KID's), by blocks."""
+    d = x.shape[1]
+    return np.concatenate([((xb @ y.T) / d + 1) ** 3 @ np.ones(len(y))
+                           for xb in np.array_split(x, max(1, -(-len(x) // block)))])
+
+
+def kernel_mean_offdiagonal(x: np.ndarray) -> float:
+    """Mean of k(x_i, x_j) over i != j."""
+    n, d = x.shape
+    diag = ((x * x).sum(1) / d + 1) ** 3
+    return float((_kernel_sums(x, x).sum() - diag.sum()) / (n * (n - 1)))
+
+
+def _kid_values(fake: np.ndarray, real: np.ndarray, real_term: float) -> np.ndarray:
+    """Per-sample values with mean the unbiased MMD^2 (KID) of fake to real: each sample's
+    Hoeffding projection 2 mean_j k(x_i, x_j) - U_xx - 2 mean_r k(x_i, y_r) + U_yy."""
+    m, d = fake.shape
+    own = (_kernel_sums(fake, fake) - ((fake * fake).sum(1) / d + 1) ** 3) / (m - 1)
+    cross = _kernel_sums(fake, real) / len(real)
+    return 2 * own - own.mean() - 2 * cross + real_term
+
+
+def kid(fake: np.ndarray, real: np.ndarray, real_term: float | None = None, **kw) -> Estimate:
+    """Kernel inception distance: the unbiased MMD^2 with the cubic polynomial kernel, on the
+    whole sets (torchmetrics' `KernelInceptionDistance` with one subset of all samples gives
+    the same value), CI linearised. ``real_term``: `kernel_mean_offdiagonal(real)`, cached."""
+    yy = kernel_mean_offdiagonal(real) if real_term is None else real_term
+    return bootstrap_mean(_kid_values(fake, real, yy), **kw)
+
+
+def kid_difference(fake_a, fake_b, real, real_term: float | None = None, **kw) -> Estimate:
+    """KID(b) - KID(a), paired, with a linearised CI."""
+    _same_length(fake_a, fake_b)
+    yy = kernel_mean_offdiagonal(real) if real_term is None else real_term
+    return bootstrap_mean(_kid_values(fake_b, real, yy) - _kid_values(fake_a, real, yy), **kw)
+
+
+def _same_length(fake_a, fake_b) -> None:
+    if len(fake_a) != len(fake_b):
+        raise NoiseshiftError(f"paired runs need the same number of samples, got "
+                              f"{len(fake_a)} and {len(fake_b)}")
+
+
 # -- precision and recall ------------------------------------------------------------------------
 
 def _knn_radii(f: np.ndarray, k: int) -> np.ndarray:
@@ -163,26 +261,27 @@ def _coverage(real: np.ndarray, fake: np.ndarray, k: int, real_radii=None):
 
 
 def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, real_radii=None,
-                     **kw) -> tuple[Estimate, Estimate]:
+                     coverage=None, **kw) -> tuple[Estimate, Estimate]:
     """Improved precision (share of generated samples inside the real manifold, the union of
     k-NN balls) and recall (share of real samples inside the generated manifold).
 
     CIs resample the generated set; the balls keep the radii of the full sets (a resample's
     duplicates would shrink k-NN radii to zero). `real_radii` (from `FeatureSpace.radii`)
-    saves recomputing the real set's k-NN radii for every run."""
-    in_real, in_fake = _coverage(real, fake, k, real_radii)
+    saves recomputing the real set's k-NN radii for every run; ``coverage`` the two
+    matrices (`_coverage`), when already computed."""
+    in_real, in_fake = coverage or _coverage(real, fake, k, real_radii)
     precision = bootstrap_mean(in_real.any(1).astype(np.float64), **kw)
     recall = bootstrap(lambda i: in_fake[np.unique(i)].any(0).mean(), len(fake), **kw)
     return precision, recall
 
 
 def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=None,
-                                **kw) -> tuple[Estimate, Estimate]:
+                                coverages=None, **kw) -> tuple[Estimate, Estimate]:
     """Paired differences (b - a) of precision and recall, resampling sample indices
-    jointly."""
-    rr = _knn_radii(real, k) if real_radii is None else real_radii
-    ra, fa = _coverage(real, fake_a, k, rr)
-    rb, fb = _coverage(real, fake_b, k, rr)
+    jointly; ``coverages``: both runs' `_coverage`, when already computed."""
+    rr = _knn_radii(real, k) if real_radii is None and coverages is None else real_radii
+    (ra, fa), (rb, fb) = coverages or (_coverage(real, fake_a, k, rr),
+                                       _coverage(real, fake_b, k, rr))
     dp = rb.any(1).astype(np.float64) - ra.any(1).astype(np.float64)
     precision = bootstrap_mean(dp, **kw)
     recall = bootstrap(lambda i: fb[np.unique(i)].any(0).mean() - fa[np.unique(i)].any(0).mean(),
@@ -245,6 +344,18 @@ def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) 
 
 # -- everything for one run, and paired differences ----------------------------------------------
 
+def _wide_terms(space, f: np.ndarray) -> dict | None:
+    """For an extractor space (`features.ExtractorSpace`): the per-sample FD and KID values
+    and the k-NN coverage of features ``f``, computed once per run (`space.memo`), since a
+    report needs them for the run and again for its paired difference. None otherwise."""
+    if space.kind != "extractor":
+        return None
+    return space.memo(f, lambda: {
+        "fd": _fd_values(f, space.fd_reference()),
+        "kid": _kid_values(f, space.reference, space.kid_real()),
+        "coverage": _coverage(space.reference, f, 3, space.radii())})
+
+
 def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
             n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """The sample-quality numbers for one run against a `Dataset`: FD, precision, recall
@@ -253,9 +364,13 @@ def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
     space = space or feature_space(data)
     kw = {"n_boot": n_boot, "seed": seed}
     f = space(samples)
-    out = {"fd": fd(f, space.reference, **kw)}
-    out["precision"], out["recall"] = precision_recall(f, space.reference,
-                                                       real_radii=space.radii(), **kw)
+    terms = _wide_terms(space, f)
+    if terms:
+        out = {"fd": bootstrap_mean(terms["fd"], **kw), "kid": bootstrap_mean(terms["kid"], **kw)}
+    else:
+        out = {"fd": fd(f, space.reference, **kw)}
+    out["precision"], out["recall"] = precision_recall(
+        f, space.reference, real_radii=space.radii(), coverage=terms and terms["coverage"], **kw)
     if labels is not None and space.kind == "digits":
         out["accuracy"] = classifier_accuracy(samples, labels, space.net, **kw)
     if data.mixture is not None:
@@ -274,9 +389,15 @@ def quality_difference(samples_a, samples_b, data, *, labels=None,
     space = space or feature_space(data)
     kw = {"n_boot": n_boot, "seed": seed}
     fa, fb = space(samples_a), space(samples_b)
-    out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
+    ta, tb = _wide_terms(space, fa), _wide_terms(space, fb)
+    if ta:
+        _same_length(fa, fb)
+        out = {k: bootstrap_mean(tb[k] - ta[k], **kw) for k in ("fd", "kid")}
+    else:
+        out = {"fd": fd_difference(fa, fb, space.reference, **kw)}
     out["precision"], out["recall"] = precision_recall_difference(
-        fa, fb, space.reference, real_radii=space.radii(), **kw)
+        fa, fb, space.reference, real_radii=space.radii(),
+        coverages=ta and (ta["coverage"], tb["coverage"]), **kw)
     if labels is not None and space.kind == "digits":
         out["accuracy"] = bootstrap_mean(classifier_hits(samples_b, labels, space.net)
                                          - classifier_hits(samples_a, labels, space.net), **kw)

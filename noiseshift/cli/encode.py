@@ -15,8 +15,12 @@ from .inputs import data_spec
 
 @app.command("encode")
 def encode_command(
-    vae: Path = typer.Option(..., "--vae", help="Local diffusers AutoencoderKL folder "
-                             "(save_pretrained layout, or a pipeline folder with vae/)."),
+    vae: str = typer.Option(..., "--vae", help="diffusers AutoencoderKL: a folder "
+                            "(save_pretrained layout, or a pipeline folder with vae/), or a "
+                            "Hub id ORG/NAME[@REVISION] from the local Hugging Face cache."),
+    allow_download: bool = typer.Option(False, "--allow-download", help="Download a Hub id "
+                                        "--vae that is not in the cache (default: local "
+                                        "files only; HF_HUB_OFFLINE=1 still forbids it)."),
     data: str = data_option(..., "Image data to encode."),
     out: Path = typer.Option(..., "--out", "-o", help="Latents file to write (HDF5)."),
     size: int = size_option(),
@@ -39,7 +43,8 @@ def encode_command(
     with progress(json_out) as p:
         task = p.add_task(f"encoding {len(dataset)} images", total=len(dataset))
         summary = encode_latents(vae, dataset, out, batch_size=batch_size, device=device,
-                                 progress=lambda done, total: p.update(task, completed=done))
+                                 progress=lambda done, total: p.update(task, completed=done),
+                                 allow_download=allow_download)
     if json_out:
         print_json(summary)
         return

@@ -40,6 +40,14 @@ def report_command(
     data: str = data_option(None, "For the quality metrics; default: the data the runs' "
                             "model attribute names."),
     size: int = size_option(),
+    features: str | None = typer.Option(None, "--features", help="Feature space of FD, KID, "
+                                        "precision and recall: inception:PATH (the FID "
+                                        "Inception-v3 weights, through torch-fidelity), "
+                                        "dinov2:PATH (a DINOv2 ViT checkpoint, through timm), "
+                                        "module:PKG.MOD:FN (a callable, uint8 images -> "
+                                        "features) or export:PATH (torch.export.save); "
+                                        "default: the "
+                                        "digits classifier for digits, else raw values/PCA."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Summarise the noise shift of every run, against its schedule, the theory and a baseline.
@@ -62,7 +70,7 @@ def report_command(
         refuse_overwriting_inputs(out, file, estimates, data)
         dataset = None if data is None else load_data(data_spec(data, size))
         rep, md = _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality,
-                        json_out, dataset)
+                        json_out, dataset, features)
     except NoiseshiftError as e:
         fail(e.problem, e.path)
     if json_out:
@@ -75,7 +83,7 @@ def report_command(
 
 
 def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, quiet,
-          dataset=None):
+          dataset=None, features=None):
     with progress(quiet) as p:
         tasks: dict[str, int] = {}
 
@@ -86,13 +94,15 @@ def _make(file, estimates, out, plot, baseline, estimator, bootstrap, quality, q
 
         rep = build_report(file, estimates, baseline=baseline, estimator=estimator,
                            quality=quality, n_boot=bootstrap, progress=on_progress,
-                           data=dataset)
+                           data=dataset, features=features)
         return rep, write_report(rep, out, plot=plot, progress=on_progress)
 
 
 def _print(rep) -> None:
     for renderable in report_tables(rep, console.width):
         console.print(renderable)
+    if rep.feature_space:
+        console.print(f"sample-quality features: {rep.feature_space}", highlight=False)
     for f in rep.findings:
         console.print(f"- {f}", highlight=False)
     for n in rep.notes:

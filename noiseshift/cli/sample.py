@@ -114,9 +114,16 @@ def sampler_options(sampler: str, diffusion: float | None, eta: float | None) ->
 @app.command("sample")
 def sample_command(
     model: str = typer.Option(None, "--model", "-m", help="Denoiser checkpoint from "
-                              "`noiseshift train`, or diffusers:DIR (a saved diffusers "
-                              "pipeline folder, local files only); default: the built-in "
-                              "digits model (trained on first use, then cached)."),
+                              "`noiseshift train`, diffusers:DIR (a saved diffusers "
+                              "pipeline folder) or diffusers:ORG/NAME[@REVISION] (a Hub id, "
+                              "from the local Hugging Face cache; see --allow-download); "
+                              "default: the built-in digits model (trained on first use, "
+                              "then cached)."),
+    allow_download: bool = typer.Option(False, "--allow-download", help="diffusers:ORG/NAME "
+                                        "only: download the pipeline when it is not in the "
+                                        "Hugging Face cache. Without it nothing is fetched "
+                                        "(local_files_only); HF_HUB_OFFLINE=1 forbids "
+                                        "downloads even with it."),
     scheduler: str = typer.Option(None, "--scheduler", help="diffusers:DIR only: replace "
                                   "the pipeline's scheduler (same config): ddpm, ddim, euler, "
                                   "dpm++ or flow-euler."),
@@ -199,10 +206,12 @@ def sample_command(
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
         spec, backend = folder_run(
             model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
-            progress=not json_out and err_console.is_terminal, class_label=class_,
+            allow_download=allow_download, class_label=class_,
+            progress=not json_out and err_console.is_terminal,
             **_pipeline_guidance(**guide_opts), **run_opts)
     else:
-        refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt)
+        refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt,
+                                 allow_download=allow_download or None)
         spec, backend = _builtin_run(
             model, sampler=sampler, diffusion=diffusion, eta=eta, time_shift=time_shift,
             class_=class_, data=data, size=size, device=device, quiet=json_out,

@@ -30,6 +30,7 @@ from ..runspec import recorded_settings
 from ..schedules import get_schedule
 from . import require
 from .guided import OutputGuidance
+from .hub import hub_id, resolve
 from .levels import to_schedule_form
 from .schedulers import SchedulerView, jsonable
 from .stephook import StepHook, pred_original_sample, prev_sample
@@ -70,6 +71,9 @@ def describe_pipeline(pipe, data: dict | None = None) -> dict:
     path = getattr(getattr(pipe, "config", None) or {}, "get", lambda *_: None)("_name_or_path")
     if path:
         out["path"] = str(path)
+    hub = getattr(pipe, "hub_source", None)
+    if hub:  # the same id at another snapshot is another model
+        out["revision"] = hub["revision"]
     if net is not None:
         out["network"] = type(net).__name__
         out["config"] = jsonable(dict(getattr(net, "config", {}) or {}))
@@ -303,25 +307,30 @@ UNSCALED_LOOPS = ("DDPMPipeline", "DDIMPipeline")
 
 
 def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None = None,
-                  device: str | None = None, progress: bool = True):
-    """A saved diffusers pipeline folder (``save_pretrained``), from local files only, with
-    its scheduler optionally replaced (`set_scheduler`). One-line NoiseshiftErrors for a
-    missing extra, a folder that is not a pipeline, or one diffusers cannot load.
+                  device: str | None = None, progress: bool = True,
+                  allow_download: bool = False):
+    """A diffusers pipeline: a saved folder (``save_pretrained``), or a Hub id
+    ``ORG/NAME[@REVISION]`` from the local Hugging Face cache (`hub.resolve`; downloaded only
+    with ``allow_download``; a folder that exists wins), with its scheduler optionally
+    replaced (`set_scheduler`). One-line NoiseshiftErrors for a missing extra, an id not in
+    the cache, a folder that is not a pipeline, or one diffusers cannot load.
     ``progress=False`` hides diffusers' loading bar."""
     diffusers = require("diffusers")
-    folder = Path(folder)
+    source = None if hub_id(folder) is None else resolve(folder, allow_download=allow_download)
+    folder = Path(folder) if source is None else source.folder
     if not (folder / "model_index.json").is_file():
         raise NoiseshiftError("not a diffusers pipeline folder (no model_index.json; save one "
                               "with pipe.save_pretrained(DIR))", folder)
     _check_components(folder)
-    kw = quiet_load_kwargs()
+    # A folder's resolved path is the run's model path: the same folder, the same baseline.
+    # An id loads by id, pinned to its snapshot, so the run's model path is the id.
+    name, kw = (folder.resolve(), {"local_files_only": True}) if source is None else \
+        (source.id, source.load_kwargs())
     bar = diffusers.utils.logging.is_progress_bar_enabled()
     if not progress:
         diffusers.utils.logging.disable_progress_bar()
     try:
-        # The resolved path is the run's model path: the same folder, the same baseline.
-        pipe = diffusers.DiffusionPipeline.from_pretrained(folder.resolve(),
-                                                           local_files_only=True, **kw)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(name, **kw, **quiet_load_kwargs())
     except Exception as e:  # diffusers raises many kinds for a damaged folder
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise NoiseshiftError(f"diffusers cannot load this pipeline ({type(e).__name__}: "
@@ -331,6 +340,7 @@ def load_pipeline(folder, *, scheduler: str | None = None, spacing: str | None =
             diffusers.utils.logging.enable_progress_bar()
     if getattr(pipe, "scheduler", None) is None:
         raise NoiseshiftError("this pipeline has no scheduler to record", folder)
+    pipe.hub_source = None if source is None else source.describe()
     set_scheduler(pipe, scheduler, spacing)
     SchedulerView(pipe.scheduler)  # unsupported schedulers fail here, before sampling
     if device is not None:

@@ -11,6 +11,7 @@ dataset `latents` (N, C, h, w), `labels` when the data have them, and the attrib
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,23 +25,34 @@ from ..io import atomic_path
 from ..runtime import resolve_device
 from . import require
 from .diffusers import check_saved_class, quiet_load_kwargs
+from .hub import hub_id, resolve
 
 
-def load_vae(path, device="cpu"):
+def load_vae(path, device="cpu", *, allow_download: bool = False):
     """An `AutoencoderKL` from a local folder (save_pretrained layout, or a pipeline folder
-    with a `vae/` subfolder)."""
+    with a `vae/` subfolder), or from a Hub id ``ORG/NAME[@REVISION]`` of either layout in the
+    Hugging Face cache (`hub.resolve`; downloaded only with ``allow_download``). Its
+    ``source`` attribute names what was loaded: the folder, or ``id@revision``."""
     diffusers = require("diffusers")
-    path = Path(path)
-    if not path.is_dir():
+    hub = None if hub_id(path) is None else resolve(
+        path, allow_download=allow_download, files=("config.json", "vae/config.json"))
+    folder = Path(path) if hub is None else hub.folder
+    if not folder.is_dir():
         raise NoiseshiftError("no such folder (a diffusers AutoencoderKL saved with "
-                              "save_pretrained)", path)
-    sub = "vae" if (path / "vae" / "config.json").exists() else None
-    check_saved_class(path / (sub or "") / "config.json", "AutoencoderKL", path)
+                              "save_pretrained), nor a Hub id ORG/NAME", path)
+    sub = "vae" if (folder / "vae" / "config.json").exists() else None
+    check_saved_class(folder / (sub or "") / "config.json", "AutoencoderKL", path)
+    name, kw = (folder, {}) if hub is None else (hub.id, hub.load_kwargs())
     try:
-        vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder=sub, **quiet_load_kwargs())
+        with warnings.catch_warnings():
+            # diffusers 0.42's load_config passes a keyword the hub client deprecated
+            warnings.filterwarnings("ignore", "The `local_dir_use_symlinks` argument")
+            vae = diffusers.AutoencoderKL.from_pretrained(name, subfolder=sub, **kw,
+                                                          **quiet_load_kwargs())
     except Exception as e:  # diffusers raises many types for a wrong folder
         raise NoiseshiftError(f"cannot load an AutoencoderKL ({type(e).__name__}: "
                               f"{str(e).splitlines()[0]})", path) from e
+    vae.source = str(folder.resolve()) if hub is None else f"{hub.id}@{hub.revision}"
     return vae.to(resolve_device(device)).eval()
 
 
@@ -53,13 +65,15 @@ def _factors(vae, path) -> tuple[float, float]:
 
 
 def encode_latents(vae_path, data: Dataset, out, *, batch_size: int = 64, device="auto",
-                   progress: Callable[[int, int], None] | None = None) -> dict:
-    """Encode `data` (images in [-1, 1]) with the VAE at `vae_path` into `out` (HDF5,
-    written through a temporary file and a rename). Returns a summary."""
+                   progress: Callable[[int, int], None] | None = None,
+                   allow_download: bool = False) -> dict:
+    """Encode `data` (images in [-1, 1]) with the VAE at `vae_path` (a folder or a Hub id,
+    `load_vae`) into `out` (HDF5, written through a temporary file and a rename). Returns a
+    summary."""
     if len(data.shape) != 3:
         raise NoiseshiftError(f"encode needs image data (C, H, W), got {data.shape}")
     dev = resolve_device(device)
-    vae = load_vae(vae_path, dev)
+    vae = load_vae(vae_path, dev, allow_download=allow_download)
     scale, shift = _factors(vae, vae_path)
     want = int(vae.config.in_channels)
     x = data.x
@@ -82,7 +96,7 @@ def encode_latents(vae_path, data: Dataset, out, *, batch_size: int = 64, device
         if data.labels is not None:
             f.create_dataset("labels", data=data.labels.numpy())
         f.attrs.update({"scaling_factor": scale, "shift_factor": shift,
-                        "vae": str(Path(vae_path).resolve()),
+                        "vae": vae.source,
                         "data": json.dumps(data.spec, default=str)})
     return {"out": str(out), "n": int(lat.shape[0]), "shape": list(lat.shape[1:]),
             "scaling_factor": scale, "shift_factor": shift,

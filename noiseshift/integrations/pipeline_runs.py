@@ -299,7 +299,7 @@ def _images(result) -> torch.Tensor | None:
 # -- the command line: `noiseshift sample --model diffusers:DIR` -------------------------------
 
 PREFIX = "diffusers:"
-DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt")
+DIFFUSERS_ONLY = ("--scheduler", "--spacing", "--prompt", "--allow-download")
 
 
 def is_diffusers(model: str | None) -> bool:
@@ -323,14 +323,18 @@ def refuse_builtin_options(sampler, diffusion, eta, time_shift) -> None:
 
 
 def folder_run(model: str, *, scheduler=None, spacing=None, device: str = "auto",
-               progress: bool = False, **options) -> tuple[RunSpec, PipelineBackend]:
-    """`pipeline_run` of the pipeline folder ``model`` ("diffusers:DIR", loaded with
-    ``scheduler`` / ``spacing`` onto ``device``; ``progress`` shows diffusers' bars)."""
+               progress: bool = False, allow_download: bool = False,
+               **options) -> tuple[RunSpec, PipelineBackend]:
+    """`pipeline_run` of the pipeline ``model`` ("diffusers:DIR" or "diffusers:ORG/NAME[@REV]",
+    loaded with ``scheduler`` / ``spacing`` onto ``device``; ids from the Hugging Face cache,
+    downloaded only with ``allow_download``; ``progress`` shows diffusers' bars)."""
     folder = model[len(PREFIX):]
     if not folder:
-        raise NoiseshiftError("--model diffusers: needs a pipeline folder (diffusers:DIR)")
+        raise NoiseshiftError("--model diffusers: needs a pipeline folder or Hub id "
+                              "(diffusers:DIR or diffusers:ORG/NAME)")
     pipe = load_pipeline(folder, scheduler=scheduler, spacing=spacing,
-                         device=resolve_device(device), progress=progress)
+                         device=resolve_device(device), progress=progress,
+                         allow_download=allow_download)
     pipe.set_progress_bar_config(disable=not progress)
     return pipeline_run(pipe, source=model, **options)
 

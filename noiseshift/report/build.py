@@ -22,14 +22,15 @@ from .stats import paired_table, steps_table, summary_frames, theory_table
 
 def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None = None,
                  estimator: str | None = None, quality: bool = True, n_boot: int = N_BOOT,
-                 seed: int = 0, data=None,
+                 seed: int = 0, data=None, features: str | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> Report:
     """Read a trajectory file and its estimates and build every table.
 
     estimates: default <stem>.estimates.h5 beside the file. estimator: the main meter
     (default learned, else the first). baseline: the run paired differences are taken
     against (default: the unguided run). data: a Dataset for the quality metrics (default:
-    the data named in the runs' model attribute). progress(stage, done, total).
+    the data named in the runs' model attribute). features: the quality metrics' feature
+    space (`analysis.features`; default the data's own). progress(stage, done, total).
     """
     clock = time.perf_counter()
     path, est_path = _paths(path, estimates)
@@ -44,8 +45,8 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     data, data_spec, m2 = _data_for(runs, data, notes)
     steps = steps_table(runs, names, base, m2)
     t1 = time.perf_counter()
-    qual, qdiff, problems = ({}, {}, {}) if not quality else quality_tables(
-        runs, base, data, n_boot, seed, notes, progress)
+    qual, qdiff, problems, space = ({}, {}, {}, None) if not quality else quality_tables(
+        runs, base, data, n_boot, seed, notes, progress, features)
     timings["quality"] = time.perf_counter() - t1
     summary, bands = summary_frames(runs, main, independent, qual, n_boot, seed)
     paired = paired_table(runs, base, main, independent, qdiff, n_boot, seed)
@@ -53,6 +54,7 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     rep = Report(path, est_path, main, independent, names, None if base is None else base.name,
                  runs, steps, summary, paired, bands, theo, [], notes, data_spec, m2, timings)
     rep.warnings = _warnings(runs, data, problems)
+    rep.feature_space = space
     rep.findings = findings(rep)
     timings["total"] = time.perf_counter() - clock
     return rep

@@ -54,6 +54,8 @@ def markdown(rep: Report) -> str:
               "schedule says. 95% bootstrap CIs over samples in brackets.", ""]
     cols = [*rep.summary.columns, *rep.paired.columns]
     lines += ["Metrics:", ""] + [f"- {m}" for m in metric_names(cols).values()] + [""]
+    if rep.feature_space:
+        lines += [f"Sample-quality features: {rep.feature_space}.", ""]
     lines += ["## Findings", ""] + [f"- {f}" for f in rep.findings] + [""]
     if rep.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis.classifier import digits_classifier
+from ..analysis.features import extractor_space
 from ..analysis.quality import FeatureSpace, feature_space, quality, quality_difference
 from .runs import RunData, is_paired
 from .sanity import quality_problems
@@ -13,20 +14,24 @@ from .stats import unpaired
 
 
 def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int, seed: int,
-                   notes: list[str], progress) -> tuple[dict, dict, dict]:
+                   notes: list[str], progress, features: str | None = None
+                   ) -> tuple[dict, dict, dict, str | None]:
     """({run: {metric: Estimate or value}}, {run: {metric: Estimate of run - baseline}},
-    {run: [what its quality numbers say is broken]}). Runs without samples, or whose samples
-    do not match the data's shape, are left out (with a note)."""
+    {run: [what its quality numbers say is broken]}, the feature space they are in).
+    ``features``: a `--features` spec (`analysis.features`), default the data's own space.
+    Runs without samples, or whose samples do not match the data's shape, are left out
+    (with a note)."""
     if data is None:
-        return {}, {}, {}
+        return {}, {}, {}, None
     usable = [r for r in runs if r.samples is not None and tuple(r.shape) == data.shape]
     for r in runs:
         if r.samples is not None and all(r is not u for u in usable):
             notes.append(f"run {r.name!r}: samples of shape {r.shape} do not match the data "
                          f"{data.shape}; no quality metrics")
     if not usable:
-        return {}, {}, {}
-    space = _feature_space(data, progress)
+        return {}, {}, {}, None
+    space = _feature_space(data, progress) if features is None else \
+        extractor_space(data, features)
     fd_scale = float(np.trace(np.atleast_2d(np.cov(space.reference, rowvar=False))))
     kw = {"space": space, "n_boot": n_boot, "seed": seed}
     qual = {}
@@ -43,7 +48,8 @@ def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int,
         for r in usable:
             if r is not base:
                 qdiff[r.name] = _difference(base, r, qual, data, kw)
-    return qual, qdiff, {name: quality_problems(q, fd_scale) for name, q in qual.items()}
+    problems = {name: quality_problems(q, fd_scale) for name, q in qual.items()}
+    return qual, qdiff, problems, space.label
 
 
 def _feature_space(data, progress) -> FeatureSpace:
@@ -57,7 +63,7 @@ def _feature_space(data, progress) -> FeatureSpace:
 def _difference(base: RunData, r: RunData, qual: dict, data, kw: dict) -> dict:
     """run - baseline: paired when the runs share seeds, else from the two CIs."""
     qa, qb = qual[base.name], qual[r.name]
-    both = [k for k in ("fd", "precision", "recall", "accuracy", "log_likelihood")
+    both = [k for k in ("fd", "kid", "precision", "recall", "accuracy", "log_likelihood")
             if k in qa and k in qb]
     if not is_paired(base, r):
         return {k: unpaired(qa[k], qb[k]) for k in both}

@@ -154,6 +154,7 @@ class Report:
     timings: dict = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)  # {"run", "problem"}: see sanity.py
+    feature_space: str | None = None  # what the quality metrics' features are
 
     def to_dict(self) -> dict:
         def records(df):
@@ -167,6 +168,7 @@ class Report:
             "paired": records(self.paired), "bands": records(self.bands),
             "theory": records(self.theory), "steps": records(self.steps),
             "warnings": self.warnings, "findings": self.findings, "notes": self.notes,
+            "feature_space": self.feature_space,
             "figures": {k: str(v) for k, v in self.figures.items()},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }

@@ -31,6 +31,8 @@ METRICS = {
              "reads it, minus the meter's reading of true states at t; + = noisier than "
              "scheduled, 0 = on schedule",
     "fd": "FD = Fréchet distance between sample and data features, lower is better",
+    "kid": "KID = kernel inception distance (unbiased MMD^2, cubic polynomial kernel) "
+           "between sample and data features, lower is better",
     "precision": "precision = share of samples near the data (k-NN balls), higher is better",
     "recall": "recall = share of the data near some sample, higher is better",
     "accuracy": "accuracy = share of samples the digits classifier reads as the requested "

@@ -1,0 +1,213 @@
+"""Feature spaces other papers use, from local weights: `--features SPEC` for `report` (and
+`extractor_space` for a bench or tune).
+
+- ``inception:PATH``: the FID Inception-v3 (torch-fidelity's
+  ``weights-inception-2015-12-05-6726825d.pth``, pytorch-fid's ``pt_inception-...`` of the
+  same hash), built by torch-fidelity's `FeatureExtractorInceptionV3`
+  (2048-d pool3 features). The network is torch-fidelity's, not re-implemented here.
+- ``dinov2:PATH``: a DINOv2 ViT checkpoint (timm, or Meta's torch hub ``.pth``) through timm
+  (the CLS token; Stein et al. 2023 use ViT-L/14 at 224 px).
+- ``module:PKG.MOD:FN``: any callable the user trusts, images in, features (N, k) out.
+- ``export:PATH``: a `torch.export.save`d program (``.pt2``). Why beside ``module:``: the file
+  carries the network and its weights, and loading it runs no pickled Python (a pickled
+  nn.Module would need ``torch.load(weights_only=False)``); TorchScript, the older way, is
+  deprecated in torch 2.13.
+
+Images reach every extractor as torchmetrics and torch-fidelity take them: uint8 (N, C, H, W),
+quantised from [-1, 1] as ``round((x + 1) * 127.5)`` clipped to 0..255 (what diffusers' image
+conversion writes to PNG). Inception and DINOv2 get 3 channels (grey repeated). Inception
+resizes inside torch-fidelity (its TF1-exact bilinear resize to 299, the reference FID's);
+DINOv2 images are resized here in float from the uint8 values, bicubic with antialiasing, to
+224 px, then ImageNet-normalised (clean-fid's point: never resize the quantised uint8 image
+with an aliasing filter). ``module:`` and ``export:`` get the uint8 images as they are.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import NoiseshiftError
+from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal
+
+KINDS = ("inception", "dinov2", "module", "export")
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DINO_SIDE = 224
+# the embedding width of each DINOv2 ViT in timm, read from a checkpoint's cls_token
+DINO_ARCH = {384: "vit_small_patch14_dinov2", 768: "vit_base_patch14_dinov2",
+             1024: "vit_large_patch14_dinov2", 1536: "vit_giant_patch14_dinov2"}
+
+
+@dataclass
+class Extractor:
+    """A feature extractor: ``fn`` maps uint8 images (N, C, H, W) to features (N, k);
+    ``label`` says what space the numbers are in."""
+
+    fn: object
+    label: str
+    rgb: bool = False
+    batch_size: int = 256
+
+    def __call__(self, x) -> np.ndarray:
+        """Features (float64, (N, k)) of samples ``x`` in [-1, 1], quantised to uint8."""
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if x.ndim != 4:
+            raise NoiseshiftError(f"--features needs image samples (N, C, H, W), got shape "
+                                  f"{tuple(x.shape)}")
+        out = []
+        with torch.no_grad():
+            for xb in x.split(self.batch_size):
+                img = quantise(xb)
+                if self.rgb and img.shape[1] == 1:
+                    img = img.expand(-1, 3, -1, -1)
+                f = torch.as_tensor(self.fn(img))
+                out.append(f.reshape(len(img), -1).double().cpu())
+        return torch.cat(out).numpy()
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] as uint8 images: round((x + 1) * 127.5), clipped."""
+    return ((x.double() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def parse_features(spec: str) -> Extractor:
+    """The extractor named by ``spec`` (KIND:ARG, see the module docstring)."""
+    kind, _, arg = str(spec).partition(":")
+    if kind not in KINDS or not arg:
+        raise NoiseshiftError(f"--features {spec!r}: use inception:PATH, dinov2:PATH, "
+                              f"module:PKG.MOD:FN or export:PATH")
+    if kind == "module":
+        return Extractor(_callable(arg), f"module {arg}")
+    path = Path(arg)
+    if not path.is_file():
+        raise NoiseshiftError(f"no such weights file for --features {kind}:PATH", path)
+    return {"inception": _inception, "dinov2": _dinov2, "export": _exported}[kind](path)
+
+
+def _callable(target: str):
+    mod, _, name = target.rpartition(":")
+    if not mod or not name:
+        raise NoiseshiftError(f"--features module:{target}: name a callable as PKG.MOD:FN")
+    try:
+        fn = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as e:
+        raise NoiseshiftError(f"--features module:{target}: cannot import it ({e})") from None
+    if not callable(fn):
+        raise NoiseshiftError(f"--features module:{target} is not callable")
+    return fn
+
+
+def _optional(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise NoiseshiftError(f"{what} needs {module.split('.')[0]}, which does not import "
+                              f"here ({e}); pip install {what.split()[0]}") from None
+
+
+def _inception(path: Path) -> Extractor:
+    fid = _optional("torch_fidelity.feature_extractor_inceptionv3",
+                    "torch-fidelity for --features inception:PATH")
+    net = fid.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(path)).eval()
+    return Extractor(lambda img: net(img)[0], f"Inception-v3 pool3 (2048-d, {path.name}, "
+                     f"torch-fidelity)", rgb=True, batch_size=64)
+
+
+def _dinov2(path: Path) -> Extractor:
+    timm = _optional("timm", "timm for --features dinov2:PATH")
+    state = _state_dict(path)
+    width = int(state["cls_token"].shape[-1]) if "cls_token" in state else None
+    if width not in DINO_ARCH:
+        raise NoiseshiftError("not a DINOv2 ViT checkpoint (no cls_token of a known width)",
+                              path)
+    arch = DINO_ARCH[width]
+    net = timm.create_model(arch, pretrained=True, num_classes=0, img_size=DINO_SIDE,
+                            pretrained_cfg_overlay={"file": str(path)}).eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+
+    def fn(img):
+        x = F.interpolate(img.float() / 255, size=(DINO_SIDE, DINO_SIDE), mode="bicubic",
+                          antialias=True, align_corners=False)
+        return net((x - mean) / std)
+
+    return Extractor(fn, f"DINOv2 {arch} CLS ({width}-d, {path.name}, timm)", rgb=True,
+                     batch_size=64)
+
+
+def _state_dict(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
+        raise NoiseshiftError(f"cannot read the checkpoint ({type(e).__name__})", path) from e
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise NoiseshiftError("not a state dict", path)
+    return state
+
+
+def _exported(path: Path) -> Extractor:
+    try:
+        net = torch.export.load(str(path)).module()
+    except Exception as e:  # torch.export raises many kinds for a wrong file
+        raise NoiseshiftError(f"not a torch.export program ({type(e).__name__}); save one "
+                              f"with torch.export.save", path) from e
+    return Extractor(net, f"exported module {path.name}")
+
+
+class ExtractorSpace(FeatureSpace):
+    """A `FeatureSpace` whose features come from an `Extractor`: FD, KID and precision /
+    recall in it (`analysis.quality.quality` adds KID for these spaces)."""
+
+    def __init__(self, reference, extractor: Extractor):
+        self.kind = "extractor"
+        self.extractor = extractor
+        self.reference = extractor(reference)
+        self._radii: dict[int, np.ndarray] = {}
+        self._kid_real: float | None = None
+        self._fd_ref = None
+        self._memo: list[tuple] = []  # (array, tag, what was computed from it)
+
+    def __call__(self, x) -> np.ndarray:
+        """The features of samples ``x``, extracted once per array."""
+        return self.memo(x, lambda: self.extractor(x), tag="features")
+
+    def memo(self, key, compute, tag: str = "terms"):
+        """``compute()``, once per (``key`` object, ``tag``): kept with ``key`` itself, so an
+        identity match cannot be a reused id."""
+        for k, t, value in self._memo:
+            if k is key and t == tag:
+                return value
+        value = compute()
+        self._memo.append((key, tag, value))
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.extractor.label
+
+    def fd_reference(self):
+        """`analysis.quality.fd_reference` of the reference (computed once)."""
+        if self._fd_ref is None:
+            self._fd_ref = fd_reference(self.reference)
+        return self._fd_ref
+
+    def kid_real(self) -> float:
+        """The reference's own kernel term of KID (computed once)."""
+        if self._kid_real is None:
+            self._kid_real = kernel_mean_offdiagonal(self.reference)
+        return self._kid_real
+
+
+def extractor_space(data, spec: str) -> ExtractorSpace:
+    """The feature space ``spec`` (`parse_features`) over a `Dataset`'s images."""
+    return ExtractorSpace(data.x, parse_features(spec))
+
+
+__all__ = ["DINO_ARCH", "ExtractorSpace", "Extractor", "KINDS", "extractor_space",
+           "parse_features", "quantise"]

@@ -1,0 +1,175 @@
+"""Feature spaces from local weights (`--features`): FD and KID equal torchmetrics' with the
+same extractor, the linearised CIs track the exact bootstrap, a saved extractor loads
+through `report --features export:PATH`, and what cannot load says so in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from test_report import write_digits_runs
+from typer.testing import CliRunner
+
+from noiseshift.analysis import quality as Q
+from noiseshift.analysis.features import Extractor, ExtractorSpace, parse_features, quantise
+from noiseshift.cli import app
+from noiseshift.errors import NoiseshiftError
+from noiseshift.estimation import estimate_file
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+class TinyNet(torch.nn.Module):
+    """A random conv net, uint8 images (N, C, H, W) -> 24 float64 features."""
+
+    def __init__(self, channels: int = 3, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(channels, 8, 3, stride=2)
+        self.head = torch.nn.Linear(8 * 4, 24)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.conv(img.float() / 127.5 - 1))
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+        return self.head(x).double()
+
+
+def tiny_features(img: torch.Tensor) -> torch.Tensor:
+    """`--features module:test_features:tiny_features`."""
+    return TinyNet(channels=img.shape[1])(img)
+
+
+def _images(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand((n, 3, 16, 16), generator=gen) * 1.6 - 0.8 + shift).clamp(-1, 1)
+
+
+def test_quantise_rounds_like_a_png_writer():
+    x = torch.tensor([-1.0, -0.99, 0.0, 0.5, 1.0, 1.5])
+    assert quantise(x).tolist() == [0, 1, 128, 191, 255, 255]
+
+
+def test_fd_and_kid_equal_torchmetrics_with_the_same_extractor():
+    # the classes' own modules: torchmetrics.image exports them only beside torch-fidelity
+    fid_module = pytest.importorskip("torchmetrics.image.fid")
+    kid_module = pytest.importorskip("torchmetrics.image.kid")
+    net = TinyNet().eval()
+    real, fake = _images(240, 0), _images(240, 1, shift=0.15)
+    space = ExtractorSpace(real, Extractor(net, "tiny"))
+    f = space(fake)
+    ours_fd = Q.fd_linear(f, space.reference, n_boot=20).value
+    ours_kid = Q.kid(f, space.reference, space.kid_real(), n_boot=20).value
+
+    fid = fid_module.FrechetInceptionDistance(feature=net)
+    # one subset of all 240: a permutation, and the unbiased MMD^2 does not depend on order
+    with pytest.warns(UserWarning, match="save all extracted features"):
+        kid = kid_module.KernelInceptionDistance(feature=net, subsets=1, subset_size=240)
+    for metric in (fid, kid):
+        metric.update(quantise(real), real=True)
+        metric.update(quantise(fake), real=False)
+    want_fd = float(fid.compute())
+    want_kid = float(kid.compute()[0])
+    assert want_fd > 0.01 and want_kid > 1e-4  # different sets: a real distance
+    assert ours_fd == pytest.approx(want_fd, rel=1e-6)
+    assert ours_kid == pytest.approx(want_kid, rel=1e-6)
+    assert Q.fd(f, space.reference, n_boot=5).value == pytest.approx(ours_fd, rel=1e-9)
+
+
+def test_linearised_cis_track_the_exact_bootstrap():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(2000, 6))
+    a = rng.normal(size=(600, 6)) * 1.1 + 0.2
+    b = a * 0.9 + rng.normal(size=a.shape) * 0.2  # paired with a, closer to the data
+    exact, linear = Q.fd(a, real, n_boot=300), Q.fd_linear(a, real, n_boot=300)
+    assert linear.value == pytest.approx(exact.value, rel=1e-9)
+    width = exact.hi - exact.lo
+    assert abs(linear.lo - exact.lo) < 0.25 * width and abs(linear.hi - exact.hi) < 0.25 * width
+    d_exact = Q.fd_difference(a, b, real, n_boot=300)
+    d_linear = Q.fd_linear_difference(a, b, real, n_boot=300)
+    assert d_linear.value == pytest.approx(d_exact.value, rel=1e-9)
+    assert d_linear.hi < 0 and d_exact.hi < 0  # b is resolvably better, both ways
+    k = Q.kid_difference(a, b, real)
+    assert k.value == pytest.approx(Q.kid(b, real).value - Q.kid(a, real).value, rel=1e-9)
+    assert k.hi < 0
+
+
+@pytest.fixture(scope="module")
+def digits_file(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NOISESHIFT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        path = write_digits_runs(tmp_path_factory.mktemp("digits") / "trajectories.h5")
+        estimate_file(path, ["variance"])
+        yield path
+
+
+def test_report_with_a_saved_extractor_says_which_space(digits_file, tmp_path):
+    script = tmp_path / "tiny.pt2"
+    example = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
+    batch = {"img": {0: torch.export.Dim("batch")}}
+    torch.export.save(torch.export.export(TinyNet(channels=1).eval(), (example,),
+                                          dynamic_shapes=batch), script)
+    res = runner.invoke(app, ["report", str(digits_file), "--out", str(tmp_path / "rep"),
+                              "--features", f"export:{script}", "--bootstrap", "20",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["feature_space"] == "exported module tiny.pt2"
+    rows = {r["run"]: r for r in rep["summary"]}
+    assert rows["unguided"]["kid"] > rows["nag-estimator-1"]["kid"]  # noisier: farther
+    assert any("d_kid" in r for r in rep["paired"])
+    assert "Sample-quality features: exported module tiny.pt2." in \
+        (tmp_path / "rep" / "report.md").read_text()
+    plain = runner.invoke(app, ["report", str(digits_file), "--out", str(tmp_path / "r2"),
+                                "--bootstrap", "20", "--json"])
+    assert json.loads(plain.stdout)["feature_space"].startswith("digits classifier")
+
+
+def test_module_spec_imports_a_callable():
+    ex = parse_features("module:test_features:tiny_features")
+    assert ex(_images(5, 0)).shape == (5, 24)
+    for bad, words in (("module:nowhere.at_all:fn", "cannot import"),
+                       ("module:test_features", "PKG.MOD:FN"),
+                       ("pixels:x", "use inception:PATH"),
+                       ("inception:/no/such/file.pth", "no such weights file")):
+        with pytest.raises(NoiseshiftError, match=words):
+            parse_features(bad)
+
+
+def test_inception_loads_through_torch_fidelity(tmp_path, monkeypatch):
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"not read by the stand-in")
+    seen = {}
+
+    class FeatureExtractorInceptionV3(torch.nn.Module):  # torch-fidelity's signature
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            seen.update(name=name, features=features_list, path=feature_extractor_weights_path)
+
+        def forward(self, x):
+            seen["input"] = (x.dtype, tuple(x.shape[1:]))
+            return (torch.zeros(len(x), 2048),)
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    stand_in = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    stand_in.FeatureExtractorInceptionV3 = FeatureExtractorInceptionV3
+    monkeypatch.setitem(sys.modules, stand_in.__name__, stand_in)
+    ex = parse_features(f"inception:{weights}")
+    assert ex(torch.zeros(3, 1, 16, 16)).shape == (3, 2048)
+    assert seen == {"name": "inception-v3-compat", "features": ["2048"], "path": str(weights),
+                    "input": (torch.uint8, (3, 16, 16))}  # grey as 3 channels, uint8
+
+
+def test_missing_libraries_are_one_line(tmp_path, monkeypatch):
+    weights = tmp_path / "w.pth"
+    torch.save({"cls_token": torch.zeros(1, 1, 1024)}, weights)
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(NoiseshiftError, match="needs torch_fidelity.*pip install torch-fidelity"):
+        parse_features(f"inception:{weights}")
+    with pytest.raises(NoiseshiftError, match="needs timm.*pip install timm"):
+        parse_features(f"dinov2:{weights}")
