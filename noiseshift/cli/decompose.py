@@ -16,9 +16,11 @@ from ..analysis.decompose import decompose_run
 from ..data import load_data
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
+from ..integrations.pipeline_decompose import decompose_pipeline_run
+from ..integrations.pipeline_runs import PREFIX
 from ..io import open_trajectories
 from ..io.paths import refuse_overwriting_inputs
-from ..pretrained import get_estimator
+from ..pretrained import NAMES, get_estimator
 from ..report.audit import decomposition_figure, decomposition_rich
 from .common import app, console, denoiser_with_progress, fail, print_json
 
@@ -55,16 +57,11 @@ def decompose_command(
         refuse_overwriting_inputs(out if plot else None, file, model, estimator)
         r = open_trajectories(file).run(run)
         info = r.attrs.get("model") or {}
-        path = model or _model_path(info, file)
-        net = denoiser_with_progress(path, "cpu", json_out)
-        spec = info.get("data") or (getattr(net, "config", {}) or {}).get("data")
-        if spec is None:
-            raise NoiseshiftError("the run's model names no data to read true states from",
-                                  file)
-        data = load_data(spec)
-        name = estimator or ("oracle" if data.mixture is not None else "learned")
-        meter = get_estimator(name, data, r.schedule, device="cpu")
-        dec = decompose_run(net, r, meter, data, k=k, n_boot=bootstrap, seed=seed)
+        if info.get("library") == "diffusers":
+            dec, name = _decompose_pipeline(r, model, estimator, k, bootstrap, seed)
+        else:
+            dec, name = _decompose_builtin(r, info, file, model, estimator, json_out,
+                                           k=k, n_boot=bootstrap, seed=seed)
         fig = decomposition_figure(dec, out) if plot else None
     except NoiseshiftError as e:
         fail(e.problem, e.path)
@@ -79,6 +76,39 @@ def decompose_command(
         console.print(f"wrote [bold]{fig}[/]")
 
 
+def _decompose_builtin(r, info, file, model, estimator, json_out, **kw):
+    net = denoiser_with_progress(model or _model_path(info, file), "cpu", json_out)
+    spec = info.get("data") or (getattr(net, "config", {}) or {}).get("data")
+    if spec is None:
+        raise NoiseshiftError("the run's model names no data to read true states from", file)
+    data = load_data(spec)
+    name = estimator or ("oracle" if data.mixture is not None else "learned")
+    meter = get_estimator(name, data, r.schedule, device="cpu")
+    return decompose_run(net, r, meter, data, **kw), name
+
+
+def _decompose_pipeline(r, model, estimator, k, n_boot, seed):
+    """A diffusers pipeline run: the meter is a checkpoint trained for the run's schedule and
+    shape (as for `estimate`), the true states come from the data the run or the estimator
+    names, and the pipeline is the recorded folder or `--model diffusers:DIR`."""
+    if estimator is None or estimator in NAMES:
+        raise NoiseshiftError(f"a diffusers pipeline run is read by an estimator trained for "
+                              f"its states: pass -e est.pt (noiseshift train-estimator "
+                              f"--schedule {r.schedule.to_dict()['name']}), not "
+                              f"{estimator or 'a named one'}", r.path)
+    if model is not None and not model.startswith(PREFIX):
+        raise NoiseshiftError(f"the run was drawn by a diffusers pipeline: --model takes "
+                              f"{PREFIX}DIR for it", r.path)
+    meter = get_estimator(estimator, device="cpu")
+    spec = (r.attrs.get("model") or {}).get("data") or getattr(meter, "data_spec_", None)
+    if spec is None:
+        raise NoiseshiftError("neither the run nor the estimator names the data to draw true "
+                              "states from", r.path)
+    folder = model[len(PREFIX):] if model else None
+    return decompose_pipeline_run(r, meter, load_data(spec), folder=folder, k=k,
+                                  n_boot=n_boot, seed=seed), estimator
+
+
 def _model_path(info, file) -> str | None:
     """The checkpoint the run records (None: the built-in default); a run that names none,
     or one that is gone, is refused rather than re-run with another model."""
@@ -87,9 +117,6 @@ def _model_path(info, file) -> str | None:
         return None
     if not path:
         raise NoiseshiftError("the run does not say which model made it; pass --model", file)
-    if Path(path).is_dir():
-        raise NoiseshiftError(f"the run was made by the pipeline folder {path}; decompose "
-                              f"re-runs noiseshift checkpoints only", file)
     if not Path(path).is_file():
         raise NoiseshiftError(f"the run's model {path} is not a checkpoint file here; pass "
                               f"--model", file)
