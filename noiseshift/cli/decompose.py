@@ -31,10 +31,12 @@ def decompose_command(
     run: str = typer.Option("unguided", "--run", help="The (unguided) run to decompose."),
     model: str | None = typer.Option(None, "--model", "-m", help="The run's model checkpoint "
                                      "(default: the path the run records, else the built-in "
-                                     "model)."),
+                                     "model); for a pipeline run, diffusers:DIR, a moved copy "
+                                     "of its folder."),
     k: int = typer.Option(8, "--k", min=2, help="The reference runs at k x the steps."),
     estimator: str | None = typer.Option(None, "--estimator", "-e", help="The meter (default: "
-                                         "oracle for mixture data, else learned)."),
+                                         "oracle for mixture data, else learned); a pipeline "
+                                         "run needs est.pt, trained for its states."),
     bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bridge and the true states."),
     per_step: bool = typer.Option(False, "--per-step", help="Print the per-step table too."),
@@ -50,6 +52,12 @@ def decompose_command(
     bridged to the fine grid). One meter reads all: sampler part = run - fine run (paired per
     sample), network part = fine run - true x_t at the same t, total = their sum. Per step and
     per band of t with 95% bootstrap CIs, and a sentence saying which part dominates where.
+
+    A run of a diffusers pipeline (`sample --model diffusers:DIR`) is re-drawn from its
+    recorded folder (refused if its files changed), scheduler config and seed, then drawn at
+    k x the steps from the same initial latents: paired per sample for deterministic
+    schedulers, compared by distribution per step for stochastic ones (DDPM, ancestral,
+    SDE); the order for the extrapolation comes from the scheduler.
 
     Example: `noiseshift sample --n 256`, then `noiseshift decompose --plot`.
     """
@@ -72,6 +80,9 @@ def decompose_command(
         console.print(decomposition_rich(dec, "steps"))
     console.print(decomposition_rich(dec, "bands"))
     console.print(dec.sentence, highlight=False)
+    console.print(f"pairing: {dec.pairing}; fine states read at the nearest step (max |t gap| "
+                  f"{dec.t_gap:.3g}); re-drawn run max |diff| {dec.reproduced:.3g}",
+                  highlight=False)
     if fig is not None:
         console.print(f"wrote [bold]{fig}[/]")
 
