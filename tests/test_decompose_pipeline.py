@@ -122,8 +122,9 @@ def test_moved_folder_is_refused_then_found_by_its_fingerprint(setup, tmp_path, 
     _refused(capsys, ["decompose", str(tmp_path / "t.h5"), "-e", str(setup[1])],
              "is not here (moved?)")
     res = _cli("decompose", tmp_path / "t.h5", "-e", setup[1], "--k", 2, "--bootstrap", 20,
-               "--model", f"diffusers:{moved}", "--json")
+               "--model", f"diffusers:{moved}", "--per-step")
     assert res.exit_code == 0, res.output
+    assert "pairing: sample by sample" in res.output and "max |diff| 0" in res.output
 
 
 def test_run_without_seed_is_refused(setup, tmp_path):
