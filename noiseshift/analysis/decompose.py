@@ -42,10 +42,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PARTS = ("total", "sampler", "network")
+PAIRED = "sample by sample: same initial noise and the same noise path"
 ORDERS = {"euler": 1, "ddim": 1, "euler-maruyama": 1, "heun": 2}
 
-__all__ = ["Decomposition", "PARTS", "check_settings", "decompose_run", "dominance",
-           "regenerate"]
+__all__ = ["Decomposition", "PAIRED", "PARTS", "check_settings", "decompose_run", "dominance",
+           "regenerate", "split_parts"]
 
 
 @dataclass
@@ -57,10 +58,13 @@ class Decomposition:
     bands: pd.DataFrame     # per band, the same parts
     reproduced: float       # max |regenerated - recorded| over the run's states
     sentence: str = ""
+    pairing: str = PAIRED   # how the run's and the fine run's samples pair up
+    t_gap: float = 0.0      # max |t of the fine state read - t of the run's step|
 
     def to_dict(self) -> dict:
         return {"label": self.label, "k": self.k, "n": self.n, "reproduced_max_abs_diff":
-                self.reproduced, "sentence": self.sentence,
+                self.reproduced, "sentence": self.sentence, "pairing": self.pairing,
+                "t_gap": self.t_gap,
                 "per_step": self.table.to_dict("records"),
                 "bands": self.bands.to_dict("records")}
 
@@ -196,14 +200,25 @@ def decompose_run(model, run, meter, data, *, k: int = 8, n_boot: int = N_BOOT,
                               run.path)
     fine = fine_states(model, settings, x_T, draws, k, labels, seed)
     ts = np.asarray(run.t, dtype=np.float64)
-    rc, rf = read_states(meter, coarse), read_states(meter, fine)
-    rt = true_readings(meter, data, ts, run.n, seed)
-    c = 1.0 - float(k) ** -(order or ORDERS[settings["name"]])
+    label = f"{run.name}: {settings['name']} {settings['steps']} steps, fine x{k}"
+    return split_parts(label, k, ts, read_states(meter, coarse), read_states(meter, fine),
+                       true_readings(meter, data, ts, run.n, seed),
+                       order or ORDERS[settings["name"]], diff, n_boot=n_boot, seed=seed)
+
+
+def split_parts(label: str, k: int, ts, rc, rf, rt, order: int, reproduced: float, *,
+                n_boot: int = N_BOOT, seed: int = 0, pairing: str = PAIRED,
+                t_gap: float = 0.0) -> Decomposition:
+    """The decomposition from the meter's readings (S, N) of the run (`rc`), of the run at k
+    times the steps read at the same steps (`rf`) and of true states (`rt`), extrapolated
+    with the sampler's order (module docstring). Row i of `rc` and `rf` is one sample from
+    one initial noise, so the bootstrap keeps whatever pairing `pairing` says there is."""
+    c = 1.0 - float(k) ** -order
     parts = {"total": (rc, rt), "sampler": (rc / c, rf / c),
              "network": (rc - (rc - rf) / c, rt), "coarse_minus_fine": (rc, rf)}
-    label = f"{run.name}: {settings['name']} {settings['steps']} steps, fine x{k}"
-    dec = Decomposition(label, k, run.n, shift_table(ts, parts, n_boot=n_boot, seed=seed),
-                        band_table(ts, parts, n_boot=n_boot, seed=seed), diff)
+    dec = Decomposition(label, k, rc.shape[1], shift_table(ts, parts, n_boot=n_boot, seed=seed),
+                        band_table(ts, parts, n_boot=n_boot, seed=seed), reproduced,
+                        pairing=pairing, t_gap=t_gap)
     dec.sentence = dominance(dec.bands)
     return dec
 

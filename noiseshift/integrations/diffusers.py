@@ -16,6 +16,7 @@ to load a pipeline folder or swap a scheduler.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import warnings
@@ -71,6 +72,8 @@ def describe_pipeline(pipe, data: dict | None = None) -> dict:
     path = getattr(getattr(pipe, "config", None) or {}, "get", lambda *_: None)("_name_or_path")
     if path:
         out["path"] = str(path)
+        if Path(path).is_dir():
+            out["folder_hash"] = folder_hash(path)
     hub = getattr(pipe, "hub_source", None)
     if hub:  # the same id at another snapshot is another model
         out["revision"] = hub["revision"]
@@ -81,6 +84,33 @@ def describe_pipeline(pipe, data: dict | None = None) -> dict:
     if data is not None:
         out["data"] = dict(data)
     return out
+
+
+# Files up to this size are hashed whole (configs, small weights); larger ones by three
+# chunks: retraining changes every chunk, and hashing gigabytes of weights per run would not
+# be cheap.
+WHOLE_BYTES, CHUNK_BYTES = 1 << 20, 1 << 16
+
+
+def folder_hash(folder) -> str:
+    """A cheap fingerprint of a pipeline folder: every file's relative name and size, the
+    content of files up to 1 MiB, and the first, middle and last 64 KiB of larger ones (a
+    safetensors header is at the start). Not mtimes: a copied folder is the same pipeline."""
+    folder, h = Path(folder), hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # caches and lock files that diffusers or git may leave
+        size = f.stat().st_size
+        h.update(f"{rel.as_posix()}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= WHOLE_BYTES:
+                h.update(fh.read())
+                continue
+            for at in (0, size // 2, size - CHUNK_BYTES):
+                fh.seek(at)
+                h.update(fh.read(CHUNK_BYTES))
+    return h.hexdigest()[:16]
 
 
 # -- guide ----------------------------------------------------------------------------------
@@ -407,5 +437,5 @@ def set_scheduler(pipe, name: str | None = None, spacing: str | None = None):
     return pipe
 
 
-__all__ = ["Guide", "Recorder", "SCHEDULERS", "SPACINGS", "describe_pipeline", "guide",
-           "load_pipeline", "pipeline_shape", "record", "set_scheduler"]
+__all__ = ["Guide", "Recorder", "SCHEDULERS", "SPACINGS", "describe_pipeline", "folder_hash",
+           "guide", "load_pipeline", "pipeline_shape", "record", "set_scheduler"]
