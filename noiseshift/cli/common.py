@@ -30,6 +30,8 @@ from rich.progress import (
 from typer.core import TyperCommand, TyperGroup
 from typer.main import get_command_from_info
 
+from ..errors import NoiseshiftError
+
 #: Each command: its module in this package, and the summary `noiseshift --help` lists (one
 #: line at 80 columns; the command's own docstring says the rest). The order is the order
 #: `--help` lists them: the story's order. tests/test_startup.py checks it against the modules.
@@ -119,7 +121,7 @@ err_console = Console(stderr=True)
 
 def fail(problem: str, path=None, code: int = 2) -> NoReturn:
     """Print one line naming the file and the problem, exit non-zero."""
-    msg = f"{path}: {problem}" if path is not None else problem
+    msg = str(NoiseshiftError(problem, path))  # one line, whatever the path holds
     err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

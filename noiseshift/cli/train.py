@@ -35,7 +35,7 @@ def train_command(
                               help="Optimiser steps."),
     batch_size: int = typer.Option(DEFAULT_DENOISER["batch_size"], "--batch-size", min=1,
                                    help="Training examples per step."),
-    lr: float = typer.Option(DEFAULT_DENOISER["lr"], "--lr", min=0.0,
+    lr: float = typer.Option(DEFAULT_DENOISER["lr"], "--lr", min=0.0, max=10.0,
                              help="Peak AdamW learning rate (cosine decay to lr/10)."),
     t_dropout: float = typer.Option(DEFAULT_DENOISER["t_dropout"], "--t-dropout", min=0.0,
                                     max=1.0, help="Fraction of rows trained with the null-t "
@@ -54,7 +54,7 @@ def train_command(
     size: int = size_option(),
     side: int = typer.Option(None, "--side", min=8, help="Same as --size (kept for old "
                              "scripts)."),
-    dim: int = typer.Option(64, "--dim", min=1, help="Dimension for --data gmm."),
+    dim: int = typer.Option(64, "--dim", min=1, max=16384, help="Dimension for --data gmm."),
     seed: int = typer.Option(DEFAULT_DENOISER["seed"], "--seed"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or "
                                "cuda."),

@@ -41,12 +41,12 @@ def train_estimator_command(
                              help="Bins of t the posterior is over."),
     batch_size: int = typer.Option(DEFAULT_ESTIMATOR["train_batch"], "--batch-size", min=1,
                                    help="Training batch."),
-    lr: float = typer.Option(DEFAULT_ESTIMATOR["lr"], "--lr", min=0.0,
+    lr: float = typer.Option(DEFAULT_ESTIMATOR["lr"], "--lr", min=0.0, max=10.0,
                              help="Peak AdamW learning rate."),
     size: int = size_option(),
     side: int = typer.Option(None, "--side", min=8, help="Same as --size (kept for old "
                              "scripts)."),
-    dim: int = typer.Option(64, "--dim", min=1, help="Dimension for --data gmm."),
+    dim: int = typer.Option(64, "--dim", min=1, max=16384, help="Dimension for --data gmm."),
     eval_n: int = typer.Option(4096, "--eval-n", min=1, help="Held-out states for the "
                                "accuracy table."),
     seed: int = typer.Option(DEFAULT_ESTIMATOR["seed"], "--seed"),
