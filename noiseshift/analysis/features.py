@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NoiseshiftError
+from ..io.checkpoints import load_weights
 from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal
 
 KINDS = ("inception", "dinov2", "module", "export")
@@ -141,10 +142,7 @@ def _dinov2(path: Path) -> Extractor:
 
 
 def _state_dict(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
-        raise NoiseshiftError(f"cannot read the checkpoint ({type(e).__name__})", path) from e
+    state = load_weights(path)
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise NoiseshiftError("not a state dict", path)

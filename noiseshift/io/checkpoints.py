@@ -54,21 +54,12 @@ def read_checkpoint(path, fmt: str, device="cpu", *, version: int = VERSION,
                     wording: Wording = Wording()) -> dict:
     """Load a checkpoint dict safely (``weights_only=True``, tensors mapped to `device`) and
     check its format tag and version; CheckpointError(problem, path) otherwise."""
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(wording.folder, path)
     if not path.exists():
         raise CheckpointError(wording.missing, path)
-    try:
-        with warnings.catch_warnings():
-            # torch's hint about a bare pickle's protocol: such a file either loads under
-            # weights_only or is refused below in one line; the hint would only alarm.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(wording.unreadable.format(error=type(e).__name__), path) from e
+    ckpt = load_weights(path, device, wording.unreadable)
     if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("noiseshift."):
         raise CheckpointError(wording.untagged.format(fmt=fmt), path)
     if ckpt["format"] != fmt:
@@ -78,6 +69,21 @@ def read_checkpoint(path, fmt: str, device="cpu", *, version: int = VERSION,
                                                      version=version), path)
     return ckpt
 
+
+
+def load_weights(path, device="cpu", unreadable: str = "cannot read the checkpoint ({error})"):
+    """What ``torch.load(path, weights_only=True)`` gives (tensors, containers, numbers;
+    never code), or CheckpointError(unreadable, path): the one place a file is unpickled."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # torch's hint about a bare pickle's protocol: such a file either loads under
+            # weights_only or is refused in one line; the hint would only alarm.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise CheckpointError(unreadable.format(error=type(e).__name__), path) from e
 
 def json_entry(ckpt: dict, key: str, default: str | None = None):
     """A checkpoint's JSON string entry, parsed. Raises KeyError (missing and no `default`),
