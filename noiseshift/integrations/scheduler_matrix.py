@@ -30,8 +30,10 @@ t is in the family's units (vp-cosine for diffusion schedulers, linear = sigma f
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -298,13 +300,32 @@ def audit_matrix(data=None, *, schedulers=None, spacings=SPACINGS, steps=STEPS,
             for sp in _spacings(name, spacings)]
     meters: dict = {}
     rows = []
-    for i, (name, sp, tag, cfg) in enumerate(plan):
-        try:
-            rows.append(check_configuration(name, sp, cfg, variant=tag, data=data, steps=steps,
-                                            n=n, seed=seed, meters=meters, n_boot=n_boot))
-        except Exception as e:  # noqa: BLE001 - a configuration diffusers itself refuses
-            skipped[f"{name} {sp or ''} {tag}"] = f"{type(e).__name__}: {str(e)[:70]}"
-        if on_config is not None:
-            on_config(i + 1, len(plan), rows[-1] if rows else None)
+    with _quiet(_diffusers()):
+        for i, (name, sp, tag, cfg) in enumerate(plan):
+            _check_one(rows, skipped, name, sp, tag, cfg, data=data, steps=steps, n=n,
+                       seed=seed, meters=meters, n_boot=n_boot)
+            if on_config is not None:
+                on_config(i + 1, len(plan), rows[-1] if rows else None)
     rows.sort(key=lambda r: (r.flag is None, -r.runs[-1].mean_abs.value))
     return MatrixResult(rows, skipped, _diffusers().__version__, n)
+
+
+def _check_one(rows, skipped, name, sp, tag, cfg, **kw) -> None:
+    try:
+        rows.append(check_configuration(name, sp, cfg, variant=tag, **kw))
+    except Exception as e:  # noqa: BLE001 - a configuration diffusers itself refuses
+        skipped[f"{name} {sp or ''} {tag}"] = f"{type(e).__name__}: {str(e)[:70]}"
+
+
+@contextlib.contextmanager
+def _quiet(diffusers):
+    """The schedulers' own notes (a config they adjust, torchsde's float round-off at the
+    interval's ends) would bury the table; the table says what matters."""
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
