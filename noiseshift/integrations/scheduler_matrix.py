@@ -294,13 +294,13 @@ def audit_matrix(data=None, *, schedulers=None, spacings=SPACINGS, steps=STEPS,
     on_config(done, total, result) is called after each configuration (a progress bar)."""
     if configs not in ("all", "default"):
         raise NoiseshiftError(f"configs must be 'all' or 'default', got {configs!r}")
-    names, skipped = discover(schedulers)
-    plan = [(name, sp, tag, cfg) for name in names
-            for tag, cfg in (variants(name) if configs == "all" else [("default", {})])
-            for sp in _spacings(name, spacings)]
-    meters: dict = {}
-    rows = []
     with _quiet(_diffusers()):
+        names, skipped = discover(schedulers)
+        plan = [(name, sp, tag, cfg) for name in names
+                for tag, cfg in (variants(name) if configs == "all" else [("default", {})])
+                for sp in _spacings(name, spacings)]
+        meters: dict = {}
+        rows = []
         for i, (name, sp, tag, cfg) in enumerate(plan):
             _check_one(rows, skipped, name, sp, tag, cfg, data=data, steps=steps, n=n,
                        seed=seed, meters=meters, n_boot=n_boot)
