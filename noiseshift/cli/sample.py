@@ -224,7 +224,7 @@ def sample_command(
         print_json(summary)
         return
     if rec.overwrote:
-        console.print(f"run [bold]{rec.run}[/] existed in {path}; overwrote it")
+        console.print(f"run [bold]{rec.run}[/] existed in {path}; overwrote it", soft_wrap=True)
     _print_summary(summary, path, rec.run)
 
 
