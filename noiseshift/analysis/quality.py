@@ -150,9 +150,7 @@ def fd(fake: np.ndarray, real: np.ndarray, **kw) -> Estimate:
 def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw) -> Estimate:
     """FD(b) - FD(a) with a paired CI: sample i of run a and of run b are resampled together
     (same initial noise), both measured against the same real statistics."""
-    if len(fake_a) != len(fake_b):
-        raise NoiseshiftError(f"paired runs need the same number of samples, got "
-                              f"{len(fake_a)} and {len(fake_b)}")
+    _same_length(fake_a, fake_b)
     ref = _Reference(real)
     return bootstrap(lambda i: ref.distance(fake_b[i]) - ref.distance(fake_a[i]),
                      len(fake_a), **kw)

@@ -146,18 +146,16 @@ def _call_kw(pipe, run, settings: dict, seed: int) -> tuple[dict, int, int]:
 
 
 def _draw(pipe, settings: dict, kw: dict, steps: int, seed: int, subset: tuple[int, int],
-          scratch: Path) -> tuple[np.ndarray, object]:
-    """(t, states) of the pipeline run at ``steps`` steps with a fresh scheduler built from
-    the recorded config, recorded as the run was (the first ``subset[0]`` samples, every
-    ``subset[1]``-th step) into ``scratch``."""
+          scratch: Path) -> None:
+    """Record the pipeline run at ``steps`` steps with a fresh scheduler built from the
+    recorded config, as the run was recorded (the first ``subset[0]`` samples, every
+    ``subset[1]``-th step), into run "run" of ``scratch``."""
     diffusers = require("diffusers")
     pipe.scheduler = getattr(diffusers, settings["name"]).from_config(settings["config"])
     with record(pipe, scratch, "run", max_samples=subset[0], every=subset[1], seed=seed,
                 save_x0=False, overwrite=True), torch.no_grad():
         pipe(**{**kw, "num_inference_steps": steps},
              generator=torch.Generator(device=pipe.device.type).manual_seed(seed))
-    r = open_trajectories(scratch).run("run")
-    return np.asarray(r.t, dtype=np.float64), r.states
 
 
 def _nearest(t_fine: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -173,9 +171,10 @@ def _check_refinable(settings: dict, steps: int, k: int, run) -> None:
 
 def _regenerated(pipe, run, settings, kw, seed, subset, scratch) -> tuple[np.ndarray, float]:
     """The run drawn again: (its states, max |regenerated - recorded|)."""
-    steps = int(settings["steps"])
-    t, states = _draw(pipe, settings, kw, steps, seed, subset, scratch / "coarse.h5")
-    coarse = np.asarray(states[:])
+    _draw(pipe, settings, kw, int(settings["steps"]), seed, subset, scratch / "coarse.h5")
+    with open_trajectories(scratch / "coarse.h5") as f:
+        again = f.run("run")
+        t, coarse = np.asarray(again.t, dtype=np.float64), np.asarray(again.states[:])
     if coarse.shape != tuple(run.states.shape) or not np.allclose(t, run.t, atol=1e-6):
         raise NoiseshiftError(f"re-drawing run {run.name!r} gives {len(t)} steps of shape "
                               f"{coarse.shape[1:]}, not the file's: another pipeline?", run.path)
@@ -203,12 +202,15 @@ def decompose_pipeline_run(run, meter, data, *, folder=None, k: int = 8,
             raise NoiseshiftError(f"re-drawing run {run.name!r} gives other states (max |diff| "
                                   f"{diff:.3g}): another device, thread count or diffusers?",
                                   run.path)
-        t_fine, fine = _draw(pipe, settings, kw, k * int(settings["steps"]), run_seed,
-                             (run.n, 1), Path(tmp) / "fine.h5")
+        _draw(pipe, settings, kw, k * int(settings["steps"]), run_seed, (run.n, 1),
+              Path(tmp) / "fine.h5")
         ts = np.asarray(run.t, dtype=np.float64)
-        idx = _nearest(t_fine, ts)
-        gap = ts - t_fine[idx]
-        rf = read_states(meter, (fine[int(i)] for i in idx)) + gap[:, None]
+        with open_trajectories(Path(tmp) / "fine.h5") as f:
+            fine = f.run("run")
+            t_fine = np.asarray(fine.t, dtype=np.float64)
+            idx = _nearest(t_fine, ts)
+            gap = ts - t_fine[idx]  # only the steps nearest the run's are read
+            rf = read_states(meter, (fine.states[int(i)] for i in idx)) + gap[:, None]
     label = f"{run.name}: {settings['name']} {settings['steps']} steps, fine x{k}"
     return split_parts(label, k, ts, read_states(meter, coarse), rf,
                        true_readings(meter, data, ts, run.n, seed), order, diff,
