@@ -5,7 +5,10 @@ final_denoise=True, ...)``: it integrates from ``ts[0]`` down to ``ts[-1]`` and 
 ``callback(info)`` once per step, *before* the update, with
 ``info = {"i": i, "t": float ts[i], "x": state fed to the model, "x0_pred": model's x0}``.
 Recording is just such a callback (`io.TrajectoryWriter.callback`; see
-`recording.sample_and_record`).
+`recording.sample_and_record`). ``step_hook(info)``, if given, is called after each update
+with ``{"i", "t", "t_next", "x", "x_next", "x0_pred"}`` and returns the state to go on from:
+where sampler-side corrections (DCW, a corrector step) act. The last step's x0 (with
+``final_denoise``) does not pass through it.
 
 Model outputs are converted only through ``model.schedule.convert``: samplers never
 re-derive the schedule's math. With ``final_denoise`` the last step returns the model's x0
@@ -75,21 +78,31 @@ def _last(i: int, ts: torch.Tensor) -> bool:
     return i == len(ts) - 2
 
 
+def _after(step_hook, i: int, t: float, t_next: float, x, x_next, x0) -> torch.Tensor:
+    """The next state, through ``step_hook`` when there is one: a sampler-side correction
+    (DCW, a corrector step) sees the step it follows and returns the state to go on from."""
+    if step_hook is None:
+        return x_next
+    return step_hook({"i": i, "t": t, "t_next": t_next, "x": x, "x_next": x_next,
+                      "x0_pred": x0})
+
+
 @torch.no_grad()
 def sample_euler(model, x, ts, *, y=None, callback=None, generator=None,
-                 final_denoise=True):
+                 final_denoise=True, step_hook=None):
     """Euler on the probability-flow ODE dx/dt = v(x, t)."""
     for i in range(len(ts) - 1):
         t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
         if final_denoise and _last(i, ts):
             return x0
-        x = x + (t_next - t) * _to(model, out, src, "velocity", x, t)
+        x_next = x + (t_next - t) * _to(model, out, src, "velocity", x, t)
+        x = _after(step_hook, i, t, t_next, x, x_next, x0)
     return x
 
 
 @torch.no_grad()
 def sample_heun(model, x, ts, *, y=None, callback=None, generator=None,
-                final_denoise=True):
+                final_denoise=True, step_hook=None):
     """Heun's second-order method on the ODE (two model calls a step; the last step, which
     ends at ts[-1], is a plain Euler step as in k-diffusion)."""
     for i in range(len(ts) - 1):
@@ -99,17 +112,18 @@ def sample_heun(model, x, ts, *, y=None, callback=None, generator=None,
         v = _to(model, out, src, "velocity", x, t)
         x_e = x + (t_next - t) * v
         if _last(i, ts):
-            x = x_e
+            x = _after(step_hook, i, t, t_next, x, x_e, x0)
             continue
         out2, src2 = _call(model, x_e, t_next, y)
         v2 = _to(model, out2, src2, "velocity", x_e, t_next)
-        x = x + (t_next - t) * 0.5 * (v + v2)
+        x = _after(step_hook, i, t, t_next, x, x + (t_next - t) * 0.5 * (v + v2), x0)
     return x
 
 
 @torch.no_grad()
 def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None,
-                          diffusion=2.0, final_denoise=True, noise_sampler=None):
+                          diffusion=2.0, final_denoise=True, noise_sampler=None,
+                          step_hook=None):
     """Euler-Maruyama on the reverse SDE dx = [v - g^2/2 score] dt + g dW with
     g(t)^2 = diffusion * sigma(t) (`Schedule.diffusion_g2`). Any g gives the ODE's marginals
     for an exact model; a larger g corrects more and adds more noise. `noise_sampler(t,
@@ -123,13 +137,15 @@ def sample_euler_maruyama(model, x, ts, *, y=None, callback=None, generator=None
         h = t - t_next
         g2 = float(sch.diffusion_g2(t, diffusion))
         drift = sch.reverse_drift(out, src, x, t, diffusion)
-        x = x - h * drift + (g2 * h) ** 0.5 * _noise(x, generator, noise_sampler, t, t_next)
+        x_next = x - h * drift + (g2 * h) ** 0.5 * _noise(x, generator, noise_sampler, t,
+                                                          t_next)
+        x = _after(step_hook, i, t, t_next, x, x_next, x0)
     return x
 
 
 @torch.no_grad()
 def sample_ddim(model, x, ts, *, y=None, callback=None, generator=None, eta=0.0,
-                final_denoise=True, noise_sampler=None):
+                final_denoise=True, noise_sampler=None, step_hook=None):
     """DDIM for any schedule: x_next = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z, with
     c = eta * sigma' * sqrt(1 - (sigma'/alpha')^2 / (sigma/alpha)^2), the DDPM posterior
     noise at eta = 1 (written so that alpha = 0 at t = 1 is fine). eta = 0 is
@@ -146,9 +162,10 @@ def sample_ddim(model, x, ts, *, y=None, callback=None, generator=None, eta=0.0,
         a_n, s_n = float(sch.alpha(t_next)), float(sch.sigma(t_next))
         ratio2 = (s_n * a) ** 2 / max((a_n * s) ** 2, 1e-300)
         c = eta * s_n * max(0.0, 1.0 - ratio2) ** 0.5
-        x = a_n * x0 + max(0.0, s_n**2 - c**2) ** 0.5 * eps
+        x_next = a_n * x0 + max(0.0, s_n**2 - c**2) ** 0.5 * eps
         if c > 0:
-            x = x + c * _noise(x, generator, noise_sampler, t, t_next)
+            x_next = x_next + c * _noise(x, generator, noise_sampler, t, t_next)
+        x = _after(step_hook, i, t, t_next, x, x_next, x0)
     return x
 
 
@@ -166,8 +183,9 @@ def get_sampler(name: str) -> Callable:
     return SAMPLERS[name]
 
 
-#: Sampler keywords that are the call's plumbing, not its settings: never recorded.
-RUNTIME_KEYWORDS = frozenset({"y", "callback", "generator", "noise_sampler"})
+#: Sampler keywords that are the call's plumbing, not its settings: never recorded (a
+#: ``step_hook``'s own settings go into the run's ``guidance`` description).
+RUNTIME_KEYWORDS = frozenset({"y", "callback", "generator", "noise_sampler", "step_hook"})
 
 #: Each sampler's settings and their defaults: the keys its runs' ``sampler`` attribute holds
 #: beyond name, steps and the t range. Written out rather than read from the signatures, so

@@ -233,3 +233,28 @@ def test_model_mode_is_restored(gmm8):
                          "depth": 1}).train()
     sample(model, 4, steps=2)
     assert model.training
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_step_hook_sees_every_update_and_replaces_the_state(name):
+    model = MixtureDenoiser(make_gmm(dim=4, components=2, std=0.3, seed=0).mixture,
+                            get_schedule("linear"))
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)) * 0.999
+    ts = torch.linspace(0.999, 0.0, 6, dtype=torch.float64)
+    kw = {"generator": torch.Generator().manual_seed(1)}
+    plain = SAMPLERS[name](model, x.clone(), ts, final_denoise=False,
+                           generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def same(info):
+        seen.append((info["i"], info["t"], info["t_next"]))
+        return info["x_next"]
+
+    hooked = SAMPLERS[name](model, x.clone(), ts, final_denoise=False, step_hook=same, **kw)
+    assert torch.equal(plain, hooked)
+    assert [s[0] for s in seen] == list(range(5))
+    assert seen[-1][2] == 0.0
+    zeroed = SAMPLERS[name](model, x.clone(), ts, final_denoise=False,
+                            step_hook=lambda info: torch.zeros_like(info["x_next"]),
+                            generator=torch.Generator().manual_seed(1))
+    assert torch.equal(zeroed, torch.zeros_like(zeroed))
