@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "pretrained": 7, "recording": 7, "runspec": 7, "estimation": 7,
     "analysis": 8,
     "report": 9,
-    "integrations": 10, "demo": 10,
+    "integrations": 10, "demo": 10, "tuning": 10,
     "cli": 11, "__main__": 11,
 }
 

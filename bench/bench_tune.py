@@ -1,0 +1,105 @@
+"""Numbers for issue 22 (`noiseshift tune`): tune's successive halving against the full grid
+on the default digits model, and its pick against Euler-Maruyama unguided on more seeds.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/bench_tune.py [--budget 16] [--seed 0]
+        [--n-final 1024] [--check-seeds 1,2] [--out /tmp/bench_tune.json]
+
+1. `tune` (the defaults: n_start 128, keep 1/3, 2 finalists, n_final) on --seed; wall time.
+2. The grid: every candidate at n_final on the same seed (tune with n_start = n_final,
+   keep = 1). Same per-sample noise, so tune's samples are a prefix of the grid's.
+3. tune's recommendation against the baseline (Euler-Maruyama at the budget, unguided) on
+   each --check-seeds at n_final.
+Prints: tune's pick and the grid's best FD (ratio; target <= 1.05), the cost ratio
+(samples x model evaluations, and sampling seconds; target <= 1/4), and per seed the pick's
+dFD (paired 95% CI), mean |shift| change by the subspace meter and recall change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from noiseshift.data import load_data
+from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
+from noiseshift.tuning import CANDIDATES, tune
+
+
+def _sampling_seconds(res) -> float:
+    return sum(r.s_per_sample * r.n for r in res.rows)
+
+
+def _cost(res) -> float:
+    return float(res.model_evals)
+
+
+def _line(row, base) -> str:
+    pct = 100 * row.dfd.value / base.fd.value if row.dfd else 0.0
+    sh = 100 * (row.shift.value / base.shift.value - 1) if row.shift else float("nan")
+    dfd = f"{row.dfd:+.3f}" if row.dfd else "-"
+    drec = f"{row.drecall:+.3f}" if row.drecall else "-"
+    return (f"{row.name:16} steps {row.steps:3} n {row.n:5} FD {row.fd.value:6.3f} "
+            f"dFD {dfd} ({pct:+.0f}%) |shift| {row.shift.value:.4f} ({sh:+.0f}%) "
+            f"recall {row.recall.value:.3f} drecall {drec} "
+            f"{1e3 * row.s_per_step:.3f} ms/step")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-final", type=int, default=1024)
+    ap.add_argument("--check-seeds", default="1,2")
+    ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT", "/tmp/bench_tune.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model, est = default_model(device="cpu"), default_estimator(device="cpu")
+    data = load_data(DEFAULT_DATA)
+    common = dict(estimator=est, n_final=args.n_final, device="cpu")
+    print(f"load {os.getloadavg()[0]:.1f} at start", flush=True)
+    out = {"args": vars(args)}
+    t0 = time.perf_counter()
+    res = tune(model, args.budget, data, seeds=(args.seed,), **common)
+    tune_wall = time.perf_counter() - t0
+    print(f"tune: {tune_wall:.0f} s wall, {res.samples} samples, plan {res.plan}, load "
+          f"{os.getloadavg()[0]:.1f}; recommends {res.recommended.name}: {res.command()}")
+    for row in res.rows:
+        print(" ", _line(row, res.baseline))
+    out["tune"] = {**res.to_dict(), "wall": tune_wall}
+    pick = res.recommended.candidate
+    if not args.skip_grid:
+        t0 = time.perf_counter()
+        grid = tune(model, args.budget, data, seeds=(args.seed,), n_start=args.n_final,
+                    keep=1.0, **common)
+        grid_wall = time.perf_counter() - t0
+        best = grid.best
+        mine = next(r for r in grid.rows if r.name == res.recommended.name)
+        print(f"grid: {grid_wall:.0f} s wall, {grid.samples} samples, load "
+              f"{os.getloadavg()[0]:.1f}; best {best.name} FD {best.fd.value:.3f}")
+        for row in grid.rows:
+            print(" ", _line(row, grid.baseline))
+        print(f"tune's pick {mine.name} FD {mine.fd.value:.3f} = "
+              f"{mine.fd.value / best.fd.value:.3f} x the grid's best; cost: model "
+              f"evaluations {_cost(res) / _cost(grid):.3f} x, sampling seconds "
+              f"{_sampling_seconds(res) / _sampling_seconds(grid):.3f} x, wall "
+              f"{tune_wall / grid_wall:.3f} x the grid's")
+        out["grid"] = {**grid.to_dict(), "wall": grid_wall}
+    for seed in [int(s) for s in args.check_seeds.split(",") if s]:
+        chk = tune(model, args.budget, data, seeds=(seed,), n_start=args.n_final, keep=1.0,
+                   candidates=(CANDIDATES[0], pick) if pick is not CANDIDATES[0] else
+                   (CANDIDATES[0],), **common)
+        print(f"seed {seed}:")
+        for row in chk.rows:
+            print(" ", _line(row, chk.baseline))
+        out[f"check-{seed}"] = chk.to_dict()
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
