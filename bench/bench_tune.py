@@ -37,7 +37,8 @@ def _cost(res) -> float:
 
 
 def _line(row, base) -> str:
-    pct = 100 * row.dfd.value / base.fd.value if row.dfd else 0.0
+    # against the baseline's FD at the same n (a row may stop at an earlier rung)
+    pct = 100 * row.dfd.value / (row.fd.value - row.dfd.value) if row.dfd else 0.0
     sh = 100 * (row.shift.value / base.shift.value - 1) if row.shift else float("nan")
     dfd = f"{row.dfd:+.3f}" if row.dfd else "-"
     drec = f"{row.drecall:+.3f}" if row.drecall else "-"

@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "The sampler's own shift, with a perfect model."),
     "decompose": ("decompose", "Split a run's shift into sampler and network parts."),
     "encode": ("encode", "Encode images into VAE latents for an estimator."),
+    "tune": ("tune", "At a budget of model evaluations, which correction to use."),
 }
 
 

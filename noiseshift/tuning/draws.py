@@ -9,6 +9,7 @@ the search only draws the samples it adds, and every comparison is paired.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from ..analysis.quality import (
 )
 from ..analysis.statistics import Estimate, bootstrap
 from ..estimators import in_zones
-from ..guidance import build_guidance
+from ..guidance import GuidanceWarning, build_guidance
 from ..sampling import sample
 from .candidates import Candidate
 
@@ -71,8 +72,11 @@ def draw(d: Draws, ctx, seed: int, lo: int, hi: int) -> None:
     """Draw samples lo..hi of seed ``seed`` for ``d``'s candidate (of ``ctx.n_total``) and
     keep their features and shift readings."""
     counted = Counted(ctx.model)
-    guided, _ = build_guidance(counted, estimator=ctx.estimator, data=ctx.data,
-                               **d.candidate.guidance)
+    with warnings.catch_warnings():
+        # said once per search (`search.tune`'s notes), not once per draw
+        warnings.simplefilter("ignore", GuidanceWarning)
+        guided, _ = build_guidance(counted, estimator=ctx.estimator, data=ctx.data,
+                                   **d.candidate.guidance)
     reads, ts = [], []
     read_s = [0.0]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..analysis.quality import feature_space
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
+from ..guidance import low_dim_warning
 from ..pretrained import get_estimator
 from ..sampling import model_device
 from .candidates import CANDIDATES, fitting
@@ -25,8 +26,9 @@ from .result import Row, TuneResult
 
 Progress = Callable[[str, int, int], None]
 
-#: Rows per model call: the rung sizes are multiples of it, so a rung's added samples meet
-#: the same batch-mates they would in one draw of n_final (bit-identical samples).
+#: Rows per model call (fewer when n_start is smaller): the rung sizes are multiples of it,
+#: so a rung's added samples meet the same batch-mates they would in one draw of n_final
+#: (bit-identical samples).
 BLOCK = 128
 
 
@@ -85,11 +87,16 @@ def tune(model, budget_nfe: int, data, *, seeds=(0,), candidates=CANDIDATES,
     clock = time.perf_counter()
     seeds = _seeds(seeds)
     pairs, notes = fitting(candidates, budget_nfe, model, has_estimator=estimator is not None)
+    dim = getattr(data, "dim", None)
+    if dim is not None and low_dim_warning(int(dim)) and any(c.nag_mode for c, _ in pairs):
+        notes.append(low_dim_warning(int(dim)))
     if not pairs or pairs[0][0] is not candidates[0]:
         raise NoiseshiftError(f"the baseline {candidates[0].name!r} does not fit a budget of "
                               f"{budget_nfe} model evaluations")
-    plan = rungs(len(pairs) - 1, _round(n_start), _round(n_final), keep, finalists)
-    ctx = _context(model, estimator, data, plan[-1][0], device, n_boot, space, meter)
+    block = min(BLOCK, int(n_start))
+    plan = rungs(len(pairs) - 1, _round(n_start, block), _round(n_final, block), keep,
+                 finalists)
+    ctx = _context(model, estimator, data, plan[-1][0], block, device, n_boot, space, meter)
     draws = {c.name: Draws(c, steps, seeds) for c, steps in pairs}
     rows = _halve(draws, plan, ctx, seeds, progress or (lambda *a: None))
     return TuneResult(rows=rows, budget=budget_nfe, seeds=seeds, plan=plan, notes=notes,
@@ -106,17 +113,18 @@ def _seeds(seeds) -> tuple[int, ...]:
     return seeds
 
 
-def _round(n: int) -> int:
+def _round(n: int, block: int) -> int:
     """n rounded up to whole blocks."""
-    return max(1, math.ceil(int(n) / BLOCK)) * BLOCK
+    return max(1, math.ceil(int(n) / block)) * block
 
 
-def _context(model, estimator, data, n_total, device, n_boot, space, meter) -> Context:
+def _context(model, estimator, data, n_total, block, device, n_boot, space, meter
+             ) -> Context:
     dev = model_device(model, device)
     if meter == "auto":
         meter = independent_meter(data, model.schedule, device=str(dev))
     return Context(model, estimator, data, meter, space or feature_space(data), n_total,
-                   BLOCK, str(dev), n_boot, 0)
+                   block, str(dev), n_boot, 0)
 
 
 def _halve(draws: dict, plan, ctx: Context, seeds, progress: Progress) -> list[Row]:

@@ -1,0 +1,80 @@
+"""`tune`'s result for people: a rich table that reads at 80 columns and a figure of each
+candidate's FD change against the baseline with its paired CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from ..analysis.statistics import Estimate
+from .result import TuneResult
+
+
+def _ci(e: Estimate | None, fmt: str = "+.2f") -> str:
+    return "-" if e is None else f"{e.value:{fmt}} [{e.lo:{fmt}},{e.hi:{fmt}}]"
+
+
+def tune_table(res: TuneResult) -> Table:
+    """Every candidate, finalists first: steps, samples scored, FD, its paired change
+    against the baseline with the 95% CI, mean |shift| by the independent meter, recall,
+    milliseconds per step of one sample."""
+    final = max(r.rung for r in res.rows)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False,
+                  title=f"tune at {res.budget} model evaluations per sample",
+                  caption=f"FD in {res.space}; |Δ|: mean |shift| by the {res.meter or 'no'} "
+                          f"meter; * finalist", caption_justify="left")
+    for title in ("candidate", "steps", "n", "FD", "dFD [95% CI]", "|Δ|", "recall", "ms/st"):
+        table.add_column(title, justify="left" if title == "candidate" else "right",
+                         overflow="fold")
+    rec = res.recommended.name
+    for r in res.rows:
+        mark = "*" if r.rung == final else " "
+        name = f"[bold]{r.name}[/]" if r.name == rec else r.name
+        table.add_row(f"{mark}{name}", str(r.steps), str(r.n), f"{r.fd.value:.2f}",
+                      _ci(r.dfd), "-" if r.shift is None else f"{r.shift.value:.4f}",
+                      f"{r.recall.value:.3f}", f"{1e3 * r.s_per_step:.2f}")
+    return table
+
+
+def verdict(res: TuneResult) -> str:
+    """One sentence on the recommendation."""
+    rec, base = res.recommended, res.baseline
+    if rec is base:
+        return (f"No candidate lowered FD resolvably against {base.name} at n = {base.n}: "
+                f"keep it (best finalist: {res.best.name}).")
+    pct = 100 * rec.dfd.value / base.fd.value
+    out = (f"{rec.name} lowers FD by {-pct:.0f}% against {base.name} ({_ci(rec.dfd)}, "
+           f"n = {rec.n}, paired)")
+    if rec.shift is not None and base.shift is not None:
+        out += f"; mean |shift| {100 * (rec.shift.value / base.shift.value - 1):+.0f}%"
+    if rec.drecall is not None:
+        out += f"; recall {_ci(rec.drecall, '+.3f')}"
+    return out + "."
+
+
+def tune_figure(res: TuneResult, path) -> Path:
+    """Each candidate's FD change against the baseline at the n it reached, with its
+    paired 95% CI; one colour per rung. PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res.rows if r.dfd is not None][::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(rows) + 1.5))
+    for y, r in enumerate(rows):
+        ax.errorbar(r.dfd.value, y, xerr=[[r.dfd.value - r.dfd.lo], [r.dfd.hi - r.dfd.value]],
+                    fmt="o", color=f"C{r.rung}", capsize=3,
+                    label=f"n = {r.n}" if r.rung not in {q.rung for q in rows[:y]} else None)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r.name for r in rows])
+    ax.set_xlabel(f"FD change against {res.baseline.name} (paired 95% CI)")
+    ax.set_title(f"tune, {res.budget} model evaluations per sample")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
