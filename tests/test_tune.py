@@ -2,6 +2,7 @@
 a known answer, paired samples across candidates, and the command end to end."""
 
 import json
+from itertools import pairwise
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_successive_halving_keeps_the_best_on_a_known_scorer(monkeypatch):
         mine = [c[1:] for c in calls if c[0] == name]
         for seed in (0, 3):
             ranges = [(lo, hi) for s, lo, hi in mine if s == seed]
-            assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(ranges))
     # both seeds; the baseline rides along: 8 x 8, then 5 x 8 more, then 3 x 16 more
     assert res.samples == 2 * (8 * 8 + 5 * 8 + 3 * 16)
 
