@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from .. import tiny
 from ..data import load_data
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
@@ -35,10 +36,11 @@ def tune_command(
                               "`noiseshift train`; default: the built-in digits model."),
     budget: int = typer.Option(16, "--budget", min=1, help="Model evaluations per sample "
                                "every candidate may spend (Heun's step costs 2)."),
-    n_final: int = typer.Option(1024, "--n-final", min=8, help="Samples per seed of the "
-                                "finalists and the baseline (rounded up to blocks of 128)."),
-    n_start: int = typer.Option(128, "--n-start", min=8, help="Samples per seed every "
-                                "candidate starts with."),
+    n_final: int = typer.Option(None, "--n-final", min=8, help="Samples per seed of the "
+                                "finalists and the baseline (default 1024; rounded up to "
+                                "whole blocks of --n-start, at most 128)."),
+    n_start: int = typer.Option(None, "--n-start", min=8, help="Samples per seed every "
+                                "candidate starts with (default 128)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; every candidate "
                               "draws the same samples of each."),
     data: str = data_option(None, "Default: the data the model's checkpoint names."),
@@ -63,6 +65,9 @@ def tune_command(
 
     Example: `noiseshift tune --budget 16 --plot tune.png`.
     """
+    # NOISESHIFT_TINY (tests, the README's CI run) shrinks the search with the models
+    n_final = n_final or tiny.sized("n", 1024)
+    n_start = n_start or min(128, max(8, n_final // 4))
     try:
         seed_list = _seeds(seeds)
         if plot is not None:

@@ -21,13 +21,14 @@ def tune_table(res: TuneResult) -> Table:
     against the baseline with the 95% CI, mean |shift| by the independent meter, recall,
     milliseconds per step of one sample."""
     final = max(r.rung for r in res.rows)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False,
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   title=f"tune at {res.budget} model evaluations per sample",
                   caption=f"FD in {res.space}; |Δ|: mean |shift| by the {res.meter or 'no'} "
                           f"meter; * finalist", caption_justify="left")
     for title in ("candidate", "steps", "n", "FD", "dFD [95% CI]", "|Δ|", "recall", "ms/st"):
-        table.add_column(title, justify="left" if title == "candidate" else "right",
-                         overflow="fold")
+        name = title == "candidate"  # names wrap; numbers never
+        table.add_column(title, justify="left" if name else "right", overflow="fold",
+                         no_wrap=not name)
     rec = res.recommended.name
     for r in res.rows:
         mark = "*" if r.rung == final else " "
