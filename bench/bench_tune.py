@@ -32,10 +32,6 @@ def _sampling_seconds(res) -> float:
     return sum(r.s_per_sample * r.n for r in res.rows)
 
 
-def _cost(res) -> float:
-    return float(res.model_evals)
-
-
 def _line(row, base) -> str:
     # against the baseline's FD at the same n (a row may stop at an earlier rung)
     pct = 100 * row.dfd.value / (row.fd.value - row.dfd.value) if row.dfd else 0.0
@@ -48,13 +44,34 @@ def _line(row, base) -> str:
             f"{1e3 * row.s_per_step:.3f} ms/step")
 
 
+def _compare(res, mine: dict, grid: dict) -> None:
+    """tune's pick against the grid's best FD, and the two costs."""
+    rows = {r["name"]: r for r in grid["rows"]}
+    best = min(grid["rows"], key=lambda r: r["fd"]["value"])
+    pick = rows[res.recommended.name]
+    secs = sum(r["s_per_sample"] * r["n"] for r in grid["rows"])
+    print(f"grid's best {best['name']} FD {best['fd']['value']:.3f}; tune's pick "
+          f"{pick['name']} FD {pick['fd']['value']:.3f} in the grid = "
+          f"{pick['fd']['value'] / best['fd']['value']:.3f} x the best (target <= 1.05)")
+    print(f"cost of tune / grid: model evaluations {mine['model_evals']}/"
+          f"{grid['model_evals']} = {mine['model_evals'] / grid['model_evals']:.3f}; "
+          f"samples {mine['samples']}/{grid['samples']} = "
+          f"{mine['samples'] / grid['samples']:.3f}; sampling seconds "
+          f"{_sampling_seconds(res) / secs:.3f}; wall {mine['wall']:.0f} s / "
+          f"{grid['wall']:.0f} s = {mine['wall'] / grid['wall']:.3f} (target <= 0.25)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-final", type=int, default=1024)
     ap.add_argument("--check-seeds", default="1,2")
-    ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--n-start", type=int, default=128)
+    ap.add_argument("--keep", type=float, default=1 / 3)
+    ap.add_argument("--finalists", type=int, default=2)
+    ap.add_argument("--grid-json", help="reuse the grid of an earlier run's --out (same "
+                    "seed, budget and n-final) instead of drawing it again")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT", "/tmp/bench_tune.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -64,7 +81,8 @@ def main() -> None:
     print(f"load {os.getloadavg()[0]:.1f} at start", flush=True)
     out = {"args": vars(args)}
     t0 = time.perf_counter()
-    res = tune(model, args.budget, data, seeds=(args.seed,), **common)
+    res = tune(model, args.budget, data, seeds=(args.seed,), n_start=args.n_start,
+               keep=args.keep, finalists=args.finalists, **common)
     tune_wall = time.perf_counter() - t0
     print(f"tune: {tune_wall:.0f} s wall, {res.samples} samples, plan {res.plan}, load "
           f"{os.getloadavg()[0]:.1f}; recommends {res.recommended.name}: {res.command()}")
@@ -72,23 +90,18 @@ def main() -> None:
         print(" ", _line(row, res.baseline))
     out["tune"] = {**res.to_dict(), "wall": tune_wall}
     pick = res.recommended.candidate
-    if not args.skip_grid:
+    if args.grid_json:
+        with open(args.grid_json) as f:
+            out["grid"] = json.load(f)["grid"]
+    else:
         t0 = time.perf_counter()
         grid = tune(model, args.budget, data, seeds=(args.seed,), n_start=args.n_final,
                     keep=1.0, **common)
-        grid_wall = time.perf_counter() - t0
-        best = grid.best
-        mine = next(r for r in grid.rows if r.name == res.recommended.name)
-        print(f"grid: {grid_wall:.0f} s wall, {grid.samples} samples, load "
-              f"{os.getloadavg()[0]:.1f}; best {best.name} FD {best.fd.value:.3f}")
+        out["grid"] = {**grid.to_dict(), "wall": time.perf_counter() - t0}
+        print(f"grid: {out['grid']['wall']:.0f} s wall, load {os.getloadavg()[0]:.1f}")
         for row in grid.rows:
             print(" ", _line(row, grid.baseline))
-        print(f"tune's pick {mine.name} FD {mine.fd.value:.3f} = "
-              f"{mine.fd.value / best.fd.value:.3f} x the grid's best; cost: model "
-              f"evaluations {_cost(res) / _cost(grid):.3f} x, sampling seconds "
-              f"{_sampling_seconds(res) / _sampling_seconds(grid):.3f} x, wall "
-              f"{tune_wall / grid_wall:.3f} x the grid's")
-        out["grid"] = {**grid.to_dict(), "wall": grid_wall}
+    _compare(res, out["tune"], out["grid"])
     for seed in [int(s) for s in args.check_seeds.split(",") if s]:
         chk = tune(model, args.budget, data, seeds=(seed,), n_start=args.n_final, keep=1.0,
                    candidates=(CANDIDATES[0], pick) if pick is not CANDIDATES[0] else

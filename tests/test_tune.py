@@ -14,7 +14,7 @@ from noiseshift.cli import app
 from noiseshift.data import make_gmm
 from noiseshift.data.mixture import MixtureDenoiser
 from noiseshift.errors import NoiseshiftError
-from noiseshift.tuning import CANDIDATES, Candidate, rungs, search, tune
+from noiseshift.tuning import CANDIDATES, Candidate, independent_meter, rungs, search, tune
 from tests.helpers import cli_exit_2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +108,8 @@ def test_halving_draws_the_grids_samples_and_meets_the_budget():
     data, model = _gmm()
     cands = (Candidate("em", "euler-maruyama"), Candidate("euler", "euler"),
              Candidate("heun", "heun"), Candidate("ddim1", "ddim", {"eta": 1.0}))
-    kw = dict(seeds=(1,), candidates=cands, n_final=32, n_boot=20, device="cpu")
+    meter = independent_meter(data, model.schedule)  # fitted once for both searches
+    kw = dict(seeds=(1,), candidates=cands, n_final=32, n_boot=20, device="cpu", meter=meter)
     sh = tune(model, 5, data, n_start=16, keep=0.3, finalists=1, **kw)
     grid = tune(model, 5, data, n_start=32, keep=1.0, **kw)
     assert len(grid.rows) == 4 and all(r.n == 32 for r in grid.rows)
