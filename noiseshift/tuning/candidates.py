@@ -120,6 +120,9 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("euler+step1.5", "euler", guidance=_step(1.5)),
     Candidate("heun+step1.5", "heun", guidance=_step(1.5)),
     Candidate("em-g1+step1.5", "euler-maruyama", {"diffusion": 1.0}, _step(1.5)),
+    Candidate("em-g1+step3", "euler-maruyama", {"diffusion": 1.0}, _step(3.0)),
+    Candidate("em-g0.5+step1.5", "euler-maruyama", {"diffusion": 0.5}, _step(1.5)),
+    Candidate("em-g0.5+step3", "euler-maruyama", {"diffusion": 0.5}, _step(3.0)),
     Candidate("em+cfcal0.5", guidance={"nag_mode": "cf-calibrated", "nag_scale": 0.5},
               evals=2),
 )

@@ -78,10 +78,13 @@ class TuneResult:
 
     @property
     def recommended(self) -> Row:
-        """The best finalist when its FD change against the baseline is resolved below
-        zero; else the baseline: nothing beat it resolvably."""
-        best = self.best
-        return best if best.dfd is not None and best.dfd.hi < 0 else self.baseline
+        """The finalist with the lowest FD among those whose FD change against the
+        baseline is resolved below zero; the baseline when none is: nothing beat it
+        resolvably."""
+        final = max(r.rung for r in self.rows)
+        better = [r for r in self.rows
+                  if r.rung == final and r.dfd is not None and r.dfd.hi < 0]
+        return min(better, key=lambda r: r.fd.value) if better else self.baseline
 
     def command(self, model: str | None = None) -> str:
         """The `noiseshift sample` line of the recommendation."""
