@@ -89,6 +89,13 @@ def test_successive_halving_keeps_the_best_on_a_known_scorer(monkeypatch):
     assert reached == {"c0": (2, 64), "c4": (2, 64), "c6": (2, 64), "c2": (1, 32),
                        "c7": (1, 32), "c1": (0, 16), "c3": (0, 16), "c5": (0, 16)}
     assert res.recommended.name == "c4" and res.best.name == "c4"
+    # the recommendation is the best finalist whose FD change is resolved below zero
+    row = {r.name: r for r in res.rows}
+    row["c4"].dfd = Estimate(-9.0, -20.0, +2.0)
+    assert res.best.name == "c4" and res.recommended.name == "c6"
+    row["c6"].dfd = Estimate(-8.0, -20.0, +2.0)
+    assert res.recommended.name == "c0"  # nothing resolved: keep the baseline
+    assert res.command() == "noiseshift sample --sampler euler --steps 4"
     # every candidate draws the same seeds and the same samples: 0..n, in order
     for name in FAKE_FD:
         mine = [c[1:] for c in calls if c[0] == name]
