@@ -144,11 +144,12 @@ def test_tune_json_end_to_end(tiny_model, tmp_path):
     res = CliRunner().invoke(app, ["tune", "--model", str(tiny_model), "--budget", "3",
                                    "--n-start", "8", "--n-final", "16", "--seeds", "0,1",
                                    "--estimator", "oracle", "--bootstrap", "20",
+                                   "--candidates", "heun,em+step1.5,euler,em+cfcal0.5",
                                    "--plot", str(fig), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     names = [r["name"] for r in out["rows"]]
-    assert sorted(names) == sorted(c.name for c in CANDIDATES if c.steps_for(3))
+    assert sorted(names) == ["em", "em+cfcal0.5", "em+step1.5", "euler", "heun"]
     assert out["recommended"] in names and out["command"].startswith("noiseshift sample")
     assert str(tiny_model) in out["command"] and fig.exists()
     assert all(r["model_evals"] <= 3 for r in out["rows"])
@@ -160,6 +161,7 @@ def test_tune_json_end_to_end(tiny_model, tmp_path):
     (["--seeds", "1,1"], "distinct"),
     (["--n-start", "256", "--n-final", "128"], "--n-start"),
     (["--model", "diffusers:/nowhere"], "diffusers"),
+    (["--candidates", "heun,nope"], "nope"),
 ])
 def test_bad_input_is_one_line_exit_2(args, says, capsys):
     lines = cli_exit_2(["tune", *args], capsys)

@@ -43,6 +43,8 @@ def tune_command(
                                 "candidate starts with (default 128)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; every candidate "
                               "draws the same samples of each."),
+    only: str = typer.Option(None, "--candidates", help="Comma list of candidate names to "
+                             "search (default all; the baseline is always in)."),
     data: str = data_option(None, "Default: the data the model's checkpoint names."),
     size: int = size_option(),
     estimator: str = typer.Option(None, "--estimator", help="Noise-level estimator the NAG "
@@ -74,7 +76,7 @@ def tune_command(
             check_output_file(plot, "--plot")
             refuse_overwriting_inputs(plot, model, data)
         res = _run(model, budget, n_start, n_final, seed_list, data, size, estimator,
-                   bootstrap, device, json_out)
+                   bootstrap, device, json_out, _candidates(only))
         fig = tune_figure(res, plot) if plot is not None else None
     except NoiseshiftError as e:
         fail(e.problem, e.path)
@@ -104,8 +106,22 @@ def _seeds(text: str) -> tuple[int, ...]:
     return out
 
 
+def _candidates(only: str | None) -> tuple:
+    """The baseline and the named candidates (all when None)."""
+    if only is None:
+        return CANDIDATES
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    known = {c.name: c for c in CANDIDATES}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise NoiseshiftError(f"--candidates: no candidate {', '.join(unknown)}; the table "
+                              f"has {', '.join(known)}")
+    base = CANDIDATES[0]
+    return (base, *[known[n] for n in dict.fromkeys(names) if n != base.name])
+
+
 def _run(model, budget, n_start, n_final, seeds, data, size, estimator, bootstrap, device,
-         quiet):
+         quiet, candidates):
     if is_diffusers(model):
         raise NoiseshiftError("tune searches built-in samplers; diffusers pipelines are not "
                               "supported yet (use `noiseshift audit --scheduler`)")
@@ -117,7 +133,7 @@ def _run(model, budget, n_start, n_final, seeds, data, size, estimator, bootstra
         raise NoiseshiftError("the model's checkpoint names no data: pass --data")
     dataset = load_data(spec)
     est = None
-    if any(c.needs_estimator for c in CANDIDATES):
+    if any(c.needs_estimator for c in candidates):
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             est = estimator_for(net, estimator, device=device, progress=bar,
                                 data=data_spec(data, size))
@@ -128,4 +144,5 @@ def _run(model, budget, n_start, n_final, seeds, data, size, estimator, bootstra
             p.update(task, description=stage, completed=done, total=total)
 
         return tune(net, budget, dataset, seeds=seeds, estimator=est, n_start=n_start,
-                    n_final=n_final, n_boot=bootstrap, device=device, progress=on_progress)
+                    n_final=n_final, n_boot=bootstrap, device=device, progress=on_progress,
+                    candidates=candidates)
