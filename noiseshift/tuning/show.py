@@ -26,9 +26,9 @@ def tune_table(res: TuneResult) -> Table:
                   caption=f"FD in {res.space}; |Δ|: mean |shift| by the {res.meter or 'no'} "
                           f"meter; * finalist", caption_justify="left")
     for title in ("candidate", "steps", "n", "FD", "dFD [95% CI]", "|Δ|", "recall", "ms/st"):
-        name = title == "candidate"  # names wrap; numbers never
+        name = title == "candidate"  # names fold only past 16 characters; numbers never
         table.add_column(title, justify="left" if name else "right", overflow="fold",
-                         no_wrap=not name)
+                         no_wrap=not name, min_width=16 if name else None)
     rec = res.recommended.name
     for r in res.rows:
         mark = "*" if r.rung == final else " "
