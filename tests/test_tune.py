@@ -166,3 +166,24 @@ def test_tune_json_end_to_end(tiny_model, tmp_path):
 def test_bad_input_is_one_line_exit_2(args, says, capsys):
     lines = cli_exit_2(["tune", *args], capsys)
     assert len(lines) == 1 and says in lines[0]
+
+
+def test_the_table_reads_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from noiseshift.tuning.result import Row, TuneResult
+    from noiseshift.tuning.show import tune_table
+
+    e = Estimate(0.0155, 0.01, 0.02)
+    rows = [Row(c, 16, 3, 1024, Estimate(12.34, 1, 20),
+                None if i == 0 else Estimate(0.85, -8.52, 10.85), e, e, None, e, 16.0, 0.01,
+                0.00898) for i, c in enumerate(CANDIDATES)]
+    res = TuneResult(rows=rows, budget=16, seeds=(0,), plan=[], meter="subspace",
+                     space="digits classifier penultimate features (64-d, noiseshift's own)")
+    console = Console(width=80, file=io.StringIO())
+    console.print(tune_table(res))
+    text = console.file.getvalue()
+    assert "+0.85 [-8.52,+10.85]" in text and "em-g0.5+step1.5 " in text and "8.98" in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80

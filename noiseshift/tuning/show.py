@@ -21,7 +21,8 @@ def tune_table(res: TuneResult) -> Table:
     against the baseline with the 95% CI, mean |shift| by the independent meter, recall,
     milliseconds per step of one sample."""
     final = max(r.rung for r in res.rows)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+    # no padding: the box's blank column rule is the one space between columns
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0,
                   title=f"tune at {res.budget} model evaluations per sample",
                   caption=f"FD in {res.space}; |Δ|: mean |shift| by the {res.meter or 'no'} "
                           f"meter; * finalist", caption_justify="left")
