@@ -20,12 +20,17 @@ import argparse
 import json
 import os
 import time
+from functools import partial
 
+import numpy as np
 import torch
 
+from noiseshift.analysis.quality import feature_space, frechet_distance, kid
 from noiseshift.data import load_data
 from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 from noiseshift.tuning import CANDIDATES, tune
+from noiseshift.tuning.draws import Draws, draw
+from noiseshift.tuning.search import BLOCK, Context, _round
 
 
 def _sampling_seconds(res) -> float:
@@ -81,6 +86,53 @@ def _extend(grid: dict, model, data, args, common) -> dict:
             - round(base.model_evals * base.n)}
 
 
+SCREENED = ("heun", "em-g0.5", "em-g1+step1.5", "em-g1", "em+step3", "euler", "em",
+            "ddim-eta1", "em+tshift", "em+cfcal0.5")
+
+
+def _jackknife_fd(f, ref) -> float:
+    n = len(f)
+    loo = [frechet_distance(np.delete(f, i, 0), ref) for i in range(n)]
+    return n * frechet_distance(f, ref) - (n - 1) * float(np.mean(loo))
+
+
+def _pc_fd(f, p, mu, ref) -> float:
+    return frechet_distance((f - mu) @ p, (ref - mu) @ p)
+
+
+def screen(args) -> None:
+    """Spearman's rank correlation, over `SCREENED`, between statistics of each candidate's
+    first n samples and its FD at n-final in the grid."""
+    from scipy.stats import spearmanr
+
+    with open(args.grid_json) as f:
+        truth = {r["name"]: r["fd"]["value"] for r in json.load(f)["grid"]["rows"]}
+    torch.set_num_threads(1)
+    model, est = default_model(device="cpu"), default_estimator(device="cpu")
+    data = load_data(DEFAULT_DATA)
+    space = feature_space(data)
+    ctx = Context(model, est, data, None, space, _round(args.n_final, BLOCK), BLOCK, "cpu",
+                  20, 0)
+    feats = {}
+    for c in CANDIDATES:
+        if c.name in SCREENED:
+            d = Draws(c, c.steps_for(args.budget), (args.seed,))
+            draw(d, ctx, args.seed, 0, max(args.screen))
+            feats[c.name] = d.features()
+    ref, names = space.reference, list(feats)
+    w, v = np.linalg.eigh(np.cov(ref, rowvar=False))
+    v, mu = v[:, np.argsort(w)[::-1]], ref.mean(0)
+    stats = {"FD": lambda f: frechet_distance(f, ref),
+             "KID": lambda f: kid(f, ref, n_boot=20).value,
+             "jackknife FD": lambda f: _jackknife_fd(f, ref)}
+    for k in (4, 8, 16, 32):
+        stats[f"FD, top {k} PCs"] = partial(_pc_fd, p=v[:, :k], mu=mu, ref=ref)
+    for n in args.screen:
+        for label, stat in stats.items():
+            rho = spearmanr([truth[x] for x in names], [stat(feats[x][:n]) for x in names])[0]
+            print(f"n = {n:4d}  {label:16} Spearman {rho:+.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=int, default=16)
@@ -92,8 +144,14 @@ def main() -> None:
     ap.add_argument("--finalists", type=int, default=2)
     ap.add_argument("--grid-json", help="reuse the grid of an earlier run's --out (same "
                     "seed, budget and n-final) instead of drawing it again")
+    ap.add_argument("--screen", type=int, nargs="*", metavar="N", help="instead: how well "
+                    "each small-n statistic ranks the --grid-json candidates against their "
+                    "FD at n-final (Spearman), at these n (e.g. 128 256)")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT", "/tmp/bench_tune.json"))
     args = ap.parse_args()
+    if args.screen:
+        screen(args)
+        return
     torch.set_num_threads(1)
     model, est = default_model(device="cpu"), default_estimator(device="cpu")
     data = load_data(DEFAULT_DATA)
