@@ -146,3 +146,99 @@ def test_cli_dcw_records_beside_the_baseline(tmp_path):
     with pytest.raises(NoiseshiftError, match="--dcw-form pixel"):
         CliRunner().invoke(app, ["sample", "--model", str(path), "--n", "4", "--dcw", "0.1",
                                  "--no-record"], catch_exceptions=False)
+
+
+# -- diffusers: DCW on the state scheduler.step returns ------------------------------------
+
+def _fake_output(x, t):
+    """A deterministic stand-in for a network's output (the formula is what is checked)."""
+    return 0.5 * x + 0.01 * float(t) / 1000
+
+
+def _loop(sch, steps: int, seed: int, after=None):
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    x = x * float(getattr(sch, "init_noise_sigma", 1.0))
+    sch.set_timesteps(steps)
+    for i, t in enumerate(sch.timesteps):
+        inp = sch.scale_model_input(x, t) if hasattr(sch, "scale_model_input") else x
+        out = _fake_output(inp, t)
+        res = sch.step(out, t, x)
+        x = res.prev_sample if after is None else after(i, t, x, out, res)
+    return x
+
+
+def test_diffusers_flow_euler_and_euler_follow_the_formula():
+    """FlowMatchEuler, pixel form: prev + s (prev - (sample - sigma v)), as DCW's own
+    scheduler does; Euler, wavelet form: the low band at s * t, t = 2/pi atan(sigma)."""
+    pytest.importorskip("diffusers")
+    import math
+    from types import SimpleNamespace
+
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    from noiseshift.integrations.diffusers import guide
+
+    def flow(i, t, x, out, res):
+        sigma = float(sch.sigmas[i])
+        return res.prev_sample + 0.05 * (res.prev_sample - (x - sigma * out))
+
+    def euler(i, t, x, out, res):
+        lam = -0.1 * 2 / math.pi * math.atan(float(sch.sigmas[i]))
+        d = (res.prev_sample - res.pred_original_sample).double()
+        return (res.prev_sample + lam * _block_mean(d)).float()
+
+    for make, form, scale, by_hand in (
+            (lambda: FlowMatchEulerDiscreteScheduler(shift=3.0), "pixel", 0.05, flow),
+            (EulerDiscreteScheduler, "wavelet", -0.1, euler)):
+        sch = make()
+        want = _loop(sch, 4, 0, by_hand)
+        plain = _loop(sch, 4, 0)
+        pipe = SimpleNamespace(scheduler=make())
+        with guide(pipe, None, 0.0, dcw=scale, dcw_form=form) as g:
+            got = _loop(pipe.scheduler, 4, 0)
+        assert g.guidance["dcw"]["form"] == form
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, plain, atol=1e-4)
+        assert "step" not in pipe.scheduler.__dict__
+
+
+def test_diffusers_real_ddim_pipeline_follows_the_formula():
+    """A real (random-weight) UNet2DModel in DDIMPipeline, trailing spacing: the guided
+    images equal the pipeline run with the formula written into step by hand."""
+    pytest.importorskip("diffusers")
+    import math
+
+    from diffusers import DDIMPipeline, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+    from noiseshift.integrations.diffusers import guide
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(timestep_spacing="trailing"))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(batch_size=3, num_inference_steps=4, output_type="np")
+    plain = pipe(**kw, generator=torch.Generator().manual_seed(1)).images
+    with guide(pipe, None, 0.0, dcw=-0.2):
+        got = pipe(**kw, generator=torch.Generator().manual_seed(1)).images
+    original = pipe.scheduler.step
+    ac = pipe.scheduler.alphas_cumprod
+
+    def by_hand(out, t, x, *args, **kwargs):
+        res = original(out, t, x, *args, **kwargs)
+        a = float(ac[int(t)])
+        lam = -0.2 * 2 / math.pi * math.atan2(math.sqrt(1 - a), math.sqrt(a))
+        d = (res.prev_sample - res.pred_original_sample).double()
+        res.prev_sample = (res.prev_sample + lam * _block_mean(d)).float()
+        return res
+
+    pipe.scheduler.step = by_hand
+    want = pipe(**kw, generator=torch.Generator().manual_seed(1)).images
+    del pipe.scheduler.step
+    assert abs(got - want).max() < 1e-5 and abs(got - plain).max() > 1e-3
+    pipe.scheduler = DPMSolverMultistepScheduler()
+    with pytest.raises(NoiseshiftError, match="DCW does not apply to DPMSolverMultistep"):
+        with guide(pipe, None, 0.0, dcw=0.1):
+            pass
