@@ -202,7 +202,7 @@ def test_diffusers_flow_euler_and_euler_follow_the_formula():
         assert "step" not in pipe.scheduler.__dict__
 
 
-def test_diffusers_real_ddim_pipeline_follows_the_formula():
+def test_diffusers_real_ddim_pipeline_follows_the_formula(tmp_path):
     """A real (random-weight) UNet2DModel in DDIMPipeline, trailing spacing: the guided
     images equal the pipeline run with the formula written into step by hand."""
     pytest.importorskip("diffusers")
@@ -238,6 +238,16 @@ def test_diffusers_real_ddim_pipeline_follows_the_formula():
     want = pipe(**kw, generator=torch.Generator().manual_seed(1)).images
     del pipe.scheduler.step
     assert abs(got - want).max() < 1e-5 and abs(got - plain).max() > 1e-3
+    # from the command line, beside its baseline; refused in one line where it cannot act
+    pipe.save_pretrained(tmp_path / "pipe")
+    common = ["sample", "--model", f"diffusers:{tmp_path / 'pipe'}", "--n", "2", "--steps",
+              "2", "--record", str(tmp_path / "t.h5"), "--json"]
+    res = CliRunner().invoke(app, [*common, "--dcw", "-0.2"], catch_exceptions=False)
+    out = json.loads(res.stdout)
+    assert out["run"] == "dcw--0.2" and out["baseline"] == "unguided"
+    with pytest.raises(NoiseshiftError, match="DCW does not apply to DPMSolverMultistep"):
+        CliRunner().invoke(app, [*common, "--dcw", "0.1", "--scheduler", "dpm++"],
+                           catch_exceptions=False)
     pipe.scheduler = DPMSolverMultistepScheduler()
     with pytest.raises(NoiseshiftError, match="DCW does not apply to DPMSolverMultistep"):
         with guide(pipe, None, 0.0, dcw=0.1):
