@@ -6,8 +6,8 @@ timestep. `StepHook` replaces ``step`` on the scheduler *instance* (the class is
 reads the noise level before the original runs, lets the active guide edit the model output,
 calls the original exactly once with every argument passed through, lets the guide correct
 the next state it returned (DCW), shows the call to the active recorders and returns the
-result. When the last user leaves it puts
-the scheduler back as it was, exceptions included.
+result. When the last user leaves it puts the scheduler back as it was, exceptions
+included.
 """
 
 from __future__ import annotations
