@@ -20,7 +20,9 @@ t_i; the state and x0 are the sampler's own (noiseshift's x = alpha x0 + sigma e
 flow scheduler uses its own x = (1 - sigma) x0 + sigma eps); a positive scale moves the state
 away from x0, as theirs does; on odd image sides the row / column the Haar blocks leave out
 takes the pixel form at the low band's weight; vectors have no 2-d bands, so only the pixel
-form applies to them. Their high-band and two-band variants are not built.
+form applies to them; the built-in samplers end on the model's x0 (``final_denoise``), so
+the last step is not corrected, and Heun's x0 is its first call's (theirs, the corrector's).
+Their high-band and two-band variants are not built.
 
 `DCW` is a guidance wrapper that leaves the model's output alone and carries the correction
 as ``after_step``: `guidance.step_hook_of` finds it in a wrapper chain, and the samplers call
