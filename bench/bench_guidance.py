@@ -237,6 +237,7 @@ def main(argv=None):
     p.add_argument("--dims", default="2,16,64,256")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--sampler", default="euler-maruyama", help="for --digits: the sampler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default="estimator,cf,cf-read,cf-read-control")
     p.add_argument("--scales", default="0.5,1,2")
@@ -254,7 +255,7 @@ def main(argv=None):
         model = None if a.model is None else load_model(a.model, device="cpu")
         return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
                             a.steps, a.estimator, a.out, model, a.model or "default",
-                            a.baseline)
+                            a.baseline, a.sampler)
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]

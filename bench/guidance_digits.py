@@ -13,7 +13,7 @@ paired difference with a paired-bootstrap 95% CI. Per run:
 - precision, recall (k = 3) and class accuracy, and their paired changes.
 
 Settings: 'unguided', 'MODE:W[@LO-HI][~capC]', 'cfg:W', joined by '+' ('cfg:1+cf:1');
-'eps:B', 'ts:WINDOW-CUTOFF'.
+'eps:B', 'ts:WINDOW-CUTOFF', 'dcw:S' / 'dcw-pixel:S' (DCW's wavelet / pixel form).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from noiseshift.analysis.statistics import N_BOOT, bootstrap, bootstrap_mean
 from noiseshift.data import load_data
 from noiseshift.estimators import SubspaceOracle
 from noiseshift.estimators.base import in_zones
-from noiseshift.guidance import build_guidance
+from noiseshift.guidance import build_guidance, step_hook_of
 from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 from noiseshift.sampling import draw_labels, sample
 
@@ -67,6 +67,8 @@ def parse_setting(text: str) -> dict:
             out["eps_scale"] = float(rest)
         elif kind == "ts":
             out["time_shift"] = tuple(float(v) for v in rest.split("-"))
+        elif kind in ("dcw", "dcw-pixel"):
+            out.update(dcw=float(rest), dcw_form="pixel" if kind == "dcw-pixel" else "wavelet")
         else:
             out.update(nag_mode=kind, nag_scale=float(rest))
     return out
@@ -105,10 +107,12 @@ class Run:
     labels: torch.Tensor
 
 
-def run(su: Setup, setting: str, n: int, seed: int, steps: int) -> Run:
+def run(su: Setup, setting: str, n: int, seed: int, steps: int,
+        sampler: str = "euler-maruyama") -> Run:
     guided, desc = build_guidance(su.model, estimator=su.guide, **parse_setting(setting))
     states: list = []
-    out = sample(guided, n, steps=steps, seed=seed, device="cpu",
+    out = sample(guided, n, steps=steps, seed=seed, device="cpu", sampler=sampler,
+                 step_hook=step_hook_of(guided),
                  callback=lambda info: states.append((info["t"], info["x"])))
     t = np.array([s[0] for s in states])
     deltas = {}
@@ -189,21 +193,22 @@ HEADER = (f"{'setting':<34}{'seed':>4}{'d lrn':>8}{'d sub':>8}{'|d|sub':>7}{'sub
 
 def bench_digits(settings: list[str], n: int, seeds: list[int], steps: int,
                  estimator: str = "learned", out: str | None = None, model=None,
-                 model_name: str = "default", baseline: str = "unguided") -> list:
+                 model_name: str = "default", baseline: str = "unguided",
+                 sampler: str = "euler-maruyama") -> list:
     """Every setting on each seed against that seed's ``baseline`` run (unguided, or e.g.
     'cfg:1'); rows appended to the JSON-lines file ``out`` as they finish (so a long sweep
     can be read while it runs)."""
     su = setup(model, estimator)
-    print(f"default digits model, euler-maruyama {steps} steps, n={n}, seeds {seeds}; guided "
+    print(f"default digits model, {sampler} {steps} steps, n={n}, seeds {seeds}; guided "
           f"by the {estimator} estimator; d = mean delta (learned / subspace), % = change "
           f"of mean |delta| against unguided")
     print(HEADER)
     rows = []
     for seed in seeds:
-        base = run(su, baseline, n, seed, steps)
+        base = run(su, baseline, n, seed, steps, sampler)
         for text in settings:
-            r = base if text == baseline else run(su, text, n, seed, steps)
-            row = {**compare(su, base, r), "text": text, "steps": steps,
+            r = base if text == baseline else run(su, text, n, seed, steps, sampler)
+            row = {**compare(su, base, r), "text": text, "steps": steps, "sampler": sampler,
                    "model": model_name, "guide": estimator, "baseline": baseline}
             print_row(row)
             rows.append(row)

@@ -17,6 +17,8 @@ from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
 from ..errors import NoiseshiftError
 from ..guidance import (
+    DCW_FORMS,
+    DEFAULT_DCW_FORM,
     DEFAULT_NAG_MODE,
     GuidanceWarning,
     build_guidance,
@@ -83,13 +85,15 @@ def _numbers(text: str | None, option: str, counts=(2,)):
 
 def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, eps_scale,
                      time_shift, interval, estimator, device: str, quiet: bool,
-                     data: dict | None = None) -> dict:
+                     data: dict | None = None, dcw: float = 0.0,
+                     dcw_form: str = DEFAULT_DCW_FORM) -> dict:
     """`build_guidance` keywords from the command line's strings; loads the estimator that
     estimator-based NAG modes read (`--estimator`, else the built-in learned one)."""
     opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
                 eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
                 time_shift=_numbers(time_shift, "--time-shift"),
-                interval=_numbers(interval, "--guidance-interval"))
+                interval=_numbers(interval, "--guidance-interval"), dcw=dcw,
+                dcw_form=dcw_form)
     if nag_scale and parse_mode(nag_mode).needs_estimator:
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar,
@@ -156,6 +160,14 @@ def sample_command(
                                           "estimator-reading and cf-calibrated(-control), "
                                           "0,0.8 for the other modes; CFG and eps scaling "
                                           "everywhere."),
+    dcw: float = typer.Option(0.0, "--dcw", help="DCW (Yu et al., CVPR 2026): after each "
+                              "step x <- x + lambda (x - x0), lambda = DCW * t in the Haar "
+                              "low band (wavelet form) or DCW everywhere (pixel form); "
+                              "negative moves states toward x0; 0 = off. Stacks with "
+                              "--nag-scale and --eps-scale."),
+    dcw_form: str = typer.Option(DEFAULT_DCW_FORM, "--dcw-form", help="DCW's form: "
+                                 + " or ".join(DCW_FORMS) + f" (default {DEFAULT_DCW_FORM}, "
+                                 "the paper's recommended low-band correction)."),
     estimator: str = typer.Option(None, "--estimator", help="Noise-level estimator for the "
                                   "estimator-based NAG modes: a checkpoint or a name "
                                   "(learned, oracle, ...); default: the built-in one."),
@@ -201,7 +213,8 @@ def sample_command(
     run_opts = dict(n=n, steps=steps, seed=seed, run=run, record_n=record_n,
                     record_every=record_every)
     guide_opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
-                      eps_scale=eps_scale, interval=guidance_interval, estimator=estimator)
+                      eps_scale=eps_scale, interval=guidance_interval, estimator=estimator,
+                      dcw=dcw, dcw_form=dcw_form)
     if is_diffusers(model):
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
         spec, backend = folder_run(

@@ -71,6 +71,19 @@ def haar_level(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]
     return (a + b + c + d) / 2, ((a - b + c - d) / 2, (a + b - c - d) / 2, (a - b - c + d) / 2)
 
 
+def haar_inverse(low: torch.Tensor, details: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The inverse of `haar_level`: images (..., 2h, 2w) from its approximation and
+    (horizontal, vertical, diagonal) details, each (..., h, w). The transform is orthonormal
+    and its 4x4 matrix is its own inverse, so the same sums put the pixels back."""
+    h, v, d = details
+    out = low.new_empty(*low.shape[:-2], 2 * low.shape[-2], 2 * low.shape[-1])
+    out[..., 0::2, 0::2] = (low + h + v + d) / 2
+    out[..., 0::2, 1::2] = (low - h + v - d) / 2
+    out[..., 1::2, 0::2] = (low + h - v - d) / 2
+    out[..., 1::2, 1::2] = (low - h - v + d) / 2
+    return out
+
+
 def haar_detail(x: torch.Tensor) -> torch.Tensor:
     """Finest-level diagonal detail coefficients of an orthonormal Haar transform, (N, M).
 
@@ -103,4 +116,5 @@ class WaveletMAD(NoiseLevelEstimator):
         return self.schedule_.t_from_sigma(sigma), None
 
 
-__all__ = ["MAD_TO_STD", "VarianceMatching", "WaveletMAD", "haar_detail", "haar_level"]
+__all__ = ["MAD_TO_STD", "VarianceMatching", "WaveletMAD", "haar_detail", "haar_inverse",
+           "haar_level"]

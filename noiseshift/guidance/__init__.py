@@ -16,6 +16,9 @@ every sampler runs every guidance and wrappers compose:
   converts the null-t branch at the calibrated reading, with the score -> velocity factor
   capped.
 - `EpsScaling` (Ning et al., ICLR 2024) and `TimeShift` (Li et al., ICLR 2024) (peers.py).
+- `DCW` (Yu et al., CVPR 2026; dcw.py): a differential correction of the state after each
+  sampler step, per Haar band; it leaves the output alone and acts through the sampler's
+  ``step_hook`` (`step_hook_of` finds it in a wrapper chain).
 - `MODES` (modes.py): the one table of NAG modes (`ModeSpec`: wrapper, what it needs, its
   default interval and cap, what the scale means); `parse_mode` checks a name.
 - `build_guidance` builds any combination from CLI-style options, reading `MODES`;
@@ -36,8 +39,15 @@ from .base import (
     capped,
     velocity_gain,
 )
-from .build import build_guidance, describe_estimator, low_dim_warning, run_name
+from .build import (
+    build_guidance,
+    describe_estimator,
+    low_dim_warning,
+    run_name,
+    step_hook_of,
+)
 from .classifier_free import NO_NULL_T, ClassifierFreeGuidance
+from .dcw import DCW, DCW_FORMS, DEFAULT_DCW_FORM
 from .estimator import (
     EstimatorGradientNAG,
     ReadingLikelihoodNAG,
@@ -61,11 +71,12 @@ from .modes import (
 from .peers import EpsScaling, TimeShift
 
 __all__ = [
-    "DEFAULT_CAP", "DEFAULT_INTERVAL", "DEFAULT_NAG_MODE", "FULL_INTERVAL",
+    "DCW", "DCW_FORMS", "DEFAULT_CAP", "DEFAULT_DCW_FORM", "DEFAULT_INTERVAL",
+    "DEFAULT_NAG_MODE", "FULL_INTERVAL",
     "LOW_DIM", "MODES", "NAG_MODES", "NO_NULL_T", "ClassifierFreeGuidance", "EpsScaling",
     "EstimatorGradientNAG", "Guided", "GuidanceWarning", "ModeSpec", "ReadingLikelihoodNAG",
     "ReadingStepNAG", "TimeShift", "UNCAPPED_INTERVAL",
     "build_guidance", "calibrated_t", "capped", "describe_estimator", "grad_log_posterior",
     "interpolate_log_posterior", "low_dim_warning", "modes_help", "parse_mode", "read_t",
-    "reading_and_grad", "run_name", "scale_help", "velocity_gain",
+    "reading_and_grad", "run_name", "scale_help", "step_hook_of", "velocity_gain",
 ]

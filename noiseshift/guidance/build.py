@@ -8,8 +8,9 @@ import warnings
 import numpy as np
 
 from ..errors import NoiseshiftError
-from .base import FULL_INTERVAL, LOW_DIM, GuidanceWarning
+from .base import FULL_INTERVAL, LOW_DIM, GuidanceWarning, Guided
 from .classifier_free import ClassifierFreeGuidance
+from .dcw import DCW, DEFAULT_DCW_FORM, check_form
 from .modes import DEFAULT_NAG_MODE, MODES, ModeSpec, parse_mode
 from .peers import EpsScaling, TimeShift
 
@@ -25,7 +26,8 @@ def low_dim_warning(dim: int) -> str | None:
 
 def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG_MODE,
                    cfg_scale: float = 0.0, eps_scale=None, time_shift=None, interval=None,
-                   estimator=None, data=None, cap: float | None = None):
+                   estimator=None, data=None, cap: float | None = None,
+                   dcw: float = 0.0, dcw_form: str = DEFAULT_DCW_FORM):
     """A guided model from CLI-style options, and the JSON-able dict that describes it.
 
     nag_mode: a key of `modes.MODES` (the table says what each builds and needs).
@@ -35,6 +37,8 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
     eps scaling everywhere.
     cap: the most the velocity moves per unit of score change (the linear schedule's
     t / (1 - t) is capped there); None: the mode's cap; math.inf: no cap.
+    dcw, dcw_form: DCW's scale and form (`dcw.DCW`), outermost, so that `step_hook_of`
+    finds the correction the sampler must call after each step.
     The dict has ``kind`` (the run name, "none" when unguided) and one entry per term. With
     nothing asked for, the model itself comes back. Warns (`GuidanceWarning`) for NAG on
     data of dimension <= 16.
@@ -45,6 +49,9 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
         raise NoiseshiftError(f"--nag-mode {nag_mode} needs a noise-level estimator")
     guided = _peers(model, eps_scale, time_shift, interval, data)
     guided = _nag(guided, spec, nag_scale, cfg_scale, interval, estimator, cap)
+    check_form(dcw_form)
+    if dcw:
+        guided = DCW(guided, dcw, dcw_form)
     desc = _describe(guided, model)
     if "nag" in desc:
         if needs_est:
@@ -99,6 +106,26 @@ def _describe(guided, model) -> dict:
     return desc
 
 
+def step_hook_of(model):
+    """The sampler's ``step_hook`` for a guided model: every wrapper's ``after_step`` in its
+    chain, innermost first; None when none has one. Pass it as
+    ``sampling.sample(model, ..., step_hook=step_hook_of(model))``."""
+    hooks = []
+    while isinstance(model, Guided):
+        if hasattr(model, "after_step"):
+            hooks.insert(0, model.after_step)
+        model = model.model
+    if len(hooks) < 2:
+        return hooks[0] if hooks else None
+
+    def hook(info):
+        for h in hooks:
+            info = {**info, "x_next": h(info)}
+        return info["x_next"]
+
+    return hook
+
+
 def _data_m2(model, data) -> float:
     if data is not None:
         return data.second_moment()
@@ -138,7 +165,8 @@ def _num(v: float) -> str:
 
 def run_name(guidance: dict) -> str:
     """A run name from a guidance dict: 'unguided', 'nag-estimator-1.5', 'cfg-2+nag-cf-1',
-    'eps-scale-1.004', 'time-shift-0.1-0.2'; a non-default interval adds '@lo-hi'."""
+    'eps-scale-1.004', 'time-shift-0.1-0.2', 'dcw-0.01', 'dcw-0.01-pixel'; a non-default
+    interval adds '@lo-hi'."""
     parts: list[str] = []
     for key in ("cfg", "nag", "eps_scale"):
         g = guidance.get(key)
@@ -160,4 +188,8 @@ def run_name(guidance: dict) -> str:
     if guidance.get("time_shift"):
         ts = guidance["time_shift"]
         parts.append(f"time-shift-{_num(ts['window'])}-{_num(ts['cutoff'])}")
+    if guidance.get("dcw"):
+        g = guidance["dcw"]
+        parts.append(f"dcw-{_num(g['scale'])}" + ("" if g["form"] == DEFAULT_DCW_FORM
+                                                  else f"-{g['form']}"))
     return "+".join(parts) or "unguided"

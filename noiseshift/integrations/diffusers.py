@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NoiseshiftError
-from ..guidance import DEFAULT_NAG_MODE
+from ..guidance import DEFAULT_DCW_FORM, DEFAULT_NAG_MODE
 from ..io import TrajectoryWriter
 from ..runspec import recorded_settings
 from ..schedules import get_schedule
@@ -34,10 +34,15 @@ from .guided import OutputGuidance
 from .hub import hub_id, resolve
 from .levels import to_schedule_form
 from .schedulers import SchedulerView, jsonable
-from .stephook import StepHook, pred_original_sample, prev_sample
+from .stephook import StepHook, pred_original_sample, prev_sample, with_prev_sample
 
 # Pipelines that hand step() a batch of 2N with identical halves (CFG done in the batch).
 DOUBLED_BATCH = ("DiTPipeline",)
+# The schedulers DCW applies to: one model call per step, memoryless, the step's x0 at hand
+# (returned, or FlowMatch's sample - sigma v, which DCW's own scheduler computes). Multistep
+# (DPM++) keeps a history the corrected state would contradict; order-2 ones call twice.
+DCW_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+                  "FlowMatchEulerDiscreteScheduler")
 
 
 # -- what is being sampled ------------------------------------------------------------------
@@ -116,10 +121,15 @@ def folder_hash(folder) -> str:
 # -- guide ----------------------------------------------------------------------------------
 
 class Guide:
-    """Estimator-based NAG (and eps scaling) applied to the model output inside step."""
+    """Estimator-based NAG (and eps scaling) applied to the model output inside step; DCW
+    applied to the state step returns (`after_step`)."""
 
-    def __init__(self, pipe, estimator, scale: float, *, mode: str, interval, eps_scale):
+    def __init__(self, pipe, estimator, scale: float, *, mode: str, interval, eps_scale,
+                 dcw: float = 0.0, dcw_form: str = DEFAULT_DCW_FORM):
         self.view = SchedulerView(pipe.scheduler)
+        if dcw and self.view.name not in DCW_SCHEDULERS:
+            raise NoiseshiftError(f"DCW does not apply to {self.view.name}: it needs a "
+                                  f"one-call, memoryless step ({', '.join(DCW_SCHEDULERS)})")
         param = self.view.parametrisation()
         if param is None and (scale or eps_scale is not None):
             raise NoiseshiftError(f"cannot guide {self.view.name} (prediction_type "
@@ -128,7 +138,8 @@ class Guide:
         prediction, self.factor = param or ("eps", 1.0)
         self.editor = OutputGuidance(estimator, scale, schedule=self.view.family,
                                      prediction=prediction, mode=mode, interval=interval,
-                                     eps_scale=eps_scale, shape=pipeline_shape(pipe))
+                                     eps_scale=eps_scale, shape=pipeline_shape(pipe),
+                                     dcw=dcw, dcw_form=dcw_form)
         self.guidance = self.editor.guidance
 
     def apply(self, model_output: torch.Tensor, sample: torch.Tensor, state) -> torch.Tensor:
@@ -144,10 +155,25 @@ class Guide:
             model_output = (guided.double() / self.factor).to(model_output.dtype)
         return model_output if rest is None else torch.cat([model_output, rest], dim=1)
 
+    def after_step(self, result, model_output, sample, state):
+        """``result`` with DCW applied to its prev_sample, in the scheduler's own state
+        space, against the step's x0 (as DCW's FlowMatch scheduler does), at the state's
+        noiseshift t; ``result`` itself without DCW."""
+        hook = self.editor.step_hook
+        if hook is None or not state.first_order:
+            return result
+        x_next = prev_sample(result)
+        x0 = pred_original_sample(result, sample)
+        if x0 is None:  # FlowMatch returns none
+            x0 = sample.double() - state.s * model_output[:, :sample.shape[1]].double()
+        x_next = hook({"i": state.index, "t": state.t, "t_next": None, "x": sample,
+                       "x_next": x_next, "x0_pred": x0.to(x_next.dtype)})
+        return with_prev_sample(result, x_next)
+
 
 @contextlib.contextmanager
 def guide(pipe, estimator, scale: float, *, mode: str = DEFAULT_NAG_MODE, interval=None,
-          eps_scale=None):
+          eps_scale=None, dcw: float = 0.0, dcw_form: str = DEFAULT_DCW_FORM):
     """Estimator-based NAG on any diffusers pipeline, inside the step hook.
 
     ``mode``: a `guidance.MODES` mode with no null-t branch: "estimator-step" (the default:
@@ -155,11 +181,14 @@ def guide(pipe, estimator, scale: float, *, mode: str = DEFAULT_NAG_MODE, interv
     "estimator-noise" (the gradient of log p(t|x) projected on the predicted noise),
     "estimator", "estimator-reading" or a cf control; ``interval``: (lo, hi) in noiseshift t
     (default: the mode's, in `guidance.MODES`);
-    ``eps_scale``: epsilon scaling's lambda_t = b, or (b, k) for k t + b. ``scale=0`` (and
-    no eps_scale) leaves every step untouched, bit for bit. `record` entered around or
-    inside it records the guided states under the guidance's run name.
+    ``eps_scale``: epsilon scaling's lambda_t = b, or (b, k) for k t + b; ``dcw``,
+    ``dcw_form``: DCW on the state each step returns (`guidance.DCW`; `DCW_SCHEDULERS`).
+    ``scale=0`` (and no eps_scale, no DCW) leaves every step untouched, bit for bit.
+    `record` entered around or inside it records the guided states under the guidance's run
+    name.
     """
-    g = Guide(pipe, estimator, scale, mode=mode, interval=interval, eps_scale=eps_scale)
+    g = Guide(pipe, estimator, scale, mode=mode, interval=interval, eps_scale=eps_scale,
+              dcw=dcw, dcw_form=dcw_form)
     hook = StepHook.attach(pipe.scheduler)
     try:
         hook.set_guide(g)

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import NoiseshiftError
-from ..guidance import DEFAULT_NAG_MODE, MODES, build_guidance, parse_mode
+from ..guidance import (
+    DEFAULT_DCW_FORM,
+    DEFAULT_NAG_MODE,
+    MODES,
+    build_guidance,
+    parse_mode,
+    step_hook_of,
+)
 from ..schedules import get_schedule
 
 
@@ -46,13 +53,15 @@ class OutputGuidance:
     ``prediction`` under ``schedule``.
 
     ``guidance`` is the run's guidance dict (its ``kind`` names the run); ``passthrough`` is
-    True when nothing was asked for (scale 0, no eps scaling), and then outputs are never
-    touched.
+    True when nothing was asked for (scale 0, no eps scaling, no DCW), and then outputs are
+    never touched. ``dcw``, ``dcw_form``: DCW (`guidance.DCW`), which leaves the output alone;
+    ``step_hook`` is its correction of the next state (None without it).
     """
 
     def __init__(self, estimator, scale: float, *, schedule, prediction: str,
                  mode: str = DEFAULT_NAG_MODE, interval=None, eps_scale=None, shape=None,
-                 library: str = "diffusers"):
+                 library: str = "diffusers", dcw: float = 0.0,
+                 dcw_form: str = DEFAULT_DCW_FORM):
         check_mode(mode, library)
         self.schedule = get_schedule(schedule)
         self.estimator, self.shape = estimator, None if shape is None else tuple(shape)
@@ -61,8 +70,9 @@ class OutputGuidance:
         self._given = _Given(self.schedule, prediction, self.shape)
         self.guided, self.guidance = build_guidance(
             self._given, nag_scale=float(scale), nag_mode=mode, eps_scale=eps_scale,
-            interval=interval, estimator=estimator)
+            interval=interval, estimator=estimator, dcw=dcw, dcw_form=dcw_form)
         self.passthrough = self.guided is self._given
+        self.step_hook = step_hook_of(self.guided)
 
     def check_shape(self, shape) -> None:
         """Check the estimator against the states' shape once it is known."""

@@ -27,7 +27,7 @@ import torch
 
 from ..defaults import DEFAULT_SAMPLER
 from ..errors import NoiseshiftError
-from ..guidance import DEFAULT_NAG_MODE
+from ..guidance import DEFAULT_DCW_FORM, DEFAULT_NAG_MODE
 from ..pretrained import get_estimator
 from ..recording import Recorded, record_with_baseline
 from ..runspec import UNGUIDED, RunSpec
@@ -129,12 +129,13 @@ def state_shape(pipe) -> tuple[int, ...] | None:
 
 def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
                    nag_mode: str = DEFAULT_NAG_MODE, eps_scale=None, interval=None,
-                   device: str = "cpu") -> tuple[Guide | None, object]:
+                   device: str = "cpu", dcw: float = 0.0,
+                   dcw_form: str = DEFAULT_DCW_FORM) -> tuple[Guide | None, object]:
     """(a `Guide` to check the settings and name the run, or None without guidance; the
     estimator). ``estimator`` is an estimator or a checkpoint path; it must be trained for
     the schedule the pipeline's states map onto and for their shape."""
     check_mode(nag_mode, "diffusers", cli=True)
-    if not nag_scale and eps_scale is None:
+    if not nag_scale and eps_scale is None and not dcw:
         return None, None
     est = None
     if nag_scale:
@@ -150,7 +151,8 @@ def pipeline_guide(pipe, estimator=None, *, nag_scale: float = 0.0,
                                       f"a checkpoint (named estimators need the data the "
                                       f"pipeline was trained on)")
             est = get_estimator(estimator, device=device)
-    g = Guide(pipe, est, nag_scale, mode=nag_mode, interval=interval, eps_scale=eps_scale)
+    g = Guide(pipe, est, nag_scale, mode=nag_mode, interval=interval, eps_scale=eps_scale,
+              dcw=dcw, dcw_form=dcw_form)
     if g.editor.passthrough:
         return None, None
     shape = state_shape(pipe)
@@ -223,7 +225,8 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
                  interval=None, class_label=None, prompt: str | None = None,
                  cfg_scale: float = 0.0, run: str | None = None, record_n: int | None = None,
                  record_every: int = 1, data: dict | None = None,
-                 source: str | None = None) -> tuple[RunSpec, PipelineBackend]:
+                 source: str | None = None, dcw: float = 0.0,
+                 dcw_form: str = DEFAULT_DCW_FORM) -> tuple[RunSpec, PipelineBackend]:
     """(the spec, the backend) of ``n`` samples from ``pipe`` with ``steps`` steps and seed
     ``seed``, guided by estimator-based NAG / epsilon scaling when asked (`pipeline_guide`);
     every check that can fail is made here, before anything is drawn or written."""
@@ -231,12 +234,14 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
                                      class_label=class_label, prompt=prompt,
                                      cfg_scale=cfg_scale)
     g, est = pipeline_guide(pipe, estimator, nag_scale=nag_scale, nag_mode=nag_mode,
-                            eps_scale=eps_scale, interval=interval, device=pipe.device.type)
+                            eps_scale=eps_scale, interval=interval, device=pipe.device.type,
+                            dcw=dcw, dcw_form=dcw_form)
     spec = pipeline_spec(pipe, n=n, steps=steps, seed=seed, call=call, labels=labels,
                          guidance=UNGUIDED if g is None else g.guidance, run=run,
                          record_n=record_n, record_every=record_every, data=data)
     guide_kw = None if g is None else dict(estimator=est, scale=nag_scale, mode=nag_mode,
-                                           interval=interval, eps_scale=eps_scale)
+                                           interval=interval, eps_scale=eps_scale, dcw=dcw,
+                                           dcw_form=dcw_form)
     return spec, PipelineBackend(pipe, kw, guide_kw, data, source)
 
 

@@ -4,9 +4,10 @@
 the model output (already CFG-combined, stripped of learned-variance channels) and the
 timestep. `StepHook` replaces ``step`` on the scheduler *instance* (the class is untouched),
 reads the noise level before the original runs, lets the active guide edit the model output,
-calls the original exactly once with every argument passed through, shows the call to the
-active recorders and returns what the original returned. When the last user leaves it puts
-the scheduler back as it was, exceptions included.
+calls the original exactly once with every argument passed through, lets the guide correct
+the next state it returned (DCW), shows the call to the active recorders and returns the
+result. When the last user leaves it puts the scheduler back as it was, exceptions
+included.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class StepHook:
             else:
                 kwargs["model_output"] = model_output
         result = self._original(*args, **kwargs)
+        if self.guide is not None:
+            result = self.guide.after_step(result, model_output, sample, state)
         last = self.view.is_last(timestep, state.index)
         for rec in active:
             rec.observe(state, model_output, sample, result, last)
@@ -98,6 +101,14 @@ def prev_sample(result):
     return result[0]
 
 
+def with_prev_sample(result, x):
+    """``result`` (an output object or a tuple) with its next state replaced by ``x``."""
+    if hasattr(result, "prev_sample"):
+        result.prev_sample = x
+        return result
+    return (x, *result[1:])
+
+
 def pred_original_sample(result, like):
     """The scheduler's own x0 prediction (clamped when clip_sample is on), or None."""
     x0 = getattr(result, "pred_original_sample", None)
@@ -108,4 +119,4 @@ def pred_original_sample(result, like):
     return x0
 
 
-__all__ = ["StepHook", "pred_original_sample", "prev_sample"]
+__all__ = ["StepHook", "pred_original_sample", "prev_sample", "with_prev_sample"]
