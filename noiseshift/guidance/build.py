@@ -12,6 +12,7 @@ from .base import FULL_INTERVAL, LOW_DIM, GuidanceWarning
 from .classifier_free import ClassifierFreeGuidance
 from .modes import DEFAULT_NAG_MODE, MODES, ModeSpec, parse_mode
 from .peers import EpsScaling, TimeShift
+from .sampler_side import LangevinCorrector
 
 
 def low_dim_warning(dim: int) -> str | None:
@@ -25,7 +26,7 @@ def low_dim_warning(dim: int) -> str | None:
 
 def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG_MODE,
                    cfg_scale: float = 0.0, eps_scale=None, time_shift=None, interval=None,
-                   estimator=None, data=None, cap: float | None = None):
+                   estimator=None, data=None, cap: float | None = None, corrector=None):
     """A guided model from CLI-style options, and the JSON-able dict that describes it.
 
     nag_mode: a key of `modes.MODES` (the table says what each builds and needs).
@@ -35,6 +36,8 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
     eps scaling everywhere.
     cap: the most the velocity moves per unit of score change (the linear schedule's
     t / (1 - t) is capped there); None: the mode's cap; math.inf: no cap.
+    corrector: (snr, steps) or (snr, steps, tolerance): a Langevin corrector after each
+    sampler step (`sampler_side.LangevinCorrector`; a tolerance reads ``estimator``).
     The dict has ``kind`` (the run name, "none" when unguided) and one entry per term. With
     nothing asked for, the model itself comes back. Warns (`GuidanceWarning`) for NAG on
     data of dimension <= 16.
@@ -45,6 +48,10 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
         raise NoiseshiftError(f"--nag-mode {nag_mode} needs a noise-level estimator")
     guided = _peers(model, eps_scale, time_shift, interval, data)
     guided = _nag(guided, spec, nag_scale, cfg_scale, interval, estimator, cap)
+    if corrector is not None:
+        c = [float(v) for v in corrector]
+        guided = LangevinCorrector(guided, snr=c[0], steps=int(c[1]) if len(c) > 1 else 1,
+                                   tolerance=c[2] if len(c) > 2 else None, estimator=estimator)
     desc = _describe(guided, model)
     if "nag" in desc:
         if needs_est:
@@ -157,6 +164,10 @@ def run_name(guidance: dict) -> str:
             lo, hi = g["interval"]
             name += f"@{_num(lo)}-{_num(hi)}"
         parts.append(name)
+    if guidance.get("corrector"):
+        c = guidance["corrector"]
+        tol = "" if c.get("tolerance") is None else f"-tol-{_num(c['tolerance'])}"
+        parts.append(f"corrector-{_num(c['snr'])}x{c['steps']}{tol}")
     if guidance.get("time_shift"):
         ts = guidance["time_shift"]
         parts.append(f"time-shift-{_num(ts['window'])}-{_num(ts['cutoff'])}")

@@ -12,6 +12,7 @@ from ..errors import NoiseshiftError
 from .base import DEFAULT_CAP, FULL_INTERVAL, UNCAPPED_INTERVAL
 from .classifier_free import ClassifierFreeGuidance
 from .estimator import EstimatorGradientNAG, ReadingLikelihoodNAG, ReadingStepNAG
+from .sampler_side import Relabel
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ MODES: dict[str, ModeSpec] = {s.name: s for s in (
     ModeSpec("cf-calibrated-control", ClassifierFreeGuidance, True, False, FULL_INTERVAL,
              DEFAULT_CAP, _SCORE, "the conditional branch read there (a control; capped)",
              {"calibrated": True, "control": True}),
+    ModeSpec("relabel", Relabel, True, False, FULL_INTERVAL, None,
+             "the share w of the way from t to the read level fed as the label (1: all)",
+             "the network is handed the state's calibrated reading as its t (Time-Tuner's "
+             "idea, read per sample), its x0 re-expressed at the scheduled t"),
 )}
 NAG_MODES = tuple(MODES)
 # The default: a damped Newton step on the learned estimator's reading, along the predicted
