@@ -196,7 +196,7 @@ SAMPLERS: dict[str, Callable] = {
     "heun": sample_heun,
     "euler-maruyama": sample_euler_maruyama,
     "ddim": sample_ddim,
-    "dpm++2m": sample_dpmpp_2m,
+    "dpmpp-2m": sample_dpmpp_2m,
 }
 
 
@@ -219,7 +219,7 @@ SAMPLER_OPTIONS: dict[str, dict] = {
     "heun": {"final_denoise": True},
     "euler-maruyama": {"diffusion": 2.0, "final_denoise": True},
     "ddim": {"eta": 0.0, "final_denoise": True},
-    "dpm++2m": {"final_denoise": True},
+    "dpmpp-2m": {"final_denoise": True},
 }
 
 

@@ -36,6 +36,7 @@ from ..pretrained import estimator_for
 from ..recording import SamplerBackend, describe_model, record_with_baseline
 from ..runspec import RunSpec
 from ..sampling import sampler_settings
+from ..timegrid import read_timesteps
 from .common import (
     app,
     console,
@@ -83,23 +84,27 @@ def _numbers(text: str | None, option: str, counts=(2,)):
 
 def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, eps_scale,
                      time_shift, interval, estimator, device: str, quiet: bool,
-                     data: dict | None = None) -> dict:
+                     data: dict | None = None, corrector=None) -> dict:
     """`build_guidance` keywords from the command line's strings; loads the estimator that
     estimator-based NAG modes read (`--estimator`, else the built-in learned one)."""
     opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
                 eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
                 time_shift=_numbers(time_shift, "--time-shift"),
-                interval=_numbers(interval, "--guidance-interval"))
-    if nag_scale and parse_mode(nag_mode).needs_estimator:
+                interval=_numbers(interval, "--guidance-interval"),
+                corrector=_numbers(corrector, "--corrector", (1, 2, 3)))
+    gated = opts["corrector"] is not None and len(opts["corrector"]) == 3
+    if (nag_scale and parse_mode(nag_mode).needs_estimator) or gated:
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar,
                                               data=data)
     return opts
 
 
-def sampler_options(sampler: str, diffusion: float | None, eta: float | None) -> dict:
-    """The sampler's keywords from --diffusion and --eta, each only for its sampler."""
-    kw = {}
+def sampler_options(sampler: str, diffusion: float | None, eta: float | None,
+                    timesteps: str | None = None) -> dict:
+    """The sampler's keywords from --diffusion, --eta (each only for its sampler) and
+    --timesteps."""
+    kw = {} if timesteps is None else {"timesteps": read_timesteps(timesteps)}
     if diffusion is not None:
         if sampler != "euler-maruyama":
             raise NoiseshiftError("--diffusion applies to --sampler euler-maruyama only")
@@ -132,7 +137,7 @@ def sample_command(
     prompt: str = typer.Option(None, "--prompt", help="diffusers:DIR only: the prompt of a "
                                "text-to-image pipeline."),
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
-                                "euler-maruyama or ddim."),
+                                "euler-maruyama, ddim or dpmpp-2m."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
     n: int = typer.Option(DEFAULT_N, "--n", "-n", min=1, help="Number of samples (under torchrun "
                           "write -n, or put -- before the command)."),
@@ -164,6 +169,16 @@ def sample_command(
                                     "under the linear schedule)."),
     eta: float = typer.Option(None, "--eta", min=0.0, help="DDIM: 0 deterministic (default),"
                               " 1 ancestral."),
+    timesteps: str = typer.Option(None, "--timesteps", metavar="FILE|LIST", help="The time "
+                                  "grid, decreasing in [0, 1] (a comma list, or a file from "
+                                  "`noiseshift retime`); replaces --steps (steps = its length "
+                                  "- 1). diffusers:DIR: the file's diffusers list."),
+    corrector: str = typer.Option(None, "--corrector", metavar="SNR[,STEPS[,TOL]]",
+                                  help="A Langevin corrector after each step (STEPS moves, "
+                                  "default 1, step size from SNR, e.g. 0.1), on every state, "
+                                  "or with TOL only where the estimator reads the state off "
+                                  "schedule by more than TOL. Costs STEPS model evaluations "
+                                  "per corrected state."),
     record: Path = typer.Option(None, "--record", help=f"Trajectory file (HDF5 format v1) "
                                 f"to record every step to; default: {DEFAULT_RECORD}."),
     run: str = typer.Option(None, "--run", help="Run name inside the file; default: named "
@@ -201,7 +216,8 @@ def sample_command(
     run_opts = dict(n=n, steps=steps, seed=seed, run=run, record_n=record_n,
                     record_every=record_every)
     guide_opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
-                      eps_scale=eps_scale, interval=guidance_interval, estimator=estimator)
+                      eps_scale=eps_scale, interval=guidance_interval, estimator=estimator,
+                      **({} if corrector is None else {"corrector": corrector}))
     if is_diffusers(model):
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
         spec, backend = folder_run(
@@ -214,7 +230,7 @@ def sample_command(
                                  allow_download=allow_download or None)
         spec, backend = _builtin_run(
             model, sampler=sampler, diffusion=diffusion, eta=eta, time_shift=time_shift,
-            class_=class_, data=data, size=size, device=device, quiet=json_out,
+            timesteps=timesteps, class_=class_, data=data, size=size, device=device, quiet=json_out,
             guide_opts=guide_opts, **run_opts)
     rec = _record(spec, backend, path, quiet=json_out)
     if grid is not None and is_main():  # under torchrun rank 0 holds all samples
@@ -234,11 +250,11 @@ def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:
             "interval": _numbers(interval, "--guidance-interval")}
 
 
-def _builtin_run(model, *, sampler, diffusion, eta, time_shift, class_, data, size, device,
-                 quiet, guide_opts, run, **run_opts) -> tuple[RunSpec, SamplerBackend]:
+def _builtin_run(model, *, sampler, diffusion, eta, time_shift, timesteps, class_, data, size,
+                 device, quiet, guide_opts, run, **run_opts) -> tuple[RunSpec, SamplerBackend]:
     """(the spec, the backend) of a run of a built-in-protocol denoiser: options checked and
     labels drawn before the model or its estimator is loaded or trained."""
-    sampler_kw = sampler_options(sampler, diffusion, eta)
+    sampler_kw = sampler_options(sampler, diffusion, eta, timesteps)
     sampler_settings(sampler, 1, **sampler_kw)  # bad options fail before any work
     net = denoiser_with_progress(model, device, quiet=quiet)
     spec = RunSpec.for_model(net, sampler=sampler, y=class_, **run_opts, **sampler_kw,
