@@ -66,7 +66,7 @@ def regrid(ts, shift, damping: float = 1.0) -> np.ndarray:
                               f"got {len(shift)}")
     new = ts.copy()
     new[1:-1] = ts[1:-1] + damping * shift[1:len(ts) - 1]
-    lo, hi = ts[-1], ts[0]
+    lo = ts[-1]
     for i in range(1, len(ts) - 1):  # top down: below the previous point, above the rest
         room = (len(ts) - 1 - i) * MIN_GAP
         new[i] = min(max(new[i], lo + room), new[i - 1] - MIN_GAP)

@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "The sampler's own shift, with a perfect model."),
     "decompose": ("decompose", "Split a run's shift into sampler and network parts."),
     "encode": ("encode", "Encode images into VAE latents for an estimator."),
+    "retime": ("retime", "A time grid whose states read at their labels."),
 }
 
 

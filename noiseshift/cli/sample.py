@@ -6,6 +6,7 @@ The recording, and the unguided baseline a guided run is recorded beside, are
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -220,6 +221,10 @@ def sample_command(
                       **({} if corrector is None else {"corrector": corrector}))
     if is_diffusers(model):
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
+        if guide_opts.pop("corrector", None) is not None:
+            raise NoiseshiftError("--corrector applies to the built-in samplers only")
+        if timesteps is not None:
+            run_opts["timesteps"] = diffusers_timesteps(timesteps)
         spec, backend = folder_run(
             model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
             allow_download=allow_download, class_label=class_,
@@ -230,8 +235,8 @@ def sample_command(
                                  allow_download=allow_download or None)
         spec, backend = _builtin_run(
             model, sampler=sampler, diffusion=diffusion, eta=eta, time_shift=time_shift,
-            timesteps=timesteps, class_=class_, data=data, size=size, device=device, quiet=json_out,
-            guide_opts=guide_opts, **run_opts)
+            timesteps=timesteps, class_=class_, data=data, size=size, device=device,
+            quiet=json_out, guide_opts=guide_opts, **run_opts)
     rec = _record(spec, backend, path, quiet=json_out)
     if grid is not None and is_main():  # under torchrun rank 0 holds all samples
         _save_grid(rec, spec, grid)
@@ -242,6 +247,21 @@ def sample_command(
     if rec.overwrote:
         console.print(f"run [bold]{rec.run}[/] existed in {path}; overwrote it", soft_wrap=True)
     _print_summary(summary, path, rec.run)
+
+
+def diffusers_timesteps(text: str) -> list[int]:
+    """--timesteps for a pipeline: a `noiseshift retime --scheduler` file's diffusers
+    timesteps, or a comma list of integer training timesteps."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            body = json.loads(path.read_text())
+            return list(body["diffusers"]["timesteps"])
+        except (ValueError, KeyError, TypeError):
+            raise NoiseshiftError("--timesteps for diffusers needs a file from `noiseshift "
+                                  "retime --scheduler ...` (with a diffusers grid)",
+                                  path) from None
+    return list(_numbers(text, "--timesteps", range(1, 10001)))
 
 
 def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:
