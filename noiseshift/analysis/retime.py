@@ -5,10 +5,15 @@ the exact meter of a perfect model (`audit`), as t_i + delta_i. Relabelling that
 t_i + delta_i and stepping from there is the same as running on the grid whose i-th point
 is t_i + delta_i; on that grid the states land differently again, so the move is repeated:
 
-    grid_0 = the sampler's own grid;  grid_{k+1}[i] = grid_k[i] + damping * delta_k[i]
+    grid_0 = the sampler's own grid;  grid_1[i] = grid_0[i] + damping * delta_0[i]
 
-with the first point (the exact initial state) and the last (the end of sampling) kept,
-until the mean |delta| stops falling. `retime` returns every iterate's audit and the grid
+with the first point (the exact initial state) and the last (the end of sampling) kept.
+That first move assumes a state's read level does not depend on its own grid point (delta
+falls one for one as the point rises); where it does (the last states of DDIM, which land
+cleaner the lower they are placed), moving by delta diverges, so there later moves are
+secant steps on the point's delta(t), grid[i] - delta[i] / slope[i], with a rising slope
+from the last two iterates (at least `MIN_SLOPE`) and each move at most `MAX_MOVE` times
+|delta|. `retime` returns every iterate's audit and the grid
 with the smallest mean |delta|; `retime_builtin` runs it on a built-in sampler.
 `regrid` is the one move, usable on readings from a recorded run too (one move, no rerun).
 """
@@ -31,6 +36,11 @@ __all__ = ["RetimeResult", "regrid", "retime", "retime_builtin"]
 # Neighbouring grid points are kept at least this far apart (in t), so that a large shift
 # estimate cannot fold the grid.
 MIN_GAP = 1e-3
+# A secant slope d delta / d t is kept at least this far from 0 and each move at most
+# MAX_MOVE |delta|: delta is measured with sampling noise, and a near-flat secant through
+# two noisy points would throw the point across the grid.
+MIN_SLOPE = 0.25
+MAX_MOVE = 2.0
 
 
 @dataclass
@@ -54,18 +64,22 @@ class RetimeResult:
                                for g, a in zip(self.grids, self.audits, strict=True)]}
 
 
-def regrid(ts, shift, damping: float = 1.0) -> np.ndarray:
-    """One move: grid point i (0 < i < last) goes to ts[i] + damping * shift[i], where
-    shift[i] is how much noisier than ts[i] the state there reads (one value per state the
-    model saw: len(ts) - 1 of them, or len(ts)). Kept strictly decreasing, at least
-    `MIN_GAP` apart, inside (ts[-1], ts[0])."""
+def regrid(ts, shift, damping: float = 1.0, slope=None) -> np.ndarray:
+    """One move: grid point i (0 < i < last) goes to ts[i] - damping * shift[i] / slope[i]
+    (slope -1 when None: ts[i] + damping * shift[i]), where shift[i] is how much noisier
+    than ts[i] the state there reads (one value per state the model saw: len(ts) - 1 of
+    them, or len(ts)). Kept strictly decreasing, at least `MIN_GAP` apart, inside
+    (ts[-1], ts[0])."""
     ts = check_timesteps(ts).numpy()
     shift = np.asarray(shift, dtype=np.float64)
     if len(shift) not in (len(ts) - 1, len(ts)) or not np.isfinite(shift).all():
         raise NoiseshiftError(f"need a finite shift for each of the {len(ts) - 1} states, "
                               f"got {len(shift)}")
-    new = ts.copy()
-    new[1:-1] = ts[1:-1] + damping * shift[1:len(ts) - 1]
+    new, d = ts.copy(), shift[1:len(ts) - 1]
+    s = -np.ones_like(d) if slope is None else np.asarray(slope, dtype=np.float64)[1:len(d) + 1]
+    s = np.where(np.abs(s) < MIN_SLOPE, np.where(s < 0, -MIN_SLOPE, MIN_SLOPE), s)
+    move = np.clip(-damping * d / s, -MAX_MOVE * np.abs(d), MAX_MOVE * np.abs(d))
+    new[1:-1] = ts[1:-1] + move
     lo = ts[-1]
     for i in range(1, len(ts) - 1):  # top down: below the previous point, above the rest
         room = (len(ts) - 1 - i) * MIN_GAP
@@ -83,9 +97,27 @@ def retime(audit: Callable[[np.ndarray], AuditResult], ts, *, iterations: int = 
     for k in range(iterations + 1):
         audits.append(audit(grids[-1]))
         if k < iterations:
-            grids.append(regrid(grids[-1], audits[-1].table["shift"].to_numpy(), damping))
+            grids.append(regrid(grids[-1], _shift(audits[-1]), damping, _slope(grids, audits)))
     best = int(np.argmin([a.mean_abs.value for a in audits]))
     return RetimeResult(grids, audits, best)
+
+
+def _shift(audit: AuditResult) -> np.ndarray:
+    return audit.table["shift"].to_numpy()
+
+
+def _slope(grids, audits) -> np.ndarray | None:
+    """Each point's secant d delta / d t over the last two iterates (None before two; -1
+    where the point did not move)."""
+    if len(audits) < 2:
+        return None
+    dt = grids[-1][:-1] - grids[-2][:-1]
+    dd = _shift(audits[-1]) - _shift(audits[-2])
+    moved = np.abs(dt) > 1e-9
+    secant = np.where(moved, dd / np.where(moved, dt, 1.0), -1.0)
+    # Only a rising delta overrides the one-for-one slope: there the plain move diverges;
+    # elsewhere a noisy secant did worse than it (Euler-Maruyama, 16 steps).
+    return np.where(secant > 0, secant, -1.0)
 
 
 def retime_builtin(data, schedule="linear", *, sampler: str = "euler-maruyama",
