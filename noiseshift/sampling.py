@@ -302,10 +302,16 @@ class IndexedNoise:
     sample, and beside which others, changes nothing: the same seed gives the same samples
     at any world size or batch split. Pass it as a sampler's ``noise_sampler``."""
 
-    def __init__(self, seed: int, indices, shape, device="cpu", dtype=torch.float32):
+    def __init__(self, seed: int, indices, shape, device="cpu", dtype=torch.float32,
+                 stream: int = 0):
         self.indices = [int(i) for i in indices]
         self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
-        self.gens = [runtime.generator(sample_seed(seed, i)) for i in self.indices]
+        # stream > 0: a second, unrelated stream per sample (a step hook's own noise), so
+        # that a correction never moves the sampler's draws.
+        seeds = [sample_seed(seed, i) for i in self.indices]
+        if stream:
+            seeds = [sample_seed(s, stream) for s in seeds]
+        self.gens = [runtime.generator(s) for s in seeds]
 
     def draw(self) -> torch.Tensor:
         """The next standard normal draw of every sample: (len(indices), *shape)."""
@@ -407,7 +413,9 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
         sampler_kw = {"noise_sampler": noise, **sampler_kw}
     with _eval(model):
         blocked = Blocked(model, sample_block(n) if block is None else block)
-        hook = model_hooks(model, blocked, labels, noise, sampler_kw.pop("step_hook", None))
+        hook = model_hooks(model, blocked, labels,
+                           IndexedNoise(seed, indices, shape, dev, stream=1),
+                           sampler_kw.pop("step_hook", None))
         return fn(blocked, x, ts, y=labels, callback=callback, step_hook=hook, **sampler_kw)
 
 

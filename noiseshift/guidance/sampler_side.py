@@ -100,7 +100,8 @@ class LangevinCorrector(Guided):
     def sampler_hook(self, model, y, noise):
         """The step hook for one `sampling.sample` call: ``model`` is what the sampler
         calls (the whole guided, blocked model), ``y`` its labels, ``noise()`` a standard
-        normal draw for every row (the samples' own generators)."""
+        normal draw for every row (each sample's own second stream, apart from the
+        sampler's)."""
         return lambda info: self.correct(model, info["x_next"], info["t_next"], y, noise)
 
     def off_schedule(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -115,7 +116,8 @@ class LangevinCorrector(Guided):
             return x
         rows = self.off_schedule(x, t).to(x.device)
         for _ in range(self.steps):
-            z = noise()  # drawn for every row, so each sample's stream stays its own
+            z = noise()  # for every row, corrected or not: a sample's draws never depend
+            # on which of its batch-mates were off schedule
             i = rows.nonzero().squeeze(1)
             if not len(i):
                 return x

@@ -1,0 +1,178 @@
+"""Sampler-side corrections: a user's time grid, relabelling, the Langevin corrector and the
+shift-aware grid (issue 22)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from noiseshift.analysis.retime import regrid, retime, retime_builtin
+from noiseshift.data import MixtureDenoiser, make_gmm
+from noiseshift.errors import NoiseshiftError
+from noiseshift.guidance import GuidanceWarning, build_guidance
+from noiseshift.guidance.sampler_side import LangevinCorrector, Relabel
+from noiseshift.runspec import RunSpec
+from noiseshift.sampling import sample, sampler_settings
+from noiseshift.schedules import get_schedule
+from noiseshift.timegrid import check_timesteps, read_timesteps, timesteps
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return make_gmm(dim=16, components=4, std=0.3, seed=1)
+
+
+def _exact(data):
+    return MixtureDenoiser(data.mixture, get_schedule("linear"))
+
+
+# -- a user's grid -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, why", [([0.5], "at least 2"), ([1.0, 0.5, 0.6], "decreasing"),
+                                      ([1.2, 0.0], "in \\[0, 1\\]"),
+                                      ([1.0, float("nan")], "finite"), (["a", "b"], "numbers")])
+def test_check_timesteps_refuses_in_one_line(bad, why):
+    with pytest.raises(NoiseshiftError, match=why):
+        check_timesteps(bad)
+
+
+def test_read_timesteps_from_a_list_a_text_file_and_a_json_file(tmp_path):
+    assert read_timesteps("1,0.5,0") == [1.0, 0.5, 0.0]
+    (tmp_path / "g.txt").write_text("1 0.6\n0.2, 0\n")
+    assert read_timesteps(str(tmp_path / "g.txt")) == [1.0, 0.6, 0.2, 0.0]
+    (tmp_path / "g.json").write_text(json.dumps({"timesteps": [0.9, 0.1]}))
+    assert read_timesteps(str(tmp_path / "g.json")) == [0.9, 0.1]
+    with pytest.raises(NoiseshiftError, match="neither a file"):
+        read_timesteps("no-such-file")
+
+
+def test_a_given_even_grid_gives_the_same_samples_and_is_recorded_only_when_given(gmm):
+    model = _exact(gmm)
+    a = sample(model, 16, sampler="euler-maruyama", steps=5, seed=3)
+    grid = timesteps(5).tolist()
+    b = sample(model, 16, sampler="euler-maruyama", steps=99, seed=3, timesteps=grid)
+    assert torch.equal(a, b)
+    plain = sampler_settings("euler-maruyama", 5)
+    given = sampler_settings("euler-maruyama", 99, timesteps=[0.9, 0.5, 0.0])
+    assert "timesteps" not in plain
+    assert given["steps"] == 2 and given["t_max"] == 0.9 and given["timesteps"][1] == 0.5
+    spec = RunSpec.for_model(model, n=4, timesteps=[0.9, 0.5, 0.0])
+    assert spec.steps == 2 and spec.settings["timesteps"] == [0.9, 0.5, 0.0]
+    assert "timesteps" not in RunSpec.for_model(model, n=4).settings
+
+
+def test_an_eps_model_refuses_a_grid_that_starts_where_alpha_is_zero(gmm):
+    model = MixtureDenoiser(gmm.mixture, get_schedule("linear"), "eps")
+    with pytest.raises(NoiseshiftError, match="cannot start at t = 1"):
+        sample(model, 4, timesteps=[1.0, 0.5, 0.0])
+
+
+# -- relabelling -------------------------------------------------------------------------------
+
+class _Reads:
+    """An estimator whose calibrated reading of every state is ``level``."""
+
+    def __init__(self, level):
+        self.level = level
+
+    def predict(self, x):
+        return (torch.full((x.shape[0],), float(self.level), dtype=torch.float64),)
+
+    def reference(self, t):
+        return torch.as_tensor(t, dtype=torch.float64)
+
+
+def test_relabel_feeds_the_read_level_and_keeps_the_x0_found_there(gmm):
+    model, sch = _exact(gmm), get_schedule("linear")
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.full((8,), 0.5, dtype=torch.float64)
+    same = Relabel(model, _Reads(0.5), scale=1.0)
+    assert torch.allclose(same(x, t), model(x, t))
+    moved = Relabel(model, _Reads(0.6), scale=1.0)(x, t)
+    x0_there = sch.convert(model(x, torch.full_like(t, 0.6)), "velocity", "x0", x, 0.6)
+    assert torch.allclose(sch.convert(moved, "velocity", "x0", x, 0.5), x0_there)
+    half = Relabel(model, _Reads(0.6), scale=0.5, window=0.02)  # the window caps the move
+    x0_cap = sch.convert(model(x, torch.full_like(t, 0.52)), "velocity", "x0", x, 0.52)
+    assert torch.allclose(sch.convert(half(x, t), "velocity", "x0", x, 0.5), x0_cap)
+
+
+def test_relabel_is_a_nag_mode(gmm):
+    with pytest.warns(GuidanceWarning, match="16-dimensional"):
+        guided, desc = build_guidance(_exact(gmm), nag_mode="relabel", nag_scale=1.0,
+                                      estimator=_Reads(0.5))
+    assert isinstance(guided, Relabel) and desc["kind"] == "nag-relabel-1"
+
+
+# -- the Langevin corrector --------------------------------------------------------------------
+
+def test_the_corrector_pulls_states_to_the_marginal_and_counts_its_evaluations():
+    # Data N(0, c^2 I): the marginal at t is N(0, v I), v = alpha^2 c^2 + sigma^2. States
+    # drawn twice too wide are pulled to v by Langevin moves on the exact score.
+    data = make_gmm(dim=64, components=1, std=0.5, seed=0)
+    data.mixture.means.zero_()
+    model, sch, t = _exact(data), get_schedule("linear"), 0.5
+    v = float(sch.alpha(t)) ** 2 * 0.25 + float(sch.sigma(t)) ** 2
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(0)) * (2 * v) ** 0.5
+    corr = LangevinCorrector(model, snr=0.16, steps=150)
+    gen = torch.Generator().manual_seed(1)
+    out = corr.correct(model, x, t, None, lambda: torch.randn(x.shape, generator=gen))
+    # Within 8%: Langevin's stationary law is a little wide, from the step size (O(snr^2))
+    # and from the step size reading |z| of the very draw it scales (O(1/d)); 7% here.
+    assert float(out.pow(2).mean()) == pytest.approx(v, rel=0.08)
+    assert float(x.pow(2).mean()) > 1.8 * v
+    assert corr.evaluations == 256 * 150
+
+
+def test_a_corrector_that_finds_every_state_on_schedule_changes_nothing(gmm):
+    model = _exact(gmm)
+    plain = sample(model, 16, steps=4, seed=0)
+    gated = LangevinCorrector(model, snr=0.2, tolerance=0.05, estimator=_Reads(0.0))
+    gated.off_schedule = lambda x, t: torch.zeros(x.shape[0], dtype=torch.bool)
+    assert torch.equal(sample(gated, 16, steps=4, seed=0), plain)
+    everywhere, desc = build_guidance(model, corrector=(0.2, 2))
+    moved = sample(everywhere, 16, steps=4, seed=0)
+    assert not torch.equal(moved, plain)
+    assert everywhere.evaluations == 16 * 2 * 3  # 2 moves after each of the 3 inner steps
+    assert desc["kind"] == "corrector-0.2x2"
+    assert torch.equal(sample(everywhere, 16, steps=4, seed=0), moved)  # seeded
+
+
+# -- the shift-aware grid ----------------------------------------------------------------------
+
+def test_regrid_moves_each_point_by_its_shift_and_keeps_the_ends():
+    ts = [1.0, 0.75, 0.5, 0.25, 0.0]
+    new = regrid(ts, [0.0, 0.05, -0.02, 0.01])
+    assert np.allclose(new, [1.0, 0.8, 0.48, 0.26, 0.0])
+    folded = regrid(ts, [0.0, -0.5, 0.4, 0.0])  # would cross: kept decreasing, MIN_GAP apart
+    assert np.all(np.diff(folded) < 0) and folded[0] == 1.0 and folded[-1] == 0.0
+    secant = regrid(ts, [0.0, 0.0, -0.02, 0.0], slope=[-1, -1, 0.5, -1])  # rising delta
+    assert secant[2] == pytest.approx(0.54)
+
+
+def test_retime_converges_on_a_known_shift():
+    # A fake sampler whose state at grid point g reads at 0.8 g + 0.1 (g in (0, 1)): the
+    # fixed point is g* = 0.5 at the middle point.
+    class Audit:
+        def __init__(self, grid):
+            shift = np.append(0.0, 0.8 * grid[1:-1] + 0.1 - grid[1:-1])
+            import pandas as pd
+            self.table = pd.DataFrame({"shift": shift})
+            self.mean_abs = type("E", (), {"value": float(np.abs(shift).mean())})()
+
+    res = retime(Audit, [1.0, 0.3, 0.0], iterations=6)
+    assert res.grid[1] == pytest.approx(0.5, abs=0.01)
+    assert res.best == len(res.grids) - 1
+
+
+def test_retime_builtin_writes_a_grid_sample_takes(gmm):
+    res = retime_builtin(gmm, sampler="euler-maruyama", steps=4, n=64, iterations=1,
+                         n_boot=20)
+    grid = res.to_dict()["timesteps"]
+    assert len(res.audits) == 2 and len(grid) == 5 and grid[0] == 1.0 and grid[-1] == 0.0
+    out = sample(_exact(gmm), 8, timesteps=grid)
+    assert out.shape == (8, 16) and torch.isfinite(out).all()
