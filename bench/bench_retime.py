@@ -47,7 +47,8 @@ def main() -> None:
     base, best = its[0]["mean_abs_shift"], its[body["best_iteration"]]["mean_abs_shift"]
     print(f"audit (perfect model, n={body['n']}): mean |shift| trailing {base['value']:.4f} "
           f"[{base['lo']:.4f}, {base['hi']:.4f}], retimed {best['value']:.4f} "
-          f"[{best['lo']:.4f}, {best['hi']:.4f}] ({100 * (best['value'] / base['value'] - 1):+.0f}%)")
+          f"[{best['lo']:.4f}, {best['hi']:.4f}] "
+          f"({100 * (best['value'] / base['value'] - 1):+.0f}%)")
     space = feature_space(load_data(DEFAULT_DATA))
     grid = body["diffusers"]["timesteps"]
     rows = []

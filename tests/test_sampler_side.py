@@ -154,19 +154,26 @@ def test_regrid_moves_each_point_by_its_shift_and_keeps_the_ends():
     assert secant[2] == pytest.approx(0.54)
 
 
-def test_retime_converges_on_a_known_shift():
-    # A fake sampler whose state at grid point g reads at 0.8 g + 0.1 (g in (0, 1)): the
-    # fixed point is g* = 0.5 at the middle point.
+def _fake_audit(gain: float, offset: float):
+    """A sampler whose state at interior grid point g reads at gain * g + offset."""
+    import pandas as pd
+
     class Audit:
         def __init__(self, grid):
-            shift = np.append(0.0, 0.8 * grid[1:-1] + 0.1 - grid[1:-1])
-            import pandas as pd
+            shift = np.append(0.0, (gain - 1) * grid[1:-1] + offset)
             self.table = pd.DataFrame({"shift": shift})
             self.mean_abs = type("E", (), {"value": float(np.abs(shift).mean())})()
 
-    res = retime(Audit, [1.0, 0.3, 0.0], iterations=6)
+    return Audit
+
+
+@pytest.mark.parametrize("gain, offset", [(0.5, 0.25), (1.5, -0.25)])
+def test_retime_finds_the_grid_point_whose_state_reads_at_it(gain, offset):
+    # Both fixed points are g* = 0.5. With gain 0.5 the plain move g + delta converges;
+    # with gain 1.5 it diverges (0.3 -> 0.2 -> 0.05) and the secant step must take over.
+    res = retime(_fake_audit(gain, offset), [1.0, 0.3, 0.0], iterations=6)
     assert res.grid[1] == pytest.approx(0.5, abs=0.01)
-    assert res.best == len(res.grids) - 1
+    assert res.audits[res.best].mean_abs.value < 0.01
 
 
 def test_retime_builtin_writes_a_grid_sample_takes(gmm):

@@ -12,6 +12,7 @@ from ..analysis.audit import default_mixture, fit_mixture
 from ..analysis.retime import retime_builtin
 from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS
+from ..integrations.retime_diffusers import retime_scheduler
 from ..io.atomic import atomic_path
 from ..io.paths import refuse_overwriting_inputs
 from .common import app, console, print_json
@@ -58,8 +59,6 @@ def retime_command(
                                                              rank, seed)
     opts = dict(steps=steps, n=n, seed=seed, iterations=iterations, damping=damping)
     if scheduler is not None:
-        from ..integrations.retime_diffusers import retime_scheduler
-
         res = retime_scheduler(mix, scheduler, spacing=spacing, **opts)
     else:
         res = retime_builtin(mix, schedule, sampler=sampler, **opts)
