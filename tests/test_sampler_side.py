@@ -183,3 +183,89 @@ def test_retime_builtin_writes_a_grid_sample_takes(gmm):
     assert len(res.audits) == 2 and len(grid) == 5 and grid[0] == 1.0 and grid[-1] == 0.0
     out = sample(_exact(gmm), 8, timesteps=grid)
     assert out.shape == (8, 16) and torch.isfinite(out).all()
+
+
+# -- diffusers: a custom grid passed through -----------------------------------------------------
+
+def _tiny_pipe(folder, clip=False):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1,
+                                 layers_per_block=1, block_out_channels=(8,), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",))
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(clip_sample=clip)
+                           ).save_pretrained(folder)
+
+
+def test_ddim_grid_runs_as_first_order_dpm_solver_with_ddim_states(tmp_path):
+    # DDIM's own trailing timesteps, passed as a custom grid, give DDIM's samples: the
+    # stand-in scheduler (first-order DPM-Solver++) is DDIM's update.
+    from noiseshift.integrations.diffusers import load_pipeline
+    from noiseshift.integrations.pipeline_runs import pipeline_run
+
+    _tiny_pipe(tmp_path / "pipe")
+
+    def draw(timesteps=None):
+        pipe = load_pipeline(tmp_path / "pipe", scheduler="ddim", spacing="trailing")
+        pipe.set_progress_bar_config(disable=True)
+        spec, backend = pipeline_run(pipe, n=2, steps=3, seed=0, timesteps=timesteps)
+        return spec, backend.draw(spec)[0], pipe
+
+    spec_a, a, pipe = draw()
+    trailing = pipe.scheduler.timesteps.tolist()  # [999, 666, 332]
+    spec_b, b, _ = draw(trailing)
+    assert spec_b.settings["name"] == "DPMSolverMultistepScheduler"
+    assert spec_b.settings["call"]["timesteps"] == trailing
+    assert "timesteps" not in spec_a.settings.get("call", {})
+    assert a.shape == b.shape and torch.isfinite(b).all()
+    with pytest.raises(NoiseshiftError, match="decrease strictly"):
+        draw([5, 9])
+    _tiny_pipe(tmp_path / "pipe", clip=True)
+    with pytest.raises(NoiseshiftError, match="clip_sample"):
+        draw([999, 666, 333])
+
+
+def test_the_ddim_stand_in_gives_ddim_states_and_samples_on_the_exact_model(gmm):
+    pytest.importorskip("diffusers")
+    from noiseshift.integrations.audit_diffusers import build_scheduler, run_scheduler
+    from noiseshift.integrations.retime_diffusers import DDIM_AS, custom_grid
+
+    ddim = build_scheduler("DDIMScheduler", "trailing")
+    ddim.set_timesteps(5)
+    trailing = ddim.timesteps.tolist()
+    fa, fb = {}, {}
+    _, sa, _ = run_scheduler(ddim, gmm.mixture, 5, 16, 0, trace=fa)
+    stand_in = build_scheduler(DDIM_AS[0], "trailing", DDIM_AS[1])
+    with custom_grid(stand_in, timesteps=trailing):
+        _, sb, _ = run_scheduler(stand_in, gmm.mixture, 5, 16, 0, trace=fb)
+    assert torch.allclose(sa, sb, atol=1e-4)
+    assert torch.allclose(fa["final"], fb["final"], atol=1e-4)
+
+
+def test_custom_grid_refuses_a_scheduler_without_custom_timesteps():
+    diffusers = pytest.importorskip("diffusers")
+    from noiseshift.integrations.retime_diffusers import custom_grid
+
+    with pytest.raises(NoiseshiftError, match="DDIMScheduler takes no custom timesteps"):
+        with custom_grid(diffusers.DDIMScheduler(), timesteps=[9, 5]):
+            pass
+
+
+# -- the command line --------------------------------------------------------------------------
+
+def test_cli_retime_writes_a_grid_and_sample_refuses_bad_grids(tmp_path, monkeypatch, capsys):
+    from helpers import cli_exit_2
+    from typer.testing import CliRunner
+
+    from noiseshift.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["retime", "--steps", "3", "--n", "32", "--iterations", "1",
+                                 "--out", "g.json", "--json"])
+    assert r.exit_code == 0, r.output
+    grid = json.loads((tmp_path / "g.json").read_text())["timesteps"]
+    assert len(grid) == 4 and grid[0] == 1.0
+    err = cli_exit_2(["sample", "--timesteps", "0.2,0.5", "--no-record"], capsys)
+    assert "strictly decreasing" in " ".join(err)
+    err = cli_exit_2(["sample", "--corrector", "0,1", "--no-record", "--n", "4"], capsys)
+    assert "SNR > 0" in " ".join(err)

@@ -25,6 +25,7 @@ from ..guidance import (
     parse_mode,
     scale_help,
 )
+from ..guidance.sampler_side import check_corrector
 from ..integrations.pipeline_runs import (
     folder_run,
     is_diffusers,
@@ -219,6 +220,8 @@ def sample_command(
     guide_opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
                       eps_scale=eps_scale, interval=guidance_interval, estimator=estimator,
                       **({} if corrector is None else {"corrector": corrector}))
+    if corrector is not None:  # before any model is loaded or trained
+        check_corrector(*_numbers(corrector, "--corrector", (1, 2, 3)))
     if is_diffusers(model):
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
         if guide_opts.pop("corrector", None) is not None:

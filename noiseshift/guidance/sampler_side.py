@@ -69,6 +69,14 @@ class Relabel(Guided):
         return out
 
 
+def check_corrector(snr: float, steps: int = 1, tolerance: float | None = None) -> None:
+    """One line for a corrector setting that cannot run."""
+    if not snr > 0 or int(steps) < 1 or int(steps) != steps or \
+            (tolerance is not None and tolerance < 0):
+        raise NoiseshiftError(f"--corrector SNR[,STEPS[,TOL]] needs SNR > 0, a whole STEPS >= "
+                              f"1 and TOL >= 0, got {snr},{steps},{tolerance}")
+
+
 class LangevinCorrector(Guided):
     """A Langevin corrector after every sampler step, as a wrapper whose forward is the
     model's own: ``snr`` (Song et al. use 0.16 on CIFAR-10 VP), ``steps`` moves per sampler
@@ -79,10 +87,8 @@ class LangevinCorrector(Guided):
     def __init__(self, model, *, snr: float, steps: int = 1, estimator=None,
                  tolerance: float | None = None):
         super().__init__(model)
-        if not snr > 0 or int(steps) < 1:
-            raise NoiseshiftError(f"--corrector SNR[,STEPS[,TOL]] needs SNR > 0 and STEPS >= "
-                                  f"1, got {snr},{steps}")
-        if tolerance is not None and (tolerance < 0 or estimator is None):
+        check_corrector(snr, steps, tolerance)
+        if tolerance is not None and estimator is None:
             raise NoiseshiftError("a corrector gated by the meter needs TOL >= 0 and an "
                                   "estimator")
         self.snr, self.steps, self.estimator = float(snr), int(steps), estimator
@@ -134,4 +140,4 @@ class LangevinCorrector(Guided):
         return x
 
 
-__all__ = ["LangevinCorrector", "Relabel"]
+__all__ = ["LangevinCorrector", "Relabel", "check_corrector"]

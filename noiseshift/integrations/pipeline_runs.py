@@ -266,6 +266,11 @@ def grid_timesteps(pipe, timesteps) -> list[int]:
     if type(pipe.scheduler).__name__ == "DDIMScheduler":
         import diffusers
 
+        if pipe.scheduler.config.get("clip_sample"):
+            raise NoiseshiftError("this DDIM scheduler clips x0 (clip_sample) and its "
+                                  "custom-grid stand-in cannot: set clip_sample off or drop "
+                                  "--timesteps")
+
         cls, extra = DDIM_AS
         pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
     with custom_grid(pipe.scheduler, timesteps=ts):  # refuses a scheduler without them

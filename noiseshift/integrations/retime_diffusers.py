@@ -6,7 +6,9 @@ Which schedulers take a custom grid (diffusers 0.42, ``set_timesteps``): ``times
 Euler, FlowMatchEuler, UniPC. DDIMScheduler takes neither: its step finds the previous
 timestep by a fixed stride. Its update is first-order DPM-Solver++, so the DDIM grid is run
 (and emitted) as DPMSolverMultistepScheduler(solver_order=1, algorithm_type='dpmsolver++',
-final_sigmas_type='zero') with ``timesteps=``: at the same timesteps it gives DDIM's states.
+final_sigmas_type='zero') with ``timesteps=``: at the same timesteps it gives DDIM's states
+and, where DDIM's last step ends at alpha = 1 (set_alpha_to_one, trailing spacing), its
+samples.
 
 Grids are in the audit's family time (vp-cosine for VP schedulers; `levels.map_level`); a
 VP grid becomes integer timesteps (each point's nearest by log-SNR) and Euler's VE sigmas.
@@ -30,7 +32,8 @@ from .levels import VP_FAMILY, map_level
 from .schedulers import SchedulerView
 
 DDIM_AS = ("DPMSolverMultistepScheduler",
-           {"solver_order": 1, "algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"})
+           {"solver_order": 1, "algorithm_type": "dpmsolver++",
+            "final_sigmas_type": "zero"})
 
 __all__ = ["DDIM_AS", "custom_grid", "retime_scheduler", "timestep_levels", "to_diffusers"]
 
