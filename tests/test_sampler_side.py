@@ -269,3 +269,10 @@ def test_cli_retime_writes_a_grid_and_sample_refuses_bad_grids(tmp_path, monkeyp
     assert "strictly decreasing" in " ".join(err)
     err = cli_exit_2(["sample", "--corrector", "0,1", "--no-record", "--n", "4"], capsys)
     assert "SNR > 0" in " ".join(err)
+
+
+def test_the_adapters_refuse_relabel_in_one_line():
+    from noiseshift.integrations.guided import check_mode
+
+    with pytest.raises(NoiseshiftError, match="calls the network at another t"):
+        check_mode("relabel", "diffusers")
