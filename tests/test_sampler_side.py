@@ -276,3 +276,20 @@ def test_the_adapters_refuse_relabel_in_one_line():
 
     with pytest.raises(NoiseshiftError, match="calls the network at another t"):
         check_mode("relabel", "diffusers")
+
+
+def test_one_move_from_a_recorded_runs_readings(tmp_path, gmm):
+    from noiseshift.analysis.retime import regrid_from_estimates
+    from noiseshift.io.estimates import write_estimates
+    from noiseshift.recording import sample_and_record
+
+    traj = tmp_path / "t.h5"
+    sample_and_record(_exact(gmm), traj, "unguided", 8, steps=4, save_x0=False)
+    t = timesteps(4).numpy()[:-1]
+    write_estimates(tmp_path / "e.h5", traj, [{
+        "run": "unguided", "estimator": "fake", "reference": t,
+        "t_hat": np.tile(t[:, None] + 0.05, (1, 8)), "t_std": np.zeros((4, 8))}])
+    body = regrid_from_estimates(tmp_path / "e.h5", "unguided")
+    assert np.allclose(body["timesteps"], [1.0, 0.8, 0.55, 0.3, 0.0])
+    with pytest.raises(NoiseshiftError, match="no run 'other'"):
+        regrid_from_estimates(tmp_path / "e.h5", "other")

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import NoiseshiftError
+from ..io import open_estimates
 from ..schedules import get_schedule
 from ..timegrid import check_timesteps, timesteps
 from .audit import AuditResult, audit_builtin
 from .simulation import exact_meter
 
-__all__ = ["RetimeResult", "regrid", "retime", "retime_builtin"]
+__all__ = ["RetimeResult", "regrid", "regrid_from_estimates", "retime", "retime_builtin"]
 
 # Neighbouring grid points are kept at least this far apart (in t), so that a large shift
 # estimate cannot fold the grid.
@@ -139,3 +140,25 @@ def retime_builtin(data, schedule="linear", *, sampler: str = "euler-maruyama",
     res = retime(audit, ts, iterations=iterations, damping=damping)
     res.meta = {"sampler": sampler, "schedule": schedule.to_dict(), "n": n, "seed": seed}
     return res
+
+
+def regrid_from_estimates(path, run: str, estimator: str | None = None,
+                          damping: float = 1.0, t_end: float = 0.0) -> dict:
+    """One `regrid` move from a recorded run's readings (`noiseshift estimate`): the grid is
+    the run's recorded t of every step, then ``t_end``; each state's shift is the mean of its
+    `Estimates.delta` (calibrated reading minus true states' reading). One move only: there
+    is no rerun to read. Every step must be recorded (no --record-every)."""
+    with open_estimates(path) as f:
+        if run not in f.runs:
+            raise NoiseshiftError(f"no run {run!r} in {path} (runs: {', '.join(f.runs)})")
+        names = f.estimators(run)
+        name = estimator or names[0]
+        if name not in names:
+            raise NoiseshiftError(f"run {run!r} has no readings by {name!r} (has: "
+                                  f"{', '.join(names)})")
+        est = f.get(run, name)
+        ts, shift = np.append(est.t, t_end), est.delta.mean(1)
+    grid = regrid(ts, shift, damping)
+    return {"timesteps": [float(v) for v in grid], "source": str(path), "run": run,
+            "estimator": name, "shift": [float(v) for v in shift],
+            "from": [float(v) for v in ts]}

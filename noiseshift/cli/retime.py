@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..analysis.audit import default_mixture, fit_mixture
-from ..analysis.retime import retime_builtin
+from ..analysis.retime import regrid_from_estimates, retime_builtin
 from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS
 from ..integrations.retime_diffusers import retime_scheduler
@@ -38,6 +38,12 @@ def retime_command(
     iterations: int = typer.Option(3, "--iterations", min=0, help="Moves of the grid."),
     damping: float = typer.Option(1.0, "--damping", min=0.0, help="Share of each state's "
                                   "shift each move applies."),
+    estimates: Path = typer.Option(None, "--estimates", help="Instead of a perfect model: "
+                                   "one move from a recorded run's readings (an estimates "
+                                   "file from `noiseshift estimate`; every step recorded)."),
+    run: str = typer.Option("unguided", "--run", help="With --estimates: the run."),
+    estimator: str = typer.Option(None, "--estimator", help="With --estimates: whose "
+                                  "readings (default: the first)."),
     out: Path = typer.Option(Path("grid.json"), "--out", "-o", help="The grid file (JSON) "
                              "that `sample --timesteps` reads."),
     json_out: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -54,7 +60,16 @@ def retime_command(
     Examples: `noiseshift retime --steps 16`;
     `noiseshift retime --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`.
     """
-    refuse_overwriting_inputs([out], data)
+    refuse_overwriting_inputs([out], data, estimates)
+    if estimates is not None:
+        body = regrid_from_estimates(estimates, run, estimator, damping)
+        _write(out, body)
+        if json_out:
+            print_json({**body, "out": str(out)})
+            return
+        console.print(f"grid written to {out}: " + ", ".join(f"{v:.3f}" for v in
+                                                            body["timesteps"]), soft_wrap=True)
+        return
     mix = default_mixture() if data is None else fit_mixture(load_data(data), components,
                                                              rank, seed)
     opts = dict(steps=steps, n=n, seed=seed, iterations=iterations, damping=damping)
@@ -63,12 +78,16 @@ def retime_command(
     else:
         res = retime_builtin(mix, schedule, sampler=sampler, **opts)
     body = res.to_dict()
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(body, indent=1) + "\n")
+    _write(out, body)
     if json_out:
         print_json({**body, "out": str(out)})
         return
     _print(res, body, out)
+
+
+def _write(out: Path, body: dict) -> None:
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(body, indent=1) + "\n")
 
 
 def _print(res, body: dict, out: Path) -> None:
