@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from noiseshift.guidance import build_guidance, step_hook_of
+from noiseshift.guidance import build_guidance
 from noiseshift.guidance.dcw import dcw_step
 from noiseshift.pretrained import default_model
 from noiseshift.sampling import sample
@@ -30,8 +30,7 @@ def bench_cost(n: int, steps: int, repeats: int, sampler: str) -> dict:
     for _ in range(repeats):
         for name, net in runs.items():
             t0 = time.perf_counter()
-            sample(net, n, sampler=sampler, steps=steps, seed=0, device="cpu",
-                   step_hook=step_hook_of(net))
+            sample(net, n, sampler=sampler, steps=steps, seed=0, device="cpu")
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"default digits model, {sampler} {steps} steps, n={n}, {repeats} interleaved runs")

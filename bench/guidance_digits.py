@@ -38,11 +38,13 @@ from noiseshift.analysis.quality import (
 )
 from noiseshift.analysis.statistics import N_BOOT, bootstrap, bootstrap_mean
 from noiseshift.data import load_data
+from noiseshift.defaults import DEFAULT_SAMPLER
 from noiseshift.estimators import SubspaceOracle
 from noiseshift.estimators.base import in_zones
-from noiseshift.guidance import build_guidance, step_hook_of
+from noiseshift.guidance import build_guidance
 from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 from noiseshift.sampling import draw_labels, sample
+from noiseshift.timegrid import read_timesteps
 
 GUIDANCE_BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
 
@@ -69,6 +71,10 @@ def parse_setting(text: str) -> dict:
             out["time_shift"] = tuple(float(v) for v in rest.split("-"))
         elif kind in ("dcw", "dcw-pixel"):
             out.update(dcw=float(rest), dcw_form="pixel" if kind == "dcw-pixel" else "wavelet")
+        elif kind in ("sampler", "steps", "grid"):  # sampler-side: 'sampler:heun+steps:8'
+            out[kind] = rest if kind != "steps" else int(rest)
+        elif kind == "corr":  # 'corr:SNR-STEPS[-TOL]', a Langevin corrector
+            out["corrector"] = tuple(float(v) for v in rest.split("-"))
         else:
             out.update(nag_mode=kind, nag_scale=float(rest))
     return out
@@ -108,11 +114,14 @@ class Run:
 
 
 def run(su: Setup, setting: str, n: int, seed: int, steps: int,
-        sampler: str = "euler-maruyama") -> Run:
-    guided, desc = build_guidance(su.model, estimator=su.guide, **parse_setting(setting))
+        sampler: str = DEFAULT_SAMPLER) -> Run:
+    kw = parse_setting(setting)
+    skw = {"steps": kw.pop("steps", steps), "sampler": kw.pop("sampler", sampler)}
+    if "grid" in kw:
+        skw["timesteps"] = read_timesteps(kw.pop("grid"))
+    guided, desc = build_guidance(su.model, estimator=su.guide, **kw)
     states: list = []
-    out = sample(guided, n, steps=steps, seed=seed, device="cpu", sampler=sampler,
-                 step_hook=step_hook_of(guided),
+    out = sample(guided, n, **skw, seed=seed, device="cpu",
                  callback=lambda info: states.append((info["t"], info["x"])))
     t = np.array([s[0] for s in states])
     deltas = {}
@@ -121,6 +130,8 @@ def run(su: Setup, setting: str, n: int, seed: int, steps: int,
         deltas[key] = (np.stack(d), ~in_zones(t, est.blind_zones()))
     labels = draw_labels(su.model.num_classes, n, seed)
     name = "unguided" if desc["kind"] == "none" else desc["kind"]
+    name = setting if set(skw) - {"steps", "sampler"} or skw["steps"] != steps or \
+        skw["sampler"] != DEFAULT_SAMPLER else name
     return Run(name, seed, t, deltas, out.float().cpu(), labels)
 
 
@@ -129,12 +140,12 @@ def _abs_shift(d: np.ndarray, seen: np.ndarray):
 
 
 def _shift(base: Run, r: Run, key: str, n_boot: int) -> dict:
-    (da, seen), (db, _) = base.deltas[key], r.deltas[key]
-    fa, fb = _abs_shift(da, seen), _abs_shift(db, seen)
+    (da, seen), (db, seen_r) = base.deltas[key], r.deltas[key]
+    fa, fb = _abs_shift(da, seen), _abs_shift(db, seen_r)  # grids may differ (sampler-side)
     change = bootstrap(lambda i: fb(i) - fa(i), da.shape[1], n_boot=n_boot)
     bands = [float(db[((r.t > lo) | (lo == 0)) & (r.t <= hi)].mean())
              for lo, hi in GUIDANCE_BANDS]
-    return {"delta": float(db[seen].mean()), "abs": fb(np.arange(db.shape[1])),
+    return {"delta": float(db[seen_r].mean()), "abs": fb(np.arange(db.shape[1])),
             "abs_change": [change.value, change.lo, change.hi], "bands": bands,
             "abs_change_pct": 100 * change.value / fa(np.arange(da.shape[1]))}
 

@@ -30,7 +30,6 @@ import torch
 
 from . import distributed
 from .errors import NoiseshiftError
-from .guidance import step_hook_of
 from .io import TrajectoryWriter, open_trajectories
 from .io.shards import (
     merge_shards,
@@ -119,8 +118,6 @@ class SamplerBackend:
         net = self.guided if spec.guided and self.guided is not None else self.model
         skw = dict(sampler=spec.sampler, steps=spec.steps, seed=spec.seed, y=spec.y,
                    device=self.device, shape=model_shape(net), **spec.sampler_options())
-        if step_hook_of(net) is not None:  # a sampler-side correction (DCW) in the guidance
-            skw["step_hook"] = step_hook_of(net)
         if path is None:
             return sample_across_ranks(net, spec.n, callback=callback, **skw), None
         m, every = spec.recorded, spec.record_every

@@ -28,15 +28,7 @@ from . import distributed, runtime
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import NoiseshiftError
 from .models import model_shape
-
-
-def timesteps(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
-    """(steps + 1,) float64 times, evenly spaced and decreasing from t_max to t_min."""
-    if steps < 1:
-        raise NoiseshiftError(f"steps must be at least 1, got {steps}")
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise NoiseshiftError(f"need 0 <= t_min < t_max <= 1, got {t_min}, {t_max}")
-    return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
+from .timegrid import check_timesteps, timesteps
 
 
 def _call(model, x: torch.Tensor, t: float, y) -> tuple[torch.Tensor, str]:
@@ -169,11 +161,42 @@ def sample_ddim(model, x, ts, *, y=None, callback=None, generator=None, eta=0.0,
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m(model, x, ts, *, y=None, callback=None, generator=None,
+                    final_denoise=True, step_hook=None):
+    """DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's ``sample_dpmpp_2m``) for any
+    schedule, one model call a step. With lambda = log(alpha / sigma) = log_snr / 2 and
+    h = lambda' - lambda, the first-order step is the exact exponential integrator for a
+    constant x0 prediction D: x' = (sigma'/sigma) x + alpha' (1 - e^-h) D, with
+    e^-h = sigma' alpha / (sigma alpha') (finite where alpha = 0). From the second step D is
+    extrapolated linearly in lambda: D (1 + 1/(2r)) - D_prev / (2r), r = h_prev / h; a step
+    to sigma' = 0 stays first order."""
+    sch, x0_prev, h_prev = model.schedule, None, None
+    for i in range(len(ts) - 1):
+        t, t_next, out, src, x0 = _begin_step(model, x, ts, i, y, callback)
+        if final_denoise and _last(i, ts):
+            return x0
+        a, s = float(sch.alpha(t)), float(sch.sigma(t))
+        a_n, s_n = float(sch.alpha(t_next)), float(sch.sigma(t_next))
+        lam = sch.log_snr(torch.tensor([t, t_next], dtype=torch.float64)) / 2
+        h = float(lam[1] - lam[0])
+        d = x0
+        if x0_prev is not None and s_n > 0 and h_prev is not None:
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        decay = s_n * a / max(s * a_n, 1e-300)
+        x_next = (s_n / s) * x + a_n * (1 - decay) * d
+        x0_prev, h_prev = x0, h
+        x = _after(step_hook, i, t, t_next, x, x_next, x0)
+    return x
+
+
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "heun": sample_heun,
     "euler-maruyama": sample_euler_maruyama,
     "ddim": sample_ddim,
+    "dpmpp-2m": sample_dpmpp_2m,
 }
 
 
@@ -196,20 +219,28 @@ SAMPLER_OPTIONS: dict[str, dict] = {
     "heun": {"final_denoise": True},
     "euler-maruyama": {"diffusion": 2.0, "final_denoise": True},
     "ddim": {"eta": 0.0, "final_denoise": True},
+    "dpmpp-2m": {"final_denoise": True},
 }
 
 
 def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
-                     **kw) -> dict:
+                     timesteps=None, **kw) -> dict:
     """The full settings of a sampler call (`SAMPLER_OPTIONS` filled in), as written into a
-    trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out)."""
+    trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out). A given grid
+    ``timesteps`` (`check_timesteps`) sets steps and the t range and is recorded as
+    ``timesteps``; without one the key is absent, so runs on the even grid match as before."""
     get_sampler(name)
     options = SAMPLER_OPTIONS[name]
     unknown = set(kw) - set(options) - RUNTIME_KEYWORDS
     if unknown:
         raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
+    grid = {}
+    if timesteps is not None:
+        ts = check_timesteps(timesteps)
+        steps, t_max, t_min = len(ts) - 1, float(ts[0]), float(ts[-1])
+        grid = {"timesteps": [float(v) for v in ts]}
     return {"name": name, "steps": int(steps), "t_max": float(t_max), "t_min": float(t_min),
-            **options, **{k: v for k, v in kw.items() if k in options}}
+            **grid, **options, **{k: v for k, v in kw.items() if k in options}}
 
 
 # -- drawing and running ----------------------------------------------------------------------
@@ -271,10 +302,16 @@ class IndexedNoise:
     sample, and beside which others, changes nothing: the same seed gives the same samples
     at any world size or batch split. Pass it as a sampler's ``noise_sampler``."""
 
-    def __init__(self, seed: int, indices, shape, device="cpu", dtype=torch.float32):
+    def __init__(self, seed: int, indices, shape, device="cpu", dtype=torch.float32,
+                 stream: int = 0):
         self.indices = [int(i) for i in indices]
         self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
-        self.gens = [runtime.generator(sample_seed(seed, i)) for i in self.indices]
+        # stream > 0: a second, unrelated stream per sample (a step hook's own noise), so
+        # that a correction never moves the sampler's draws.
+        seeds = [sample_seed(seed, i) for i in self.indices]
+        if stream:
+            seeds = [sample_seed(s, stream) for s in seeds]
+        self.gens = [runtime.generator(s) for s in seeds]
 
     def draw(self) -> torch.Tensor:
         """The next standard normal draw of every sample: (len(indices), *shape)."""
@@ -342,7 +379,7 @@ def block_shard(n: int, rank: int, world_size: int, block: int | None = None) ->
 def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
            seed: int = 0, y=None, callback=None, device="auto", shape=None,
            t_max: float = 1.0, t_min: float = 0.0, indices=None,
-           block: int | None = None, **sampler_kw) -> torch.Tensor:
+           block: int | None = None, timesteps=None, **sampler_kw) -> torch.Tensor:
     """n samples from ``model`` with a named sampler, reproducible from ``seed``.
 
     The labels (for a class-conditional model; ``y`` overrides them) are drawn for all n
@@ -353,12 +390,16 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     `block_shard`); the result then has len(indices) rows. The model sees blocks of
     ``block`` rows (`Blocked`; default `sample_block(n)`), so results are bit-identical
     for any shard of whole blocks. Eps and score models start at `safe_t_max`.
-    ``sampler_kw`` go to the sampler (e.g. ``diffusion``, ``eta``, ``final_denoise``).
+    ``timesteps`` (a decreasing list of times in [0, 1]) replaces the even grid of
+    ``steps`` steps from t_max to t_min. ``sampler_kw`` go to the sampler (e.g.
+    ``diffusion``, ``eta``, ``final_denoise``, ``step_hook``); wrappers in the model's chain
+    that have ``sampler_hook`` add their step hooks (`model_hooks`).
     Returns (len(indices), *shape) on the model's device.
     """
     fn = get_sampler(name=sampler)
-    t_max = safe_t_max(model, t_max)
-    sampler_settings(sampler, steps, t_max, t_min, **sampler_kw)  # validates the options
+    ts = _grid(model, steps, t_max, t_min, timesteps)
+    sampler_settings(sampler, steps, timesteps=ts, **sampler_kw)  # validates the options
+    t_max = float(ts[0])
     dev = model_device(model, device)
     if shape is None:
         shape = model_shape(model)
@@ -366,14 +407,51 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     labels = draw_labels(model.num_classes, n, seed, y)
     if labels is not None:
         labels = labels[torch.as_tensor(list(indices), dtype=torch.int64)].to(dev)
-    ts = timesteps(steps, t_max, t_min)
     noise = IndexedNoise(seed, indices, shape, dev)
     x = float(model.schedule.sigma(t_max)) * noise.draw()
     if "noise_sampler" in inspect.signature(fn).parameters:
         sampler_kw = {"noise_sampler": noise, **sampler_kw}
     with _eval(model):
         blocked = Blocked(model, sample_block(n) if block is None else block)
-        return fn(blocked, x, ts, y=labels, callback=callback, **sampler_kw)
+        hook = model_hooks(model, blocked, labels,
+                           IndexedNoise(seed, indices, shape, dev, stream=1),
+                           sampler_kw.pop("step_hook", None))
+        return fn(blocked, x, ts, y=labels, callback=callback, step_hook=hook, **sampler_kw)
+
+
+def _grid(model, steps: int, t_max: float, t_min: float, given) -> torch.Tensor:
+    """The run's time grid: ``given`` (checked) or `timesteps`, starting no higher than
+    `safe_t_max` (a given grid that starts above it is refused, not moved)."""
+    if given is None:
+        return timesteps(steps, safe_t_max(model, t_max), t_min)
+    ts = check_timesteps(given)
+    if float(ts[0]) > safe_t_max(model, float(ts[0])):
+        raise NoiseshiftError(f"this {model.prediction} model cannot start at t = "
+                              f"{float(ts[0]):g} (alpha = 0 there); start the grid at or "
+                              f"below {safe_t_max(model, 1.0):.4f}")
+    return ts
+
+
+def model_hooks(model, blocked, y, noise, step_hook=None):
+    """One step hook from ``step_hook`` and every wrapper in ``model``'s chain (through
+    ``.model``) that has ``sampler_hook(blocked, y, noise) -> hook``: a correction built as
+    a wrapper (a corrector step) reaches the sampler however the model is passed on. Inner
+    wrappers' hooks run first, the caller's last; None when there are none."""
+    hooks, m = [], model
+    while m is not None:
+        if callable(getattr(type(m), "sampler_hook", None)):
+            hooks.insert(0, m.sampler_hook(blocked, y, noise))
+        m = getattr(m, "model", None) if isinstance(m, torch.nn.Module) else None
+    hooks += [step_hook] if step_hook is not None else []
+    if len(hooks) <= 1:
+        return hooks[0] if hooks else None
+
+    def hook(info):
+        for h in hooks:
+            info = {**info, "x_next": h(info)}
+        return info["x_next"]
+
+    return hook
 
 
 def sample_across_ranks(model, n: int, **kw) -> torch.Tensor:

@@ -94,10 +94,10 @@ def test_exact_mixture_scale_zero_is_bit_identical(mixture_model, sampler):
     kw = dict(sampler=sampler, steps=6, seed=1, device="cpu")
     plain = sample(mixture_model, 32, **kw)
     guided = DCW(mixture_model, 0.0, "pixel")
-    assert torch.equal(sample(guided, 32, step_hook=step_hook_of(guided), **kw), plain)
+    assert torch.equal(sample(guided, 32, **kw), plain)
     # and a non-zero scale is the formula applied after every step but the last
     guided = DCW(mixture_model, -0.1, "pixel")
-    out = sample(guided, 32, step_hook=step_hook_of(guided), **kw)
+    out = sample(guided, 32, **kw)
     by_hand = sample(mixture_model, 32, step_hook=lambda i: (
         i["x_next"].double() - 0.1 * (i["x_next"] - i["x0_pred"]).double()).float(), **kw)
     assert torch.equal(out, by_hand) and not torch.equal(out, plain)
@@ -124,8 +124,7 @@ def test_recorded_dcw_run_uses_the_hook_and_keeps_its_baseline(mixture_model, tm
     assert spec.baseline().guidance == {"kind": "none"}
     backend = SamplerBackend(mixture_model, guided, device="cpu")
     out, _ = backend.draw(spec, tmp_path / "t.h5")
-    want = sample(guided, 16, sampler="euler", steps=4, seed=0, device="cpu",
-                  step_hook=step_hook_of(guided))
+    want = sample(guided, 16, sampler="euler", steps=4, seed=0, device="cpu")
     assert torch.equal(out, want)
     base, _ = backend.draw(spec.baseline())
     assert not torch.equal(base, out)

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decompose": ("decompose", "Split a run's shift into sampler and network parts."),
     "encode": ("encode", "Encode images into VAE latents for an estimator."),
     "tune": ("tune", "At a budget of model evaluations, which correction to use."),
+    "retime": ("retime", "A time grid whose states read at their labels."),
 }
 
 

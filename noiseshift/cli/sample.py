@@ -6,6 +6,7 @@ The recording, and the unguided baseline a guided run is recorded beside, are
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..guidance import (
     parse_mode,
     scale_help,
 )
+from ..guidance.sampler_side import check_corrector
 from ..integrations.pipeline_runs import (
     folder_run,
     is_diffusers,
@@ -38,6 +40,7 @@ from ..pretrained import estimator_for
 from ..recording import SamplerBackend, describe_model, record_with_baseline
 from ..runspec import RunSpec
 from ..sampling import sampler_settings
+from ..timegrid import read_timesteps
 from .common import (
     app,
     console,
@@ -86,24 +89,27 @@ def _numbers(text: str | None, option: str, counts=(2,)):
 def guidance_options(net, *, nag_scale: float, nag_mode: str, cfg_scale: float, eps_scale,
                      time_shift, interval, estimator, device: str, quiet: bool,
                      data: dict | None = None, dcw: float = 0.0,
-                     dcw_form: str = DEFAULT_DCW_FORM) -> dict:
+                     dcw_form: str = DEFAULT_DCW_FORM, corrector=None) -> dict:
     """`build_guidance` keywords from the command line's strings; loads the estimator that
     estimator-based NAG modes read (`--estimator`, else the built-in learned one)."""
     opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
                 eps_scale=_numbers(eps_scale, "--eps-scale", (1, 2)),
                 time_shift=_numbers(time_shift, "--time-shift"),
                 interval=_numbers(interval, "--guidance-interval"), dcw=dcw,
-                dcw_form=dcw_form)
-    if nag_scale and parse_mode(nag_mode).needs_estimator:
+                dcw_form=dcw_form, corrector=_numbers(corrector, "--corrector", (1, 2, 3)))
+    gated = opts["corrector"] is not None and len(opts["corrector"]) == 3
+    if (nag_scale and parse_mode(nag_mode).needs_estimator) or gated:
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             opts["estimator"] = estimator_for(net, estimator, device=device, progress=bar,
                                               data=data)
     return opts
 
 
-def sampler_options(sampler: str, diffusion: float | None, eta: float | None) -> dict:
-    """The sampler's keywords from --diffusion and --eta, each only for its sampler."""
-    kw = {}
+def sampler_options(sampler: str, diffusion: float | None, eta: float | None,
+                    timesteps: str | None = None) -> dict:
+    """The sampler's keywords from --diffusion, --eta (each only for its sampler) and
+    --timesteps."""
+    kw = {} if timesteps is None else {"timesteps": read_timesteps(timesteps)}
     if diffusion is not None:
         if sampler != "euler-maruyama":
             raise NoiseshiftError("--diffusion applies to --sampler euler-maruyama only")
@@ -136,7 +142,7 @@ def sample_command(
     prompt: str = typer.Option(None, "--prompt", help="diffusers:DIR only: the prompt of a "
                                "text-to-image pipeline."),
     sampler: str = typer.Option(DEFAULT_SAMPLER, "--sampler", help="euler, heun, "
-                                "euler-maruyama or ddim."),
+                                "euler-maruyama, ddim or dpmpp-2m."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Sampling steps."),
     n: int = typer.Option(DEFAULT_N, "--n", "-n", min=1, help="Number of samples (under torchrun "
                           "write -n, or put -- before the command)."),
@@ -176,6 +182,16 @@ def sample_command(
                                     "under the linear schedule)."),
     eta: float = typer.Option(None, "--eta", min=0.0, help="DDIM: 0 deterministic (default),"
                               " 1 ancestral."),
+    timesteps: str = typer.Option(None, "--timesteps", metavar="FILE|LIST", help="The time "
+                                  "grid, decreasing in [0, 1] (a comma list, or a file from "
+                                  "`noiseshift retime`); replaces --steps (steps = its length "
+                                  "- 1). diffusers:DIR: the file's diffusers list."),
+    corrector: str = typer.Option(None, "--corrector", metavar="SNR[,STEPS[,TOL]]",
+                                  help="A Langevin corrector after each step (STEPS moves, "
+                                  "default 1, step size from SNR, e.g. 0.1), on every state, "
+                                  "or with TOL only where the estimator reads the state off "
+                                  "schedule by more than TOL. Costs STEPS model evaluations "
+                                  "per corrected state."),
     record: Path = typer.Option(None, "--record", help=f"Trajectory file (HDF5 format v1) "
                                 f"to record every step to; default: {DEFAULT_RECORD}."),
     run: str = typer.Option(None, "--run", help="Run name inside the file; default: named "
@@ -214,9 +230,16 @@ def sample_command(
                     record_every=record_every)
     guide_opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
                       eps_scale=eps_scale, interval=guidance_interval, estimator=estimator,
-                      dcw=dcw, dcw_form=dcw_form)
+                      dcw=dcw, dcw_form=dcw_form,
+                      **({} if corrector is None else {"corrector": corrector}))
+    if corrector is not None:  # before any model is loaded or trained
+        check_corrector(*_numbers(corrector, "--corrector", (1, 2, 3)))
     if is_diffusers(model):
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
+        if guide_opts.pop("corrector", None) is not None:
+            raise NoiseshiftError("--corrector applies to the built-in samplers only")
+        if timesteps is not None:
+            run_opts["timesteps"] = diffusers_timesteps(timesteps)
         spec, backend = folder_run(
             model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
             allow_download=allow_download, class_label=class_,
@@ -227,8 +250,8 @@ def sample_command(
                                  allow_download=allow_download or None)
         spec, backend = _builtin_run(
             model, sampler=sampler, diffusion=diffusion, eta=eta, time_shift=time_shift,
-            class_=class_, data=data, size=size, device=device, quiet=json_out,
-            guide_opts=guide_opts, **run_opts)
+            timesteps=timesteps, class_=class_, data=data, size=size, device=device,
+            quiet=json_out, guide_opts=guide_opts, **run_opts)
     rec = _record(spec, backend, path, quiet=json_out)
     if grid is not None and is_main():  # under torchrun rank 0 holds all samples
         _save_grid(rec, spec, grid)
@@ -241,17 +264,32 @@ def sample_command(
     _print_summary(summary, path, rec.run)
 
 
+def diffusers_timesteps(text: str) -> list[int]:
+    """--timesteps for a pipeline: a `noiseshift retime --scheduler` file's diffusers
+    timesteps, or a comma list of integer training timesteps."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            body = json.loads(path.read_text())
+            return list(body["diffusers"]["timesteps"])
+        except (ValueError, KeyError, TypeError):
+            raise NoiseshiftError("--timesteps for diffusers needs a file from `noiseshift "
+                                  "retime --scheduler ...` (with a diffusers grid)",
+                                  path) from None
+    return list(_numbers(text, "--timesteps", range(1, 10001)))
+
+
 def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:
     """`pipeline_run`'s guidance keywords from the command line's strings."""
     return {**opts, "eps_scale": _numbers(eps_scale, "--eps-scale", (1, 2)),
             "interval": _numbers(interval, "--guidance-interval")}
 
 
-def _builtin_run(model, *, sampler, diffusion, eta, time_shift, class_, data, size, device,
-                 quiet, guide_opts, run, **run_opts) -> tuple[RunSpec, SamplerBackend]:
+def _builtin_run(model, *, sampler, diffusion, eta, time_shift, timesteps, class_, data, size,
+                 device, quiet, guide_opts, run, **run_opts) -> tuple[RunSpec, SamplerBackend]:
     """(the spec, the backend) of a run of a built-in-protocol denoiser: options checked and
     labels drawn before the model or its estimator is loaded or trained."""
-    sampler_kw = sampler_options(sampler, diffusion, eta)
+    sampler_kw = sampler_options(sampler, diffusion, eta, timesteps)
     sampler_settings(sampler, 1, **sampler_kw)  # bad options fail before any work
     net = denoiser_with_progress(model, device, quiet=quiet)
     spec = RunSpec.for_model(net, sampler=sampler, y=class_, **run_opts, **sampler_kw,

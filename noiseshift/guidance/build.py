@@ -13,6 +13,7 @@ from .classifier_free import ClassifierFreeGuidance
 from .dcw import DCW, DEFAULT_DCW_FORM, check_form
 from .modes import DEFAULT_NAG_MODE, MODES, ModeSpec, parse_mode
 from .peers import EpsScaling, TimeShift
+from .sampler_side import LangevinCorrector
 
 
 def low_dim_warning(dim: int) -> str | None:
@@ -27,7 +28,7 @@ def low_dim_warning(dim: int) -> str | None:
 def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG_MODE,
                    cfg_scale: float = 0.0, eps_scale=None, time_shift=None, interval=None,
                    estimator=None, data=None, cap: float | None = None,
-                   dcw: float = 0.0, dcw_form: str = DEFAULT_DCW_FORM):
+                   dcw: float = 0.0, dcw_form: str = DEFAULT_DCW_FORM, corrector=None):
     """A guided model from CLI-style options, and the JSON-able dict that describes it.
 
     nag_mode: a key of `modes.MODES` (the table says what each builds and needs).
@@ -37,8 +38,10 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
     eps scaling everywhere.
     cap: the most the velocity moves per unit of score change (the linear schedule's
     t / (1 - t) is capped there); None: the mode's cap; math.inf: no cap.
-    dcw, dcw_form: DCW's scale and form (`dcw.DCW`), outermost, so that `step_hook_of`
-    finds the correction the sampler must call after each step.
+    dcw, dcw_form: DCW's scale and form (`dcw.DCW`), a correction of the state after each
+    sampler step (before the corrector's, when both are asked for).
+    corrector: (snr, steps) or (snr, steps, tolerance): a Langevin corrector after each
+    sampler step (`sampler_side.LangevinCorrector`; a tolerance reads ``estimator``).
     The dict has ``kind`` (the run name, "none" when unguided) and one entry per term. With
     nothing asked for, the model itself comes back. Warns (`GuidanceWarning`) for NAG on
     data of dimension <= 16.
@@ -52,6 +55,10 @@ def build_guidance(model, *, nag_scale: float = 0.0, nag_mode: str = DEFAULT_NAG
     check_form(dcw_form)
     if dcw:
         guided = DCW(guided, dcw, dcw_form)
+    if corrector is not None:
+        c = [float(v) for v in corrector]
+        guided = LangevinCorrector(guided, snr=c[0], steps=int(c[1]) if len(c) > 1 else 1,
+                                   tolerance=c[2] if len(c) > 2 else None, estimator=estimator)
     desc = _describe(guided, model)
     if "nag" in desc:
         if needs_est:
@@ -185,6 +192,10 @@ def run_name(guidance: dict) -> str:
             lo, hi = g["interval"]
             name += f"@{_num(lo)}-{_num(hi)}"
         parts.append(name)
+    if guidance.get("corrector"):
+        c = guidance["corrector"]
+        tol = "" if c.get("tolerance") is None else f"-tol-{_num(c['tolerance'])}"
+        parts.append(f"corrector-{_num(c['snr'])}x{c['steps']}{tol}")
     if guidance.get("time_shift"):
         ts = guidance["time_shift"]
         parts.append(f"time-shift-{_num(ts['window'])}-{_num(ts['cutoff'])}")

@@ -25,8 +25,9 @@ the last step is not corrected, and Heun's x0 is its first call's (theirs, the c
 Their high-band and two-band variants are not built.
 
 `DCW` is a guidance wrapper that leaves the model's output alone and carries the correction
-as ``after_step``: `guidance.step_hook_of` finds it in a wrapper chain, and the samplers call
-it through their ``step_hook``.
+as ``after_step``: `sampling.sample` finds it in the wrapper chain (``sampler_hook``) and
+calls it through the sampler's ``step_hook``; other samplers (the diffusers adapter) take it
+from `guidance.step_hook_of`.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ class DCW(Guided):
 
     def forward(self, x, t, y=None, **kw):
         return self.model(x, t, y=y, **kw)
+
+    def sampler_hook(self, model, y, noise):
+        """`sampling.sample` collects this from the wrapper chain (`sampling.model_hooks`)."""
+        return self.after_step
 
     def after_step(self, info: dict) -> torch.Tensor:
         """The state to go on from, given a sampler's step ``info`` (sampling.py)."""

@@ -12,6 +12,7 @@ from ..errors import NoiseshiftError
 from .base import DEFAULT_CAP, FULL_INTERVAL, UNCAPPED_INTERVAL
 from .classifier_free import ClassifierFreeGuidance
 from .estimator import EstimatorGradientNAG, ReadingLikelihoodNAG, ReadingStepNAG
+from .sampler_side import Relabel
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class ModeSpec:
     forward pass. needs_estimator: reads a noise-level estimator (the cf modes read t' off
     it). needs_null_t: runs the model's null-t branch (a model trained with --t-dropout).
     interval, cap: the defaults (cap None: uncapped). scale: what --nag-scale w means.
+    on_output: the mode is an edit of the model's output at (x, t), so the diffusers and
+    k-diffusion adapters can apply it to a pipeline's output (relabel calls the network at
+    another t and cannot).
     """
 
     name: str
@@ -34,6 +38,7 @@ class ModeSpec:
     scale: str
     summary: str
     options: Mapping = field(default_factory=dict, hash=False)
+    on_output: bool = True
 
     def __post_init__(self):
         # Read-only, so that no caller can change what a mode builds.
@@ -71,6 +76,11 @@ MODES: dict[str, ModeSpec] = {s.name: s for s in (
     ModeSpec("cf-calibrated-control", ClassifierFreeGuidance, True, False, FULL_INTERVAL,
              DEFAULT_CAP, _SCORE, "the conditional branch read there (a control; capped)",
              {"calibrated": True, "control": True}),
+    ModeSpec("relabel", Relabel, True, False, FULL_INTERVAL, None,
+             "the share w of the way from t to the read level fed as the label (1: all)",
+             "the network is handed the state's calibrated reading as its t (Time-Tuner's "
+             "idea, read per sample), its x0 re-expressed at the scheduled t",
+             on_output=False),
 )}
 NAG_MODES = tuple(MODES)
 # The default: a damped Newton step on the learned estimator's reading, along the predicted

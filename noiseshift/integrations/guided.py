@@ -25,8 +25,12 @@ from ..schedules import get_schedule
 def check_mode(mode: str, library: str, cli: bool = False) -> None:
     """One line if ``mode`` runs the model's null-t branch, which ``library``'s models lack;
     it lists the modes that need none, as options (``cli``) or as keyword arguments."""
+    if not parse_mode(mode).on_output:
+        raise NoiseshiftError(f"nag mode {mode!r} calls the network at another t, which an "
+                              f"edit of {library}'s model output cannot; use it with the "
+                              f"built-in samplers")
     if parse_mode(mode).needs_null_t:
-        ok = [m for m, spec in MODES.items() if not spec.needs_null_t]
+        ok = [m for m, spec in MODES.items() if not spec.needs_null_t and spec.on_output]
         ok = "--nag-mode " + ", ".join(ok) if cli else "mode=" + ", ".join(map(repr, ok))
         raise NoiseshiftError(f"nag mode {mode!r} runs the model's null-t branch (a model "
                               f"trained with noise-condition dropout); {library} models have "

@@ -43,6 +43,7 @@ from .diffusers import (
     record,
 )
 from .guided import check_mode
+from .retime_diffusers import DDIM_AS, custom_grid
 from .schedulers import SchedulerView
 
 
@@ -190,11 +191,14 @@ class PipelineBackend:
     guide_kw: dict | None = None
     data: dict | None = None
     source: str | None = None
+    timesteps: list | None = None
 
     def draw(self, spec: RunSpec, path=None, callback=None):
         """(the final states: latents for latent pipelines, the decoded images in [-1, 1] as
         (N, C, H, W) or None), recorded as run ``spec.run`` of ``path`` unless None."""
-        with self._recording(spec, path), self._guiding(spec):
+        grid = contextlib.nullcontext() if self.timesteps is None else \
+            custom_grid(self.pipe.scheduler, timesteps=self.timesteps)
+        with grid, self._recording(spec, path), self._guiding(spec):
             result, last = _call(self.pipe, self.kw, spec.seed)
         images = _images(result)
         if last is not None and images is not None and last.shape[0] == 2 * images.shape[0]:
@@ -226,13 +230,20 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
                  cfg_scale: float = 0.0, run: str | None = None, record_n: int | None = None,
                  record_every: int = 1, data: dict | None = None,
                  source: str | None = None, dcw: float = 0.0,
-                 dcw_form: str = DEFAULT_DCW_FORM) -> tuple[RunSpec, PipelineBackend]:
+                 dcw_form: str = DEFAULT_DCW_FORM,
+                 timesteps=None) -> tuple[RunSpec, PipelineBackend]:
     """(the spec, the backend) of ``n`` samples from ``pipe`` with ``steps`` steps and seed
     ``seed``, guided by estimator-based NAG / epsilon scaling when asked (`pipeline_guide`);
-    every check that can fail is made here, before anything is drawn or written."""
+    every check that can fail is made here, before anything is drawn or written.
+    ``timesteps`` (integer training timesteps, decreasing) replace the scheduler's grid
+    (`retime_diffusers.custom_grid`; a DDIM scheduler becomes its equal that takes them)."""
+    if timesteps is not None:
+        timesteps, steps = grid_timesteps(pipe, timesteps), len(timesteps)
     kw, labels, call = pipeline_call(pipe, n=n, steps=steps, seed=seed,
                                      class_label=class_label, prompt=prompt,
                                      cfg_scale=cfg_scale)
+    if timesteps is not None:
+        call["timesteps"] = timesteps
     g, est = pipeline_guide(pipe, estimator, nag_scale=nag_scale, nag_mode=nag_mode,
                             eps_scale=eps_scale, interval=interval, device=pipe.device.type,
                             dcw=dcw, dcw_form=dcw_form)
@@ -242,7 +253,34 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
     guide_kw = None if g is None else dict(estimator=est, scale=nag_scale, mode=nag_mode,
                                            interval=interval, eps_scale=eps_scale, dcw=dcw,
                                            dcw_form=dcw_form)
-    return spec, PipelineBackend(pipe, kw, guide_kw, data, source)
+    return spec, PipelineBackend(pipe, kw, guide_kw, data, source, timesteps)
+
+
+def grid_timesteps(pipe, timesteps) -> list[int]:
+    """Checked integer timesteps for ``pipe.scheduler`` (a DDIM scheduler is swapped for
+    `retime_diffusers.DDIM_AS`, the same update taking custom timesteps)."""
+    try:
+        ts = [int(v) for v in timesteps]
+    except (TypeError, ValueError):
+        raise NoiseshiftError("diffusers timesteps must be integers") from None
+    n_train = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    falls = all(b < a for a, b in zip(ts, ts[1:], strict=False))
+    if not ts or not falls or ts[-1] < 0 or ts[0] >= n_train:
+        raise NoiseshiftError(f"diffusers timesteps must decrease strictly within "
+                              f"0..{n_train - 1}")
+    if type(pipe.scheduler).__name__ == "DDIMScheduler":
+        import diffusers
+
+        if pipe.scheduler.config.get("clip_sample"):
+            raise NoiseshiftError("this DDIM scheduler clips x0 (clip_sample) and its "
+                                  "custom-grid stand-in cannot: set clip_sample off or drop "
+                                  "--timesteps")
+
+        cls, extra = DDIM_AS
+        pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
+    with custom_grid(pipe.scheduler, timesteps=ts):  # refuses a scheduler without them
+        pass
+    return ts
 
 
 def sample_pipeline(pipe, path=None, run: str | None = None, *, max_samples: int | None = None,

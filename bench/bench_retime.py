@@ -1,0 +1,70 @@
+"""The shift-aware grid on a diffusers DDPM (issue 22): audit's mean |shift| and FD.
+
+    PYTHONPATH=.:bench python bench/bench_retime.py --grid grid.json --model DIR \
+        --n 1000 --seeds 0,1,2
+
+``grid.json`` is `noiseshift retime --data digits --scheduler diffusers:DDIMScheduler
+--spacing trailing --steps 10` output: its iterate 0 is DDIM trailing itself, so the audit
+columns compare the chosen grid with trailing spacing on the same perfect model and seed.
+Then the pipeline at DIR (a DDPMPipeline on the built-in digits, e.g. the DDPM testbed) is
+sampled with DDIM trailing and with the grid (DDIM's update, run as first-order
+DPM-Solver++ with those timesteps), same seed and initial noise, and FD in the digits
+classifier's feature space is compared with a paired bootstrap CI (`fd_difference`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from noiseshift.analysis.quality import fd_difference, feature_space, frechet_distance
+from noiseshift.data import load_data
+from noiseshift.integrations.diffusers import load_pipeline
+from noiseshift.integrations.pipeline_runs import pipeline_run
+from noiseshift.pretrained import DEFAULT_DATA
+
+
+def draw(folder: str, n: int, seed: int, timesteps=None) -> torch.Tensor:
+    """n samples (N, C, H, W) of the pipeline with DDIM trailing 10, or the given grid."""
+    pipe = load_pipeline(folder, scheduler="ddim", spacing="trailing")
+    pipe.set_progress_bar_config(disable=True)
+    spec, backend = pipeline_run(pipe, n=n, steps=10, seed=seed, timesteps=timesteps)
+    last, images = backend.draw(spec)
+    return images if images is not None else last
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--grid", required=True)
+    p.add_argument("--model", required=True, help="a DDPMPipeline folder")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seeds", default="0")
+    a = p.parse_args()
+    body = json.load(open(a.grid))
+    its = body["iterations"]
+    base, best = its[0]["mean_abs_shift"], its[body["best_iteration"]]["mean_abs_shift"]
+    print(f"audit (perfect model, n={body['n']}): mean |shift| trailing {base['value']:.4f} "
+          f"[{base['lo']:.4f}, {base['hi']:.4f}], retimed {best['value']:.4f} "
+          f"[{best['lo']:.4f}, {best['hi']:.4f}] "
+          f"({100 * (best['value'] / base['value'] - 1):+.0f}%)")
+    space = feature_space(load_data(DEFAULT_DATA))
+    grid = body["diffusers"]["timesteps"]
+    rows = []
+    for seed in (int(s) for s in a.seeds.split(",")):
+        fa = space(draw(a.model, a.n, seed))
+        fb = space(draw(a.model, a.n, seed, grid))
+        d = fd_difference(fa, fb, space.reference)
+        fd_a = frechet_distance(fa, space.reference)
+        row = {"seed": seed, "n": a.n, "fd_trailing": fd_a,
+               "fd_retimed": frechet_distance(fb, space.reference),
+               "dfd": [d.value, d.lo, d.hi], "dfd_pct": 100 * d.value / fd_a, "grid": grid}
+        rows.append(row)
+        print(f"seed {seed} n={a.n}: FD trailing {fd_a:.2f}, retimed {row['fd_retimed']:.2f}, "
+              f"dFD {d.value:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}] ({row['dfd_pct']:+.0f}%)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
