@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import cli_exit_2
 from typer.testing import CliRunner
 
 from noiseshift.analysis.statistics import Estimate
@@ -15,7 +16,6 @@ from noiseshift.data import make_gmm
 from noiseshift.data.mixture import MixtureDenoiser
 from noiseshift.errors import NoiseshiftError
 from noiseshift.tuning import CANDIDATES, Candidate, independent_meter, rungs, search, tune
-from tests.helpers import cli_exit_2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
