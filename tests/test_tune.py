@@ -30,6 +30,8 @@ def test_each_candidate_takes_the_most_steps_its_budget_allows():
             assert c.model_evals(steps) <= budget < c.model_evals(steps + 1)
     heun = Candidate("h", "heun")
     assert heun.steps_for(16) == 8 and heun.model_evals(8) == 15  # its last step is 1 call
+    corr = Candidate("c", "dpmpp-2m", guidance={"corrector": (0.3, 2)})
+    assert corr.model_evals(6) == 6 + 2 * 5 and corr.steps_for(16) == 6  # no moves after the last
     assert Candidate("cf", guidance={"nag_mode": "cf", "nag_scale": 1}, evals=2
                      ).steps_for(16) == 8
     assert Candidate("e", "euler").steps_for(16) == 16
@@ -126,6 +128,7 @@ def test_halving_draws_the_grids_samples_and_meets_the_budget():
         if r.n == 32:  # a finalist's samples are the grid's: the same FD to the last bit
             assert r.fd.value == by_name[r.name].fd.value
     assert {r.name: r.steps for r in sh.rows} == {"em": 5, "euler": 5, "heun": 3, "ddim1": 5}
+    assert all(r.model_evals == r.candidate.model_evals(r.steps) for r in grid.rows)
     assert sh.samples < grid.samples
     assert sh.baseline.shift is not None and sh.meter == "oracle"
 
@@ -187,3 +190,17 @@ def test_the_table_reads_at_80_columns():
     text = console.file.getvalue()
     assert "+0.85 [-8.52,+10.85]" in text and "em-g0.5+step1.5 " in text and "8.98" in text
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+
+
+def test_a_corrector_candidate_costs_what_it_is_counted():
+    data, model = _gmm()
+    cands = (Candidate("em", "euler-maruyama"),
+             Candidate("corr", "dpmpp-2m", guidance={"corrector": (0.2, 2)}),
+             Candidate("dcw", "euler", guidance={"dcw": -0.01, "dcw_form": "pixel"}))
+    res = tune(model, 9, data, seeds=(0,), candidates=cands, n_start=16, n_final=16,
+               keep=1.0, n_boot=10, device="cpu",
+               meter=independent_meter(data, model.schedule))
+    by_name = {r.name: r for r in res.rows}
+    assert by_name["corr"].steps == 3 and by_name["corr"].model_evals == 3 + 2 * 2
+    assert by_name["dcw"].model_evals == 9
+    assert "--corrector 0.2,2" in " ".join(cands[1].flags(4))

@@ -20,7 +20,7 @@ from ..guidance import MODES
 
 #: Model calls per step of each built-in sampler. With ``final_denoise`` (the default) the
 #: last step is one call whatever the sampler: it returns that call's x0 prediction.
-CALLS_PER_STEP = {"euler": 1, "euler-maruyama": 1, "ddim": 1, "heun": 2}
+CALLS_PER_STEP = {"euler": 1, "euler-maruyama": 1, "ddim": 1, "heun": 2, "dpmpp-2m": 1}
 
 #: `build_guidance` / `sample` keywords whose `noiseshift sample` flag is not the keyword
 #: with dashes.
@@ -66,10 +66,17 @@ class Candidate:
         return not self.guidance
 
     def model_evals(self, steps: int) -> int:
-        """Model evaluations per sample at ``steps``."""
+        """Model evaluations per sample at ``steps``: a Langevin corrector's moves
+        (``guidance["corrector"]`` = (snr, moves, ...)) follow every update, and with
+        ``final_denoise`` the last step makes none."""
         per_step = CALLS_PER_STEP[self.sampler]
-        last = 1 if self.sample_kw.get("final_denoise", True) else per_step
-        return self.evals * (per_step * (steps - 1) + last)
+        final = self.sample_kw.get("final_denoise", True)
+        last = 1 if final else per_step
+        corrector = self.guidance.get("corrector")
+        moves = int(corrector[1]) if corrector is not None and len(corrector) > 1 else (
+            1 if corrector is not None else 0)
+        updates = steps - 1 if final else steps
+        return self.evals * (per_step * (steps - 1) + last + moves * updates)
 
     def steps_for(self, budget: int) -> int | None:
         """The most steps whose model evaluations fit ``budget``; None if not even one."""
@@ -125,6 +132,13 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("em-g0.5+step3", "euler-maruyama", {"diffusion": 0.5}, _step(3.0)),
     Candidate("em+cfcal0.5", guidance={"nag_mode": "cf-calibrated", "nag_scale": 0.5},
               evals=2),
+    Candidate("dpmpp-2m", "dpmpp-2m"),
+    Candidate("dpmpp-2m+step1.5", "dpmpp-2m", guidance=_step(1.5)),
+    Candidate("dpmpp-2m+corr0.3", "dpmpp-2m", guidance={"corrector": (0.3, 1)}),
+    Candidate("ddim", "ddim"),
+    Candidate("ddim+dcw-0.005", "ddim", guidance={"dcw": -0.005, "dcw_form": "pixel"}),
+    Candidate("em+dcw0.005", guidance={"dcw": 0.005}),
+    Candidate("em+step1.5+dcw0.005", guidance={**_step(1.5), "dcw": 0.005}),
 )
 
 
