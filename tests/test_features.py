@@ -19,6 +19,7 @@ from noiseshift.analysis.features import Extractor, ExtractorSpace, parse_featur
 from noiseshift.cli import app
 from noiseshift.errors import NoiseshiftError
 from noiseshift.estimation import estimate_file
+from noiseshift.report.quality import quality_tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -173,3 +174,22 @@ def test_missing_libraries_are_one_line(tmp_path, monkeypatch):
         parse_features(f"inception:{weights}")
     with pytest.raises(NoiseshiftError, match="needs timm.*pip install timm"):
         parse_features(f"dinov2:{weights}")
+
+
+
+def test_features_with_nothing_to_measure_is_one_line(digits_file, tmp_path):
+    spec = "module:test_features:tiny_features"
+    for args, words in (
+            ([str(digits_file), "--data", "digits", "--size", "8"], "no run has samples of "
+             "the data's shape"),
+            ([str(digits_file), "--no-quality"], "which --no-quality turns off")):
+        res = runner.invoke(app, ["report", *args, "--out", str(tmp_path / "rep"),
+                                  "--features", spec])
+        assert res.exit_code == 2, res.output
+        assert words in res.output and f"--features {spec}" in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    # runs whose data is unknown (or does not load): no quality without --features, an error
+    # with it
+    assert quality_tables([], None, None, 20, 0, [], None) == ({}, {}, {}, None)
+    with pytest.raises(NoiseshiftError, match=f"--features {spec}: .*runs do not name data"):
+        quality_tables([], None, None, 20, 0, [], None, features=spec)
