@@ -193,3 +193,36 @@ def test_features_with_nothing_to_measure_is_one_line(digits_file, tmp_path):
     assert quality_tables([], None, None, 20, 0, [], None) == ({}, {}, {}, None)
     with pytest.raises(NoiseshiftError, match=f"--features {spec}: .*runs do not name data"):
         quality_tables([], None, None, 20, 0, [], None, features=spec)
+
+
+def test_one_gram_pass_gives_the_knn_radii_coverage_and_kernel_sums():
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(300, 40)), rng.normal(size=(250, 40)) * 1.2 + 0.1
+    sums, radii = Q.kernel_sums_and_radii(real, 3)
+    assert np.allclose(radii, Q._knn_radii(real, 3), rtol=1e-9)
+    assert np.allclose(sums, ((real @ real.T / 40 + 1) ** 3).sum(1), rtol=1e-12)
+    assert Q.kernel_mean_offdiagonal(real, sums) == pytest.approx(
+        Q.kernel_mean_offdiagonal(real), rel=1e-12)
+    own, fake_radii = Q.kernel_sums_and_radii(fake, 3)
+    cross, in_real, in_fake = Q._cross_pass(fake, real, radii, fake_radii)
+    want_real, want_fake = Q._coverage(real, fake, 3, radii)
+    assert 0 < want_real.sum() < want_real.size and 0 < want_fake.sum() < want_fake.size
+    assert (in_real == want_real).all() and (in_fake == want_fake).all()
+    yy = Q.kernel_mean_offdiagonal(real)
+    assert np.allclose(Q._kid_values(fake, real, yy, (own, cross)),
+                       Q._kid_values(fake, real, yy), rtol=1e-12)
+
+
+def test_blocked_self_pass_and_the_cholesky_fd_match_the_direct_forms():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(130, 12)) ** 2
+    sums, radii = Q.kernel_sums_and_radii(x, 3, block=40)  # 4 row blocks, one ragged
+    assert np.allclose(sums, ((x @ x.T / 12 + 1) ** 3).sum(1), rtol=1e-12)
+    assert np.allclose(radii, Q._knn_radii(x, 3), rtol=1e-9)
+    fake = rng.normal(size=(90, 12)) + 0.3
+    # full rank (Cholesky), and rank 7 < 12 (the eigh fallback; square roots of its ~1e-16
+    # eigenvalues differ at ~1e-8 between any two exact methods)
+    for real, rel in ((x, 1e-10), (x[:8], 1e-6)):
+        want = Q.frechet_distance(fake, real)
+        assert Q.fd_linear(fake, real, n_boot=5).value == pytest.approx(want, rel=rel)
+        assert Q.fd(fake, real, n_boot=5).value == pytest.approx(want, rel=rel)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import NoiseshiftError
 from ..io.checkpoints import load_weights
-from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal
+from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal, kernel_sums_and_radii
 
 KINDS = ("inception", "dinov2", "module", "export")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -195,10 +195,19 @@ class ExtractorSpace(FeatureSpace):
             self._fd_ref = fd_reference(self.reference)
         return self._fd_ref
 
+    def radii(self, k: int = 3) -> np.ndarray:
+        """k-NN radii of the reference features, and with them (one pass over the reference's
+        Gram matrix, the costliest step of a wide space) KID's reference term."""
+        if k not in self._radii:
+            sums, self._radii[k] = kernel_sums_and_radii(self.reference, k)
+            if self._kid_real is None:
+                self._kid_real = kernel_mean_offdiagonal(self.reference, sums)
+        return self._radii[k]
+
     def kid_real(self) -> float:
         """The reference's own kernel term of KID (computed once)."""
         if self._kid_real is None:
-            self._kid_real = kernel_mean_offdiagonal(self.reference)
+            self.radii()
         return self._kid_real
 
 

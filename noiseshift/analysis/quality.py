@@ -34,6 +34,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_frechet",
     "kernel_mean_offdiagonal",
+    "kernel_sums_and_radii",
     "kid",
     "kid_difference",
     "mixture_log_likelihood",
@@ -124,19 +125,37 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     return gaussian_frechet(*_stats(f1), *_stats(f2))
 
 
+def _psd_factor(c: np.ndarray) -> np.ndarray:
+    """Some F with F F' = c. tr((F' C F)^1/2) = tr((C_r^1/2 C C_r^1/2)^1/2) for any such F
+    (both matrices have the eigenvalues of C_r C), so the Cholesky factor, 20x cheaper than
+    an eigendecomposition at d = 2048, serves; a singular c, where Cholesky fails, gets
+    V W^1/2 from its eigendecomposition."""
+    try:
+        return np.linalg.cholesky(c)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(c)
+        return v * np.sqrt(np.clip(w, 0, None))
+
+
 class _Reference:
-    """Moments of the real features and the square root of their covariance, computed once:
-    each bootstrap replicate then costs one covariance and one 64x64 eigendecomposition."""
+    """Moments of the real features and a factor of their covariance (`_psd_factor`),
+    computed once: each bootstrap replicate then costs one covariance and one 64x64
+    eigendecomposition."""
 
     def __init__(self, real: np.ndarray):
         self.mu, self.cov = _stats(real)
-        self.sqrt_cov = _sqrtm_psd(self.cov)
+        self.factor = _psd_factor(self.cov)
         self.trace = float(np.trace(self.cov))
+
+    def cross_eigh(self, cov: np.ndarray, vectors: bool = False):
+        """The eigenvalues (and vectors) of F' cov F: their square roots sum to
+        tr((C_r^1/2 cov C_r^1/2)^1/2)."""
+        m = self.factor.T @ cov @ self.factor
+        return np.linalg.eigh(m) if vectors else np.linalg.eigvalsh(m)
 
     def distance(self, fake: np.ndarray) -> float:
         mu, cov = _stats(fake)
-        cross = np.sqrt(np.clip(np.linalg.eigvalsh(self.sqrt_cov @ cov @ self.sqrt_cov), 0,
-                                None)).sum()
+        cross = np.sqrt(np.clip(self.cross_eigh(cov), 0, None)).sum()
         return float(((mu - self.mu) ** 2).sum() + np.trace(cov) + self.trace - 2 * cross)
 
 
@@ -166,15 +185,19 @@ def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw
 
 def _fd_values(fake: np.ndarray, ref: _Reference) -> np.ndarray:
     """Per-sample values with mean FD(fake): FD plus each sample's centred influence,
-    2 (mu - mu_r).z + |z|^2 - z' B z (z = x - mu; B = A (A C A)^-1/2 A, A = C_r^1/2)."""
+    2 (mu - mu_r).z + |z|^2 - z' B z (z = x - mu; B = A (A C A)^-1/2 A, A = C_r^1/2, the
+    gradient of tr((A C A)^1/2) in C; with F F' = C_r the same gradient is
+    F (F' C F)^-1/2 F' = M M', M = F V W^-1/4 from F' C F = V W V'). One eigendecomposition
+    gives both the distance (its eigenvalues) and the influence (its vectors)."""
     mu, cov = _stats(fake)
-    w, v = np.linalg.eigh(ref.sqrt_cov @ cov @ ref.sqrt_cov)
+    w, v = ref.cross_eigh(cov, vectors=True)
+    value = float(((mu - ref.mu) ** 2).sum() + np.trace(cov) + ref.trace
+                  - 2 * np.sqrt(np.clip(w, 0, None)).sum())
     keep = w > max(float(w.max()), 0.0) * 1e-12
-    inv_sqrt = (v[:, keep] / np.sqrt(w[keep])) @ v[:, keep].T
-    b = ref.sqrt_cov @ inv_sqrt @ ref.sqrt_cov
+    m = ref.factor @ (v[:, keep] / w[keep] ** 0.25)
     z = fake - mu
-    infl = 2 * z @ (mu - ref.mu) + (z * z).sum(1) - ((z @ b) * z).sum(1)
-    return ref.distance(fake) + infl - infl.mean()
+    infl = 2 * z @ (mu - ref.mu) + (z * z).sum(1) - ((z @ m) ** 2).sum(1)
+    return value + infl - infl.mean()
 
 
 def fd_linear(fake: np.ndarray, real: np.ndarray, ref=None, **kw) -> Estimate:
@@ -195,27 +218,87 @@ def fd_reference(real: np.ndarray) -> _Reference:
     return _Reference(real)
 
 
-def _kernel_sums(x: np.ndarray, y: np.ndarray, block: int = 2048) -> np.ndarray:
-    """Row sums of the polynomial kernel k(x, y) = (x.y / d + 1)^3 (KID's), by blocks."""
-    d = x.shape[1]
-    return np.concatenate([((xb @ y.T) / d + 1) ** 3 @ np.ones(len(y))
-                           for xb in np.array_split(x, max(1, -(-len(x) // block)))])
+def _gram_blocks(x: np.ndarray, y: np.ndarray, block: int = 2048):
+    """(row slice, x[rows] @ y.T) by blocks of rows: the one pass over a Gram matrix that
+    KID's kernel and the k-NN distances both read."""
+    for lo in range(0, len(x), block):
+        yield slice(lo, lo + block), x[lo:lo + block] @ y.T
 
 
-def kernel_mean_offdiagonal(x: np.ndarray) -> float:
-    """Mean of k(x_i, x_j) over i != j."""
+def _poly_kernel(gram: np.ndarray, d: int) -> np.ndarray:
+    """KID's kernel k(x, y) = (x.y / d + 1)^3 from the Gram block x.y."""
+    return (gram / d + 1) ** 3
+
+
+def _kernel_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row sums of the polynomial kernel k(x, y), by blocks."""
+    sums = np.empty(len(x))
+    for rows, g in _gram_blocks(x, y):
+        sums[rows] = _poly_kernel(g, x.shape[1]).sum(1)
+    return sums
+
+
+def kernel_mean_offdiagonal(x: np.ndarray, sums: np.ndarray | None = None) -> float:
+    """Mean of k(x_i, x_j) over i != j. ``sums``: the row sums of k(x, x), when computed."""
     n, d = x.shape
     diag = ((x * x).sum(1) / d + 1) ** 3
-    return float((_kernel_sums(x, x).sum() - diag.sum()) / (n * (n - 1)))
+    sums = _kernel_sums(x, x) if sums is None else sums
+    return float((sums.sum() - diag.sum()) / (n * (n - 1)))
 
 
-def _kid_values(fake: np.ndarray, real: np.ndarray, real_term: float) -> np.ndarray:
+def kernel_sums_and_radii(x: np.ndarray, k: int = 3,
+                          block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(row sums of k(x, x), each row's distance to its k-th nearest other row), from one
+    pass over the Gram matrix (|a - b|^2 = |a|^2 + |b|^2 - 2 a.b, as sklearn computes it),
+    each block of the symmetric matrix computed once and read by its rows and its columns."""
+    sq = (x * x).sum(1)
+    sums = np.zeros(len(x))
+    near = np.full((len(x), k + 1), np.inf)  # the k + 1 smallest squared distances so far
+    starts = range(0, len(x), block)
+    for a in starts:
+        ra = slice(a, a + block)
+        for b in starts[starts.index(a):]:
+            rb = slice(b, b + block)
+            g = x[ra] @ x[rb].T
+            kern, dist2 = _poly_kernel(g, x.shape[1]), sq[ra, None] + sq[None, rb] - 2 * g
+            sums[ra] += kern.sum(1)
+            near[ra] = _smallest(near[ra], dist2, k + 1)
+            if b != a:
+                sums[rb] += kern.sum(0)
+                near[rb] = _smallest(near[rb], dist2.T, k + 1)
+    # the row itself (distance ~0) is among the k + 1 smallest: the largest is the k-th other
+    return sums, np.sqrt(np.maximum(near.max(1), 0))
+
+
+def _smallest(near: np.ndarray, more: np.ndarray, m: int) -> np.ndarray:
+    both = np.concatenate([near, more], axis=1)
+    return np.partition(both, m - 1, axis=1)[:, :m]
+
+
+def _cross_pass(fake: np.ndarray, real: np.ndarray, real_radii: np.ndarray,
+                fake_radii: np.ndarray):
+    """(row sums of k(fake, real), in_real, in_fake as `_coverage` gives them), from one
+    pass over the fake x real Gram matrix."""
+    sf, sr = (fake * fake).sum(1), (real * real).sum(1)
+    sums = np.empty(len(fake))
+    in_real = np.empty((len(fake), len(real)), dtype=bool)
+    in_fake = np.empty_like(in_real)
+    for rows, g in _gram_blocks(fake, real):
+        sums[rows] = _poly_kernel(g, fake.shape[1]).sum(1)
+        dist2 = sf[rows, None] + sr[None, :] - 2 * g
+        in_real[rows] = dist2 <= real_radii[None, :] ** 2
+        in_fake[rows] = dist2 <= fake_radii[rows, None] ** 2
+    return sums, in_real, in_fake
+
+
+def _kid_values(fake: np.ndarray, real: np.ndarray, real_term: float, sums=None) -> np.ndarray:
     """Per-sample values with mean the unbiased MMD^2 (KID) of fake to real: each sample's
-    Hoeffding projection 2 mean_j k(x_i, x_j) - U_xx - 2 mean_r k(x_i, y_r) + U_yy."""
+    Hoeffding projection 2 mean_j k(x_i, x_j) - U_xx - 2 mean_r k(x_i, y_r) + U_yy.
+    ``sums``: the row sums of k(fake, fake) and k(fake, real), when computed."""
     m, d = fake.shape
-    own = (_kernel_sums(fake, fake) - ((fake * fake).sum(1) / d + 1) ** 3) / (m - 1)
-    cross = _kernel_sums(fake, real) / len(real)
-    return 2 * own - own.mean() - 2 * cross + real_term
+    own_sums, cross_sums = sums or (_kernel_sums(fake, fake), _kernel_sums(fake, real))
+    own = (own_sums - ((fake * fake).sum(1) / d + 1) ** 3) / (m - 1)
+    return 2 * own - own.mean() - 2 * cross_sums / len(real) + real_term
 
 
 def kid(fake: np.ndarray, real: np.ndarray, real_term: float | None = None, **kw) -> Estimate:
@@ -348,10 +431,15 @@ def _wide_terms(space, f: np.ndarray) -> dict | None:
     report needs them for the run and again for its paired difference. None otherwise."""
     if space.kind != "extractor":
         return None
-    return space.memo(f, lambda: {
-        "fd": _fd_values(f, space.fd_reference()),
-        "kid": _kid_values(f, space.reference, space.kid_real()),
-        "coverage": _coverage(space.reference, f, 3, space.radii())})
+
+    def terms() -> dict:
+        own, radii = kernel_sums_and_radii(f, 3)
+        cross, in_real, in_fake = _cross_pass(f, space.reference, space.radii(), radii)
+        return {"fd": _fd_values(f, space.fd_reference()),
+                "kid": _kid_values(f, space.reference, space.kid_real(), (own, cross)),
+                "coverage": (in_real, in_fake)}
+
+    return space.memo(f, terms)
 
 
 def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
