@@ -15,7 +15,14 @@ from test_report import write_digits_runs
 from typer.testing import CliRunner
 
 from noiseshift.analysis import quality as Q
-from noiseshift.analysis.features import Extractor, ExtractorSpace, parse_features, quantise
+from noiseshift.analysis.features import (
+    Extractor,
+    ExtractorSpace,
+    cross_pass,
+    kernel_sums_and_radii,
+    parse_features,
+    quantise,
+)
 from noiseshift.cli import app
 from noiseshift.errors import NoiseshiftError
 from noiseshift.estimation import estimate_file
@@ -198,13 +205,13 @@ def test_features_with_nothing_to_measure_is_one_line(digits_file, tmp_path):
 def test_one_gram_pass_gives_the_knn_radii_coverage_and_kernel_sums():
     rng = np.random.default_rng(3)
     real, fake = rng.normal(size=(300, 40)), rng.normal(size=(250, 40)) * 1.2 + 0.1
-    sums, radii = Q.kernel_sums_and_radii(real, 3)
+    sums, radii = kernel_sums_and_radii(real, 3)
     assert np.allclose(radii, Q._knn_radii(real, 3), rtol=1e-9)
     assert np.allclose(sums, ((real @ real.T / 40 + 1) ** 3).sum(1), rtol=1e-12)
     assert Q.kernel_mean_offdiagonal(real, sums) == pytest.approx(
         Q.kernel_mean_offdiagonal(real), rel=1e-12)
-    own, fake_radii = Q.kernel_sums_and_radii(fake, 3)
-    cross, in_real, in_fake = Q._cross_pass(fake, real, radii, fake_radii)
+    own, fake_radii = kernel_sums_and_radii(fake, 3)
+    cross, in_real, in_fake = cross_pass(fake, real, radii, fake_radii)
     want_real, want_fake = Q._coverage(real, fake, 3, radii)
     assert 0 < want_real.sum() < want_real.size and 0 < want_fake.sum() < want_fake.size
     assert (in_real == want_real).all() and (in_fake == want_fake).all()
@@ -216,7 +223,7 @@ def test_one_gram_pass_gives_the_knn_radii_coverage_and_kernel_sums():
 def test_blocked_self_pass_and_the_cholesky_fd_match_the_direct_forms():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(130, 12)) ** 2
-    sums, radii = Q.kernel_sums_and_radii(x, 3, block=40)  # 4 row blocks, one ragged
+    sums, radii = kernel_sums_and_radii(x, 3, block=40)  # 4 row blocks, one ragged
     assert np.allclose(sums, ((x @ x.T / 12 + 1) ** 3).sum(1), rtol=1e-12)
     assert np.allclose(radii, Q._knn_radii(x, 3), rtol=1e-9)
     fake = rng.normal(size=(90, 12)) + 0.3
@@ -226,3 +233,14 @@ def test_blocked_self_pass_and_the_cholesky_fd_match_the_direct_forms():
         want = Q.frechet_distance(fake, real)
         assert Q.fd_linear(fake, real, n_boot=5).value == pytest.approx(want, rel=rel)
         assert Q.fd(fake, real, n_boot=5).value == pytest.approx(want, rel=rel)
+
+
+@pytest.mark.parametrize("radius", [0.3, 3.0])  # few reals per ball (sparse), most (dense)
+def test_recall_of_a_resample_counts_the_reals_its_balls_cover(radius):
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(200, 2)), rng.normal(size=(150, 2))
+    in_fake = np.linalg.norm(fake[:, None] - real[None], axis=2) <= radius
+    i = rng.integers(0, 150, 150)
+    want = np.mean([any(in_fake[j, r] for j in set(i.tolist())) for r in range(200)])
+    assert Q._recall(in_fake)(i) == pytest.approx(want, abs=1e-12)
+    assert (in_fake.mean() > 0.05) == (radius > 1)

@@ -34,7 +34,15 @@ import torch.nn.functional as F
 
 from ..errors import NoiseshiftError
 from ..io.checkpoints import load_weights
-from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal, kernel_sums_and_radii
+from .quality import (
+    FeatureSpace,
+    _fd_values,
+    _gram_blocks,
+    _kid_values,
+    _poly_kernel,
+    fd_reference,
+    kernel_mean_offdiagonal,
+)
 
 KINDS = ("inception", "dinov2", "module", "export")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -158,6 +166,51 @@ def _exported(path: Path) -> Extractor:
     return Extractor(net, f"exported module {path.name}")
 
 
+def kernel_sums_and_radii(x: np.ndarray, k: int = 3,
+                          block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(row sums of k(x, x), each row's distance to its k-th nearest other row), from one
+    pass over the Gram matrix (|a - b|^2 = |a|^2 + |b|^2 - 2 a.b, as sklearn computes it),
+    each block of the symmetric matrix computed once and read by its rows and its columns."""
+    sq = (x * x).sum(1)
+    sums = np.zeros(len(x))
+    near = np.full((len(x), k + 1), np.inf)  # the k + 1 smallest squared distances so far
+    starts = range(0, len(x), block)
+    for a in starts:
+        ra = slice(a, a + block)
+        for b in starts[starts.index(a):]:
+            rb = slice(b, b + block)
+            g = x[ra] @ x[rb].T
+            kern, dist2 = _poly_kernel(g, x.shape[1]), sq[ra, None] + sq[None, rb] - 2 * g
+            sums[ra] += kern.sum(1)
+            near[ra] = _smallest(near[ra], dist2, k + 1)
+            if b != a:
+                sums[rb] += kern.sum(0)
+                near[rb] = _smallest(near[rb], dist2.T, k + 1)
+    # the row itself (distance ~0) is among the k + 1 smallest: the largest is the k-th other
+    return sums, np.sqrt(np.maximum(near.max(1), 0))
+
+
+def _smallest(near: np.ndarray, more: np.ndarray, m: int) -> np.ndarray:
+    both = np.concatenate([near, more], axis=1)
+    return np.partition(both, m - 1, axis=1)[:, :m]
+
+
+def cross_pass(fake: np.ndarray, real: np.ndarray, real_radii: np.ndarray,
+                fake_radii: np.ndarray):
+    """(row sums of k(fake, real), in_real, in_fake as `_coverage` gives them), from one
+    pass over the fake x real Gram matrix."""
+    sf, sr = (fake * fake).sum(1), (real * real).sum(1)
+    sums = np.empty(len(fake))
+    in_real = np.empty((len(fake), len(real)), dtype=bool)
+    in_fake = np.empty_like(in_real)
+    for rows, g in _gram_blocks(fake, real):
+        sums[rows] = _poly_kernel(g, fake.shape[1]).sum(1)
+        dist2 = sf[rows, None] + sr[None, :] - 2 * g
+        in_real[rows] = dist2 <= real_radii[None, :] ** 2
+        in_fake[rows] = dist2 <= fake_radii[rows, None] ** 2
+    return sums, in_real, in_fake
+
+
 class ExtractorSpace(FeatureSpace):
     """A `FeatureSpace` whose features come from an `Extractor`: FD, KID and precision /
     recall in it (`analysis.quality.quality` adds KID for these spaces)."""
@@ -210,11 +263,24 @@ class ExtractorSpace(FeatureSpace):
             self.radii()
         return self._kid_real
 
+    def terms(self, f: np.ndarray) -> dict:
+        """The per-sample FD and KID values and the k-NN coverage of features ``f``, computed
+        once per array, since a report needs them for the run and again for its paired
+        difference: one pass over f's own Gram matrix and one over f x reference."""
+        def compute() -> dict:
+            own, radii = kernel_sums_and_radii(f, 3)
+            cross, in_real, in_fake = cross_pass(f, self.reference, self.radii(), radii)
+            return {"fd": _fd_values(f, self.fd_reference()),
+                    "kid": _kid_values(f, self.reference, self.kid_real(), (own, cross)),
+                    "coverage": (in_real, in_fake)}
+
+        return self.memo(f, compute)
+
 
 def extractor_space(data, spec: str) -> ExtractorSpace:
     """The feature space ``spec`` (`parse_features`) over a `Dataset`'s images."""
     return ExtractorSpace(data.x, parse_features(spec))
 
 
-__all__ = ["DINO_ARCH", "ExtractorSpace", "Extractor", "KINDS", "extractor_space",
-           "parse_features", "quantise"]
+__all__ = ["DINO_ARCH", "ExtractorSpace", "Extractor", "KINDS", "cross_pass", "extractor_space",
+           "kernel_sums_and_radii", "parse_features", "quantise"]

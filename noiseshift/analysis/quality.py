@@ -34,7 +34,6 @@ __all__ = [
     "frechet_distance",
     "gaussian_frechet",
     "kernel_mean_offdiagonal",
-    "kernel_sums_and_radii",
     "kid",
     "kid_difference",
     "mixture_log_likelihood",
@@ -246,51 +245,6 @@ def kernel_mean_offdiagonal(x: np.ndarray, sums: np.ndarray | None = None) -> fl
     return float((sums.sum() - diag.sum()) / (n * (n - 1)))
 
 
-def kernel_sums_and_radii(x: np.ndarray, k: int = 3,
-                          block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(row sums of k(x, x), each row's distance to its k-th nearest other row), from one
-    pass over the Gram matrix (|a - b|^2 = |a|^2 + |b|^2 - 2 a.b, as sklearn computes it),
-    each block of the symmetric matrix computed once and read by its rows and its columns."""
-    sq = (x * x).sum(1)
-    sums = np.zeros(len(x))
-    near = np.full((len(x), k + 1), np.inf)  # the k + 1 smallest squared distances so far
-    starts = range(0, len(x), block)
-    for a in starts:
-        ra = slice(a, a + block)
-        for b in starts[starts.index(a):]:
-            rb = slice(b, b + block)
-            g = x[ra] @ x[rb].T
-            kern, dist2 = _poly_kernel(g, x.shape[1]), sq[ra, None] + sq[None, rb] - 2 * g
-            sums[ra] += kern.sum(1)
-            near[ra] = _smallest(near[ra], dist2, k + 1)
-            if b != a:
-                sums[rb] += kern.sum(0)
-                near[rb] = _smallest(near[rb], dist2.T, k + 1)
-    # the row itself (distance ~0) is among the k + 1 smallest: the largest is the k-th other
-    return sums, np.sqrt(np.maximum(near.max(1), 0))
-
-
-def _smallest(near: np.ndarray, more: np.ndarray, m: int) -> np.ndarray:
-    both = np.concatenate([near, more], axis=1)
-    return np.partition(both, m - 1, axis=1)[:, :m]
-
-
-def _cross_pass(fake: np.ndarray, real: np.ndarray, real_radii: np.ndarray,
-                fake_radii: np.ndarray):
-    """(row sums of k(fake, real), in_real, in_fake as `_coverage` gives them), from one
-    pass over the fake x real Gram matrix."""
-    sf, sr = (fake * fake).sum(1), (real * real).sum(1)
-    sums = np.empty(len(fake))
-    in_real = np.empty((len(fake), len(real)), dtype=bool)
-    in_fake = np.empty_like(in_real)
-    for rows, g in _gram_blocks(fake, real):
-        sums[rows] = _poly_kernel(g, fake.shape[1]).sum(1)
-        dist2 = sf[rows, None] + sr[None, :] - 2 * g
-        in_real[rows] = dist2 <= real_radii[None, :] ** 2
-        in_fake[rows] = dist2 <= fake_radii[rows, None] ** 2
-    return sums, in_real, in_fake
-
-
 def _kid_values(fake: np.ndarray, real: np.ndarray, real_term: float, sums=None) -> np.ndarray:
     """Per-sample values with mean the unbiased MMD^2 (KID) of fake to real: each sample's
     Hoeffding projection 2 mean_j k(x_i, x_j) - U_xx - 2 mean_r k(x_i, y_r) + U_yy.
@@ -352,8 +306,19 @@ def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, real_radii=
     matrices (`_coverage`), when already computed."""
     in_real, in_fake = coverage or _coverage(real, fake, k, real_radii)
     precision = bootstrap_mean(in_real.any(1).astype(np.float64), **kw)
-    recall = bootstrap(lambda i: in_fake[np.unique(i)].any(0).mean(), len(fake), **kw)
-    return precision, recall
+    return precision, bootstrap(_recall(in_fake), len(fake), **kw)
+
+
+def _recall(in_fake: np.ndarray):
+    """The recall of a resample i (indices of generated samples): the share of real samples
+    inside the ball of at least one drawn sample. A ball usually holds a few real samples:
+    counting through a sparse matrix then reads those, not every real sample per draw."""
+    if in_fake.mean() > 0.05:
+        return lambda i: in_fake[np.unique(i)].any(0).mean()
+    from scipy.sparse import csr_matrix
+
+    cover = csr_matrix(in_fake.T)
+    return lambda i: (cover @ np.bincount(i, minlength=len(in_fake)) > 0).mean()
 
 
 def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=None,
@@ -365,8 +330,8 @@ def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=Non
                                        _coverage(real, fake_b, k, rr))
     dp = rb.any(1).astype(np.float64) - ra.any(1).astype(np.float64)
     precision = bootstrap_mean(dp, **kw)
-    recall = bootstrap(lambda i: fb[np.unique(i)].any(0).mean() - fa[np.unique(i)].any(0).mean(),
-                       len(fake_a), **kw)
+    recall_a, recall_b = _recall(fa), _recall(fb)
+    recall = bootstrap(lambda i: recall_b(i) - recall_a(i), len(fake_a), **kw)
     return precision, recall
 
 
@@ -426,20 +391,9 @@ def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) 
 # -- everything for one run, and paired differences ----------------------------------------------
 
 def _wide_terms(space, f: np.ndarray) -> dict | None:
-    """For an extractor space (`features.ExtractorSpace`): the per-sample FD and KID values
-    and the k-NN coverage of features ``f``, computed once per run (`space.memo`), since a
-    report needs them for the run and again for its paired difference. None otherwise."""
-    if space.kind != "extractor":
-        return None
-
-    def terms() -> dict:
-        own, radii = kernel_sums_and_radii(f, 3)
-        cross, in_real, in_fake = _cross_pass(f, space.reference, space.radii(), radii)
-        return {"fd": _fd_values(f, space.fd_reference()),
-                "kid": _kid_values(f, space.reference, space.kid_real(), (own, cross)),
-                "coverage": (in_real, in_fake)}
-
-    return space.memo(f, terms)
+    """For an extractor space (`features.ExtractorSpace.terms`): the per-sample FD and KID
+    values and the k-NN coverage of features ``f``. None otherwise."""
+    return space.terms(f) if space.kind == "extractor" else None
 
 
 def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,
