@@ -24,7 +24,10 @@ with an aliasing filter). ``module:`` and ``export:`` get the uint8 images as th
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,16 +114,43 @@ def _callable(target: str):
     return fn
 
 
-def _optional(module: str, what: str):
+def optional_import(module: str, what: str):
+    """``module``, imported, or a one-line error saying what needs it and how to get it."""
+    _torchvision_python_only()
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise NoiseshiftError(f"{what} needs {module.split('.')[0]}, which does not import "
                               f"here ({e}); pip install {what.split()[0]}") from None
+    except (RuntimeError, OSError) as e:  # a compiled dependency built for another torch
+        raise NoiseshiftError(f"{what}: {module.split('.')[0]} fails to import here "
+                              f"({type(e).__name__}: {e}); install the torchvision built "
+                              f"for this torch") from None
+
+
+@functools.cache
+def _torchvision_python_only() -> None:
+    """PyPI's torchvision wheels are CUDA builds: beside a CPU torch their C extension (the
+    detection ops) does not load, and torchvision 0.28 then fails at import, registering
+    fake kernels for two of those ops. torch-fidelity and timm import torchvision, but their
+    networks use none of its ops: declaring the two lets its Python import."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or "torchvision" in sys.modules or not spec.submodule_search_locations:
+        return
+    lib = next(Path(spec.submodule_search_locations[0]).glob("_C.*"), None)
+    try:
+        if lib is not None:
+            torch.ops.load_library(str(lib))  # as torchvision's own import would
+            return
+    except (OSError, RuntimeError):
+        pass
+    for op in ("nms", "qnms"):
+        torch.library.define(f"torchvision::{op}",
+                             "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
 
 def _inception(path: Path) -> Extractor:
-    fid = _optional("torch_fidelity.feature_extractor_inceptionv3",
+    fid = optional_import("torch_fidelity.feature_extractor_inceptionv3",
                     "torch-fidelity for --features inception:PATH")
     net = fid.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(path)).eval()
@@ -129,7 +159,7 @@ def _inception(path: Path) -> Extractor:
 
 
 def _dinov2(path: Path) -> Extractor:
-    timm = _optional("timm", "timm for --features dinov2:PATH")
+    timm = optional_import("timm", "timm for --features dinov2:PATH")
     state = _state_dict(path)
     width = int(state["cls_token"].shape[-1]) if "cls_token" in state else None
     if width not in DINO_ARCH:
@@ -283,4 +313,4 @@ def extractor_space(data, spec: str) -> ExtractorSpace:
 
 
 __all__ = ["DINO_ARCH", "ExtractorSpace", "Extractor", "KINDS", "cross_pass", "extractor_space",
-           "kernel_sums_and_radii", "parse_features", "quantise"]
+           "kernel_sums_and_radii", "optional_import", "parse_features", "quantise"]
