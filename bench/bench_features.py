@@ -7,18 +7,19 @@ Two stages, each timed for both, interleaved (so load from other processes hits 
   (synthetic, Inception-like: 2048-d, non-negative, correlated; float32 as Inception gives
   them). noiseshift: `analysis.quality.quality` in an `ExtractorSpace` (FD, KID, precision,
   recall, each with its bootstrap CI, as `report` computes per run). torchmetrics:
-  `FrechetInceptionDistance` and `KernelInceptionDistance` (one subset of all samples: the
-  same KID), update + compute.
-- ``extract``: end to end on ``--images`` random images (3 x 32 x 32) through the FID
-  Inception-v3 with random weights (the network, not its weights, is under test), loaded by
-  `--features inception:PATH`; torchmetrics gets the same network as its ``feature``. Needs
-  torch-fidelity (and so a torchvision that imports).
+  `KernelInceptionDistance` (one subset of all samples: the same KID) and
+  `FrechetInceptionDistance` on the same features, update + compute.
+- ``extract``: end to end on ``--images`` random images (3 x 32 x 32) per set through the
+  FID Inception-v3 with random weights (the network, not its weights, is under test), loaded
+  by `--features inception:PATH`; torchmetrics gets the same network as its ``feature``,
+  and extracts each image once (KID keeps the features; FID reads those). Needs
+  torch-fidelity.
 
-The 10,000-sample ratio combines the two: extraction cost per image from ``extract`` times
-20,000 images (real and generated) plus the ``metrics`` stage at n = 10,000.
+Inception's cost per image (``extract``) grows with n and the metrics' (``metrics``) with
+n^2: a report on 10,000 samples is extraction of 20,000 images plus ``metrics`` at n = 10,000.
 
     python bench/bench_features.py --stage metrics --n 10000 --repeats 2
-    python bench/bench_features.py --stage extract --images 128
+    python bench/bench_features.py --stage extract --images 64 --repeats 2
 """
 
 from __future__ import annotations
