@@ -210,7 +210,7 @@ def kernel_sums_and_radii(x: np.ndarray, k: int = 3,
         for b in starts[starts.index(a):]:
             rb = slice(b, b + block)
             g = x[ra] @ x[rb].T
-            kern, dist2 = _poly_kernel(g, x.shape[1]), sq[ra, None] + sq[None, rb] - 2 * g
+            kern, dist2 = _poly_kernel(g, x.shape[1]), _squared_distances(g, sq[ra], sq[rb])
             sums[ra] += kern.sum(1)
             near[ra] = _smallest(near[ra], dist2, k + 1)
             if b != a:
@@ -221,8 +221,18 @@ def kernel_sums_and_radii(x: np.ndarray, k: int = 3,
 
 
 def _smallest(near: np.ndarray, more: np.ndarray, m: int) -> np.ndarray:
+    if more.shape[1] > m:
+        more = np.partition(more, m - 1, axis=1)[:, :m]
     both = np.concatenate([near, more], axis=1)
     return np.partition(both, m - 1, axis=1)[:, :m]
+
+
+def _squared_distances(gram: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray):
+    """|a|^2 + |b|^2 - 2 a.b, in place of one temporary per term."""
+    d2 = gram * -2
+    d2 += sq_rows[:, None]
+    d2 += sq_cols[None, :]
+    return d2
 
 
 def cross_pass(fake: np.ndarray, real: np.ndarray, real_radii: np.ndarray,
@@ -235,7 +245,7 @@ def cross_pass(fake: np.ndarray, real: np.ndarray, real_radii: np.ndarray,
     in_fake = np.empty_like(in_real)
     for rows, g in _gram_blocks(fake, real):
         sums[rows] = _poly_kernel(g, fake.shape[1]).sum(1)
-        dist2 = sf[rows, None] + sr[None, :] - 2 * g
+        dist2 = _squared_distances(g, sf[rows], sr)
         in_real[rows] = dist2 <= real_radii[None, :] ** 2
         in_fake[rows] = dist2 <= fake_radii[rows, None] ** 2
     return sums, in_real, in_fake

@@ -226,7 +226,11 @@ def _gram_blocks(x: np.ndarray, y: np.ndarray, block: int = 2048):
 
 def _poly_kernel(gram: np.ndarray, d: int) -> np.ndarray:
     """KID's kernel k(x, y) = (x.y / d + 1)^3 from the Gram block x.y."""
-    return (gram / d + 1) ** 3
+    t = gram / d
+    t += 1
+    k = t * t  # products: numpy's ** 3 calls pow() per element, several times slower
+    k *= t
+    return k
 
 
 def _kernel_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
