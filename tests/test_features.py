@@ -15,10 +15,19 @@ from test_report import write_digits_runs
 from typer.testing import CliRunner
 
 from noiseshift.analysis import quality as Q
-from noiseshift.analysis.features import Extractor, ExtractorSpace, parse_features, quantise
+from noiseshift.analysis.features import (
+    Extractor,
+    ExtractorSpace,
+    cross_pass,
+    kernel_sums_and_radii,
+    optional_import,
+    parse_features,
+    quantise,
+)
 from noiseshift.cli import app
 from noiseshift.errors import NoiseshiftError
 from noiseshift.estimation import estimate_file
+from noiseshift.report.quality import quality_tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -56,8 +65,8 @@ def test_quantise_rounds_like_a_png_writer():
 
 def test_fd_and_kid_equal_torchmetrics_with_the_same_extractor():
     # the classes' own modules: torchmetrics.image exports them only beside torch-fidelity
-    fid_module = pytest.importorskip("torchmetrics.image.fid")
-    kid_module = pytest.importorskip("torchmetrics.image.kid")
+    fid_module = _reference("torchmetrics.image.fid")
+    kid_module = _reference("torchmetrics.image.kid")
     net = TinyNet().eval()
     real, fake = _images(240, 0), _images(240, 1, shift=0.15)
     space = ExtractorSpace(real, Extractor(net, "tiny"))
@@ -167,9 +176,156 @@ def test_inception_loads_through_torch_fidelity(tmp_path, monkeypatch):
 def test_missing_libraries_are_one_line(tmp_path, monkeypatch):
     weights = tmp_path / "w.pth"
     torch.save({"cls_token": torch.zeros(1, 1, 1024)}, weights)
-    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
-    monkeypatch.setitem(sys.modules, "timm", None)
+    for name in ("torch_fidelity", "torch_fidelity.feature_extractor_inceptionv3", "timm"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if absent, imported before or not
     with pytest.raises(NoiseshiftError, match="needs torch_fidelity.*pip install torch-fidelity"):
         parse_features(f"inception:{weights}")
     with pytest.raises(NoiseshiftError, match="needs timm.*pip install timm"):
         parse_features(f"dinov2:{weights}")
+
+
+
+def test_features_with_nothing_to_measure_is_one_line(digits_file, tmp_path):
+    spec = "module:test_features:tiny_features"
+    for args, words in (
+            ([str(digits_file), "--data", "digits", "--size", "8"], "no run has samples of "
+             "the data's shape"),
+            ([str(digits_file), "--no-quality"], "which --no-quality turns off")):
+        res = runner.invoke(app, ["report", *args, "--out", str(tmp_path / "rep"),
+                                  "--features", spec])
+        assert res.exit_code == 2, res.output
+        assert words in res.output and f"--features {spec}" in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    # runs whose data is unknown (or does not load): no quality without --features, an error
+    # with it
+    assert quality_tables([], None, None, 20, 0, [], None) == ({}, {}, {}, None)
+    with pytest.raises(NoiseshiftError, match=f"--features {spec}: .*runs do not name data"):
+        quality_tables([], None, None, 20, 0, [], None, features=spec)
+
+
+def test_one_gram_pass_gives_the_knn_radii_coverage_and_kernel_sums():
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(300, 40)), rng.normal(size=(250, 40)) * 1.2 + 0.1
+    sums, radii = kernel_sums_and_radii(real, 3)
+    assert np.allclose(radii, Q._knn_radii(real, 3), rtol=1e-9)
+    assert np.allclose(sums, ((real @ real.T / 40 + 1) ** 3).sum(1), rtol=1e-12)
+    assert Q.kernel_mean_offdiagonal(real, sums) == pytest.approx(
+        Q.kernel_mean_offdiagonal(real), rel=1e-12)
+    own, fake_radii = kernel_sums_and_radii(fake, 3)
+    cross, in_real, in_fake = cross_pass(fake, real, radii, fake_radii)
+    want_real, want_fake = Q._coverage(real, fake, 3, radii)
+    assert 0 < want_real.sum() < want_real.size and 0 < want_fake.sum() < want_fake.size
+    assert (in_real == want_real).all() and (in_fake == want_fake).all()
+    yy = Q.kernel_mean_offdiagonal(real)
+    assert np.allclose(Q._kid_values(fake, real, yy, (own, cross)),
+                       Q._kid_values(fake, real, yy), rtol=1e-12)
+
+
+def test_blocked_self_pass_and_the_cholesky_fd_match_the_direct_forms():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(130, 12)) ** 2
+    sums, radii = kernel_sums_and_radii(x, 3, block=40)  # 4 row blocks, one ragged
+    assert np.allclose(sums, ((x @ x.T / 12 + 1) ** 3).sum(1), rtol=1e-12)
+    assert np.allclose(radii, Q._knn_radii(x, 3), rtol=1e-9)
+    fake = rng.normal(size=(90, 12)) + 0.3
+    # full rank (Cholesky), and rank 7 < 12 (the eigh fallback; square roots of its ~1e-16
+    # eigenvalues differ at ~1e-8 between any two exact methods)
+    for real, rel in ((x, 1e-10), (x[:8], 1e-6)):
+        want = Q.frechet_distance(fake, real)
+        assert Q.fd_linear(fake, real, n_boot=5).value == pytest.approx(want, rel=rel)
+        assert Q.fd(fake, real, n_boot=5).value == pytest.approx(want, rel=rel)
+
+
+@pytest.mark.parametrize("radius", [0.3, 3.0])  # few reals per ball (sparse), most (dense)
+def test_recall_of_a_resample_counts_the_reals_its_balls_cover(radius):
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(200, 2)), rng.normal(size=(150, 2))
+    in_fake = np.linalg.norm(fake[:, None] - real[None], axis=2) <= radius
+    i = rng.integers(0, 150, 150)
+    want = np.mean([any(in_fake[j, r] for j in set(i.tolist())) for r in range(200)])
+    assert Q._recall(in_fake)(i) == pytest.approx(want, abs=1e-12)
+    assert (in_fake.mean() > 0.05) == (radius > 1)
+
+
+# -- against the reference implementations, where they import (the `features` extra) -----------
+
+def _reference(module: str):
+    try:
+        name = module.split(".")[0].replace("_", "-")
+        return optional_import(module, f"{name} for the reference check")
+    except NoiseshiftError as e:
+        pytest.skip(str(e))
+
+
+def random_fid_inception(path):
+    """torch-fidelity's FID Inception-v3 with random weights (its own initialisation), saved
+    where `--features inception:PATH` loads it: the network, not the weights, is under test."""
+    fe = _reference("torch_fidelity.feature_extractor_inceptionv3")
+    torch.manual_seed(0)
+    cls = fe.FeatureExtractorInceptionV3
+    with pytest.MonkeyPatch.context() as mp:  # its constructor loads weights: none yet
+        mp.setattr(cls, "load_state_dict", lambda self, state: None)
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        net = cls("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return cls("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+
+
+class Images(torch.utils.data.Dataset):
+    """uint8 images as torch-fidelity reads a dataset: one tensor per item."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+def test_inception_features_equal_torch_fidelitys_own_pipeline(tmp_path):
+    utils = _reference("torch_fidelity.utils")
+    net = random_fid_inception(tmp_path / "inception.pth")
+    x = _images(3, 0)[:, :1]  # grey: repeated to RGB on the way in
+    ours = parse_features(f"inception:{tmp_path / 'inception.pth'}")(x)
+    theirs = utils.get_featuresdict_from_dataset(
+        Images(quantise(x).expand(-1, 3, -1, -1)), net, batch_size=2, cuda=False,
+        save_cpu_ram=True, verbose=False)["2048"].double().numpy()
+    assert ours.shape == (3, 2048) and theirs.std() > 0
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-12)
+
+
+def test_fd_and_kid_equal_torch_fidelitys_metrics():
+    fid = _reference("torch_fidelity.metric_fid")
+    kid = _reference("torch_fidelity.metric_kid")
+    rng = np.random.default_rng(6)
+    real = np.abs(rng.normal(size=(300, 64)))
+    fake = np.abs(rng.normal(size=(300, 64)) * 1.1 + 0.1)
+    want_fd = fid.fid_statistics_to_metric(fid.fid_features_to_statistics(torch.from_numpy(fake)),
+                                           fid.fid_features_to_statistics(torch.from_numpy(real)),
+                                           verbose=False)["frechet_inception_distance"]
+    # one subset of all 300: a permutation, and the unbiased MMD^2 does not depend on order
+    want_kid = kid.kid_features_to_metric(torch.from_numpy(real), torch.from_numpy(fake),
+                                          kid_subsets=1, kid_subset_size=300,
+                                          verbose=False)["kernel_inception_distance_mean"]
+    assert want_fd > 0.1 and want_kid > 1e-3
+    assert Q.fd_linear(fake, real, n_boot=5).value == pytest.approx(want_fd, rel=1e-6)
+    assert Q.kid(fake, real, n_boot=5).value == pytest.approx(want_kid, rel=1e-6)
+
+
+def test_dinov2_loads_a_timm_checkpoint_and_takes_its_cls_token(tmp_path):
+    timm = _reference("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
+                            img_size=224).eval()
+    torch.save(net.state_dict(), tmp_path / "dino.pth")
+    x = _images(2, 0)
+    ours = parse_features(f"dinov2:{tmp_path / 'dino.pth'}")(x)
+    img = torch.nn.functional.interpolate(quantise(x).float() / 255, size=(224, 224),
+                                          mode="bicubic", antialias=True, align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        want = net((img - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).double().numpy()
+    assert ours.shape == (2, 384)
+    np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-9)

@@ -24,7 +24,10 @@ with an aliasing filter). ``module:`` and ``export:`` get the uint8 images as th
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,15 @@ import torch.nn.functional as F
 
 from ..errors import NoiseshiftError
 from ..io.checkpoints import load_weights
-from .quality import FeatureSpace, fd_reference, kernel_mean_offdiagonal
+from .quality import (
+    FeatureSpace,
+    _fd_values,
+    _gram_blocks,
+    _kid_values,
+    _poly_kernel,
+    fd_reference,
+    kernel_mean_offdiagonal,
+)
 
 KINDS = ("inception", "dinov2", "module", "export")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -103,16 +114,43 @@ def _callable(target: str):
     return fn
 
 
-def _optional(module: str, what: str):
+def optional_import(module: str, what: str):
+    """``module``, imported, or a one-line error saying what needs it and how to get it."""
+    _torchvision_python_only()
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise NoiseshiftError(f"{what} needs {module.split('.')[0]}, which does not import "
                               f"here ({e}); pip install {what.split()[0]}") from None
+    except (RuntimeError, OSError) as e:  # a compiled dependency built for another torch
+        raise NoiseshiftError(f"{what}: {module.split('.')[0]} fails to import here "
+                              f"({type(e).__name__}: {e}); install the torchvision built "
+                              f"for this torch") from None
+
+
+@functools.cache
+def _torchvision_python_only() -> None:
+    """PyPI's torchvision wheels are CUDA builds: beside a CPU torch their C extension (the
+    detection ops) does not load, and torchvision 0.28 then fails at import, registering
+    fake kernels for two of those ops. torch-fidelity and timm import torchvision, but their
+    networks use none of its ops: declaring the two lets its Python import."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or "torchvision" in sys.modules or not spec.submodule_search_locations:
+        return
+    lib = next(Path(spec.submodule_search_locations[0]).glob("_C.*"), None)
+    try:
+        if lib is not None:
+            torch.ops.load_library(str(lib))  # as torchvision's own import would
+            return
+    except (OSError, RuntimeError):
+        pass
+    for op in ("nms", "qnms"):
+        torch.library.define(f"torchvision::{op}",
+                             "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
 
 def _inception(path: Path) -> Extractor:
-    fid = _optional("torch_fidelity.feature_extractor_inceptionv3",
+    fid = optional_import("torch_fidelity.feature_extractor_inceptionv3",
                     "torch-fidelity for --features inception:PATH")
     net = fid.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(path)).eval()
@@ -121,7 +159,7 @@ def _inception(path: Path) -> Extractor:
 
 
 def _dinov2(path: Path) -> Extractor:
-    timm = _optional("timm", "timm for --features dinov2:PATH")
+    timm = optional_import("timm", "timm for --features dinov2:PATH")
     state = _state_dict(path)
     width = int(state["cls_token"].shape[-1]) if "cls_token" in state else None
     if width not in DINO_ARCH:
@@ -156,6 +194,61 @@ def _exported(path: Path) -> Extractor:
         raise NoiseshiftError(f"not a torch.export program ({type(e).__name__}); save one "
                               f"with torch.export.save", path) from e
     return Extractor(net, f"exported module {path.name}")
+
+
+def kernel_sums_and_radii(x: np.ndarray, k: int = 3,
+                          block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(row sums of k(x, x), each row's distance to its k-th nearest other row), from one
+    pass over the Gram matrix (|a - b|^2 = |a|^2 + |b|^2 - 2 a.b, as sklearn computes it),
+    each block of the symmetric matrix computed once and read by its rows and its columns."""
+    sq = (x * x).sum(1)
+    sums = np.zeros(len(x))
+    near = np.full((len(x), k + 1), np.inf)  # the k + 1 smallest squared distances so far
+    starts = range(0, len(x), block)
+    for a in starts:
+        ra = slice(a, a + block)
+        for b in starts[starts.index(a):]:
+            rb = slice(b, b + block)
+            g = x[ra] @ x[rb].T
+            kern, dist2 = _poly_kernel(g, x.shape[1]), _squared_distances(g, sq[ra], sq[rb])
+            sums[ra] += kern.sum(1)
+            near[ra] = _smallest(near[ra], dist2, k + 1)
+            if b != a:
+                sums[rb] += kern.sum(0)
+                near[rb] = _smallest(near[rb], dist2.T, k + 1)
+    # the row itself (distance ~0) is among the k + 1 smallest: the largest is the k-th other
+    return sums, np.sqrt(np.maximum(near.max(1), 0))
+
+
+def _smallest(near: np.ndarray, more: np.ndarray, m: int) -> np.ndarray:
+    if more.shape[1] > m:
+        more = np.partition(more, m - 1, axis=1)[:, :m]
+    both = np.concatenate([near, more], axis=1)
+    return np.partition(both, m - 1, axis=1)[:, :m]
+
+
+def _squared_distances(gram: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray):
+    """|a|^2 + |b|^2 - 2 a.b, in place of one temporary per term."""
+    d2 = gram * -2
+    d2 += sq_rows[:, None]
+    d2 += sq_cols[None, :]
+    return d2
+
+
+def cross_pass(fake: np.ndarray, real: np.ndarray, real_radii: np.ndarray,
+                fake_radii: np.ndarray):
+    """(row sums of k(fake, real), in_real, in_fake as `_coverage` gives them), from one
+    pass over the fake x real Gram matrix."""
+    sf, sr = (fake * fake).sum(1), (real * real).sum(1)
+    sums = np.empty(len(fake))
+    in_real = np.empty((len(fake), len(real)), dtype=bool)
+    in_fake = np.empty_like(in_real)
+    for rows, g in _gram_blocks(fake, real):
+        sums[rows] = _poly_kernel(g, fake.shape[1]).sum(1)
+        dist2 = _squared_distances(g, sf[rows], sr)
+        in_real[rows] = dist2 <= real_radii[None, :] ** 2
+        in_fake[rows] = dist2 <= fake_radii[rows, None] ** 2
+    return sums, in_real, in_fake
 
 
 class ExtractorSpace(FeatureSpace):
@@ -195,11 +288,33 @@ class ExtractorSpace(FeatureSpace):
             self._fd_ref = fd_reference(self.reference)
         return self._fd_ref
 
+    def radii(self, k: int = 3) -> np.ndarray:
+        """k-NN radii of the reference features, and with them (one pass over the reference's
+        Gram matrix, the costliest step of a wide space) KID's reference term."""
+        if k not in self._radii:
+            sums, self._radii[k] = kernel_sums_and_radii(self.reference, k)
+            if self._kid_real is None:
+                self._kid_real = kernel_mean_offdiagonal(self.reference, sums)
+        return self._radii[k]
+
     def kid_real(self) -> float:
         """The reference's own kernel term of KID (computed once)."""
         if self._kid_real is None:
-            self._kid_real = kernel_mean_offdiagonal(self.reference)
+            self.radii()
         return self._kid_real
+
+    def terms(self, f: np.ndarray) -> dict:
+        """The per-sample FD and KID values and the k-NN coverage of features ``f``, computed
+        once per array, since a report needs them for the run and again for its paired
+        difference: one pass over f's own Gram matrix and one over f x reference."""
+        def compute() -> dict:
+            own, radii = kernel_sums_and_radii(f, 3)
+            cross, in_real, in_fake = cross_pass(f, self.reference, self.radii(), radii)
+            return {"fd": _fd_values(f, self.fd_reference()),
+                    "kid": _kid_values(f, self.reference, self.kid_real(), (own, cross)),
+                    "coverage": (in_real, in_fake)}
+
+        return self.memo(f, compute)
 
 
 def extractor_space(data, spec: str) -> ExtractorSpace:
@@ -207,5 +322,5 @@ def extractor_space(data, spec: str) -> ExtractorSpace:
     return ExtractorSpace(data.x, parse_features(spec))
 
 
-__all__ = ["DINO_ARCH", "ExtractorSpace", "Extractor", "KINDS", "extractor_space",
-           "parse_features", "quantise"]
+__all__ = ["DINO_ARCH", "ExtractorSpace", "Extractor", "KINDS", "cross_pass", "extractor_space",
+           "kernel_sums_and_radii", "optional_import", "parse_features", "quantise"]

@@ -124,19 +124,37 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     return gaussian_frechet(*_stats(f1), *_stats(f2))
 
 
+def _psd_factor(c: np.ndarray) -> np.ndarray:
+    """Some F with F F' = c. tr((F' C F)^1/2) = tr((C_r^1/2 C C_r^1/2)^1/2) for any such F
+    (both matrices have the eigenvalues of C_r C), so the Cholesky factor, 20x cheaper than
+    an eigendecomposition at d = 2048, serves; a singular c, where Cholesky fails, gets
+    V W^1/2 from its eigendecomposition."""
+    try:
+        return np.linalg.cholesky(c)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(c)
+        return v * np.sqrt(np.clip(w, 0, None))
+
+
 class _Reference:
-    """Moments of the real features and the square root of their covariance, computed once:
-    each bootstrap replicate then costs one covariance and one 64x64 eigendecomposition."""
+    """Moments of the real features and a factor of their covariance (`_psd_factor`),
+    computed once: each bootstrap replicate then costs one covariance and one 64x64
+    eigendecomposition."""
 
     def __init__(self, real: np.ndarray):
         self.mu, self.cov = _stats(real)
-        self.sqrt_cov = _sqrtm_psd(self.cov)
+        self.factor = _psd_factor(self.cov)
         self.trace = float(np.trace(self.cov))
+
+    def cross_eigh(self, cov: np.ndarray, vectors: bool = False):
+        """The eigenvalues (and vectors) of F' cov F: their square roots sum to
+        tr((C_r^1/2 cov C_r^1/2)^1/2)."""
+        m = self.factor.T @ cov @ self.factor
+        return np.linalg.eigh(m) if vectors else np.linalg.eigvalsh(m)
 
     def distance(self, fake: np.ndarray) -> float:
         mu, cov = _stats(fake)
-        cross = np.sqrt(np.clip(np.linalg.eigvalsh(self.sqrt_cov @ cov @ self.sqrt_cov), 0,
-                                None)).sum()
+        cross = np.sqrt(np.clip(self.cross_eigh(cov), 0, None)).sum()
         return float(((mu - self.mu) ** 2).sum() + np.trace(cov) + self.trace - 2 * cross)
 
 
@@ -166,15 +184,19 @@ def fd_difference(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, **kw
 
 def _fd_values(fake: np.ndarray, ref: _Reference) -> np.ndarray:
     """Per-sample values with mean FD(fake): FD plus each sample's centred influence,
-    2 (mu - mu_r).z + |z|^2 - z' B z (z = x - mu; B = A (A C A)^-1/2 A, A = C_r^1/2)."""
+    2 (mu - mu_r).z + |z|^2 - z' B z (z = x - mu; B = A (A C A)^-1/2 A, A = C_r^1/2, the
+    gradient of tr((A C A)^1/2) in C; with F F' = C_r the same gradient is
+    F (F' C F)^-1/2 F' = M M', M = F V W^-1/4 from F' C F = V W V'). One eigendecomposition
+    gives both the distance (its eigenvalues) and the influence (its vectors)."""
     mu, cov = _stats(fake)
-    w, v = np.linalg.eigh(ref.sqrt_cov @ cov @ ref.sqrt_cov)
+    w, v = ref.cross_eigh(cov, vectors=True)
+    value = float(((mu - ref.mu) ** 2).sum() + np.trace(cov) + ref.trace
+                  - 2 * np.sqrt(np.clip(w, 0, None)).sum())
     keep = w > max(float(w.max()), 0.0) * 1e-12
-    inv_sqrt = (v[:, keep] / np.sqrt(w[keep])) @ v[:, keep].T
-    b = ref.sqrt_cov @ inv_sqrt @ ref.sqrt_cov
+    m = ref.factor @ (v[:, keep] / w[keep] ** 0.25)
     z = fake - mu
-    infl = 2 * z @ (mu - ref.mu) + (z * z).sum(1) - ((z @ b) * z).sum(1)
-    return ref.distance(fake) + infl - infl.mean()
+    infl = 2 * z @ (mu - ref.mu) + (z * z).sum(1) - ((z @ m) ** 2).sum(1)
+    return value + infl - infl.mean()
 
 
 def fd_linear(fake: np.ndarray, real: np.ndarray, ref=None, **kw) -> Estimate:
@@ -195,27 +217,46 @@ def fd_reference(real: np.ndarray) -> _Reference:
     return _Reference(real)
 
 
-def _kernel_sums(x: np.ndarray, y: np.ndarray, block: int = 2048) -> np.ndarray:
-    """Row sums of the polynomial kernel k(x, y) = (x.y / d + 1)^3 (KID's), by blocks."""
-    d = x.shape[1]
-    return np.concatenate([((xb @ y.T) / d + 1) ** 3 @ np.ones(len(y))
-                           for xb in np.array_split(x, max(1, -(-len(x) // block)))])
+def _gram_blocks(x: np.ndarray, y: np.ndarray, block: int = 2048):
+    """(row slice, x[rows] @ y.T) by blocks of rows: the one pass over a Gram matrix that
+    KID's kernel and the k-NN distances both read."""
+    for lo in range(0, len(x), block):
+        yield slice(lo, lo + block), x[lo:lo + block] @ y.T
 
 
-def kernel_mean_offdiagonal(x: np.ndarray) -> float:
-    """Mean of k(x_i, x_j) over i != j."""
+def _poly_kernel(gram: np.ndarray, d: int) -> np.ndarray:
+    """KID's kernel k(x, y) = (x.y / d + 1)^3 from the Gram block x.y."""
+    t = gram / d
+    t += 1
+    k = t * t  # products: numpy's ** 3 calls pow() per element, several times slower
+    k *= t
+    return k
+
+
+def _kernel_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row sums of the polynomial kernel k(x, y), by blocks."""
+    sums = np.empty(len(x))
+    for rows, g in _gram_blocks(x, y):
+        sums[rows] = _poly_kernel(g, x.shape[1]).sum(1)
+    return sums
+
+
+def kernel_mean_offdiagonal(x: np.ndarray, sums: np.ndarray | None = None) -> float:
+    """Mean of k(x_i, x_j) over i != j. ``sums``: the row sums of k(x, x), when computed."""
     n, d = x.shape
     diag = ((x * x).sum(1) / d + 1) ** 3
-    return float((_kernel_sums(x, x).sum() - diag.sum()) / (n * (n - 1)))
+    sums = _kernel_sums(x, x) if sums is None else sums
+    return float((sums.sum() - diag.sum()) / (n * (n - 1)))
 
 
-def _kid_values(fake: np.ndarray, real: np.ndarray, real_term: float) -> np.ndarray:
+def _kid_values(fake: np.ndarray, real: np.ndarray, real_term: float, sums=None) -> np.ndarray:
     """Per-sample values with mean the unbiased MMD^2 (KID) of fake to real: each sample's
-    Hoeffding projection 2 mean_j k(x_i, x_j) - U_xx - 2 mean_r k(x_i, y_r) + U_yy."""
+    Hoeffding projection 2 mean_j k(x_i, x_j) - U_xx - 2 mean_r k(x_i, y_r) + U_yy.
+    ``sums``: the row sums of k(fake, fake) and k(fake, real), when computed."""
     m, d = fake.shape
-    own = (_kernel_sums(fake, fake) - ((fake * fake).sum(1) / d + 1) ** 3) / (m - 1)
-    cross = _kernel_sums(fake, real) / len(real)
-    return 2 * own - own.mean() - 2 * cross + real_term
+    own_sums, cross_sums = sums or (_kernel_sums(fake, fake), _kernel_sums(fake, real))
+    own = (own_sums - ((fake * fake).sum(1) / d + 1) ** 3) / (m - 1)
+    return 2 * own - own.mean() - 2 * cross_sums / len(real) + real_term
 
 
 def kid(fake: np.ndarray, real: np.ndarray, real_term: float | None = None, **kw) -> Estimate:
@@ -269,8 +310,19 @@ def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = 3, real_radii=
     matrices (`_coverage`), when already computed."""
     in_real, in_fake = coverage or _coverage(real, fake, k, real_radii)
     precision = bootstrap_mean(in_real.any(1).astype(np.float64), **kw)
-    recall = bootstrap(lambda i: in_fake[np.unique(i)].any(0).mean(), len(fake), **kw)
-    return precision, recall
+    return precision, bootstrap(_recall(in_fake), len(fake), **kw)
+
+
+def _recall(in_fake: np.ndarray):
+    """The recall of a resample i (indices of generated samples): the share of real samples
+    inside the ball of at least one drawn sample. A ball usually holds a few real samples:
+    counting through a sparse matrix then reads those, not every real sample per draw."""
+    if in_fake.mean() > 0.05:
+        return lambda i: in_fake[np.unique(i)].any(0).mean()
+    from scipy.sparse import csr_matrix
+
+    cover = csr_matrix(in_fake.T)
+    return lambda i: (cover @ np.bincount(i, minlength=len(in_fake)) > 0).mean()
 
 
 def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=None,
@@ -282,8 +334,8 @@ def precision_recall_difference(fake_a, fake_b, real, k: int = 3, real_radii=Non
                                        _coverage(real, fake_b, k, rr))
     dp = rb.any(1).astype(np.float64) - ra.any(1).astype(np.float64)
     precision = bootstrap_mean(dp, **kw)
-    recall = bootstrap(lambda i: fb[np.unique(i)].any(0).mean() - fa[np.unique(i)].any(0).mean(),
-                       len(fake_a), **kw)
+    recall_a, recall_b = _recall(fa), _recall(fb)
+    recall = bootstrap(lambda i: recall_b(i) - recall_a(i), len(fake_a), **kw)
     return precision, recall
 
 
@@ -343,15 +395,9 @@ def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) 
 # -- everything for one run, and paired differences ----------------------------------------------
 
 def _wide_terms(space, f: np.ndarray) -> dict | None:
-    """For an extractor space (`features.ExtractorSpace`): the per-sample FD and KID values
-    and the k-NN coverage of features ``f``, computed once per run (`space.memo`), since a
-    report needs them for the run and again for its paired difference. None otherwise."""
-    if space.kind != "extractor":
-        return None
-    return space.memo(f, lambda: {
-        "fd": _fd_values(f, space.fd_reference()),
-        "kid": _kid_values(f, space.reference, space.kid_real()),
-        "coverage": _coverage(space.reference, f, 3, space.radii())})
+    """For an extractor space (`features.ExtractorSpace.terms`): the per-sample FD and KID
+    values and the k-NN coverage of features ``f``. None otherwise."""
+    return space.terms(f) if space.kind == "extractor" else None
 
 
 def quality(samples, data, *, labels=None, space: FeatureSpace | None = None,

@@ -33,6 +33,9 @@ def build_report(path="trajectories.h5", estimates=None, *, baseline: str | None
     space (`analysis.features`; default the data's own). progress(stage, done, total).
     """
     clock = time.perf_counter()
+    if features is not None and not quality:
+        raise NoiseshiftError(f"--features {features} sets the space of the quality metrics, "
+                              f"which --no-quality turns off; drop one of the two")
     path, est_path = _paths(path, estimates)
     runs, notes = load_runs(path, est_path, progress)
     timings = {"read": time.perf_counter() - clock}

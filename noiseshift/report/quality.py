@@ -8,6 +8,7 @@ import numpy as np
 from ..analysis.classifier import digits_classifier
 from ..analysis.features import extractor_space
 from ..analysis.quality import FeatureSpace, feature_space, quality, quality_difference
+from ..errors import NoiseshiftError
 from .runs import RunData, is_paired
 from .sanity import quality_problems
 from .stats import unpaired
@@ -20,8 +21,10 @@ def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int,
     {run: [what its quality numbers say is broken]}, the feature space they are in).
     ``features``: a `--features` spec (`analysis.features`), default the data's own space.
     Runs without samples, or whose samples do not match the data's shape, are left out
-    (with a note)."""
+    (with a note). With ``features`` and nothing to measure in them, raises: a space asked
+    for and silently not used would leave the reader guessing."""
     if data is None:
+        _nothing_to_compare(features, "the runs do not name data that loads here")
         return {}, {}, {}, None
     usable = [r for r in runs if r.samples is not None and tuple(r.shape) == data.shape]
     for r in runs:
@@ -29,6 +32,7 @@ def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int,
             notes.append(f"run {r.name!r}: samples of shape {r.shape} do not match the data "
                          f"{data.shape}; no quality metrics")
     if not usable:
+        _nothing_to_compare(features, f"no run has samples of the data's shape {data.shape}")
         return {}, {}, {}, None
     space = _feature_space(data, progress) if features is None else \
         extractor_space(data, features)
@@ -50,6 +54,12 @@ def quality_tables(runs: list[RunData], base: RunData | None, data, n_boot: int,
                 qdiff[r.name] = _difference(base, r, qual, data, kw)
     problems = {name: quality_problems(q, fd_scale) for name, q in qual.items()}
     return qual, qdiff, problems, space.label
+
+
+def _nothing_to_compare(features: str | None, why: str) -> None:
+    if features is not None:
+        raise NoiseshiftError(f"--features {features}: no sample quality to measure in it "
+                              f"({why}); --data names the data the runs' model learned")
 
 
 def _feature_space(data, progress) -> FeatureSpace:
