@@ -6,6 +6,8 @@ does to the default digits model's shift and samples.
     python bench/bench_guidance.py --digits --settings unguided,estimator-step:1.5,cf:1 \
         --seeds 0,1,2 --n 1000 --out rows.jsonl    # digits; see guidance_digits.py
     python bench/bench_guidance.py --digits --baseline cfg:1 --settings cfg:1+cf:1 ...
+    python bench/bench_guidance.py --testbed digits-weak --settings unguided,estimator-step:1.5,\
+        eps:1.005,ts:0.2-0.3 --seeds 0,1,2 --n 1000 --out rows.jsonl  # noiseshift.testbeds
     python bench/bench_guidance.py --report rows.jsonl --figure quality.png
 
 Cost: one forward step of the default digits UNet (the cached trained one if present,
@@ -217,6 +219,8 @@ def main(argv=None):
     p.add_argument("--mixture", action="store_true", help="run the mixture experiment")
     p.add_argument("--digits", action="store_true", help="every setting on the default "
                    "digits model (trains and caches it on first use)")
+    p.add_argument("--testbed", default=None, help="every setting on a testbed of "
+                   "noiseshift.testbeds (its model, sampler, steps, meter, metrics)")
     p.add_argument("--settings", default="unguided,estimator:1,cf:1,cf-read:0.5,eps:1.005,"
                    "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8,"
                    "cfg:1+cf-calibrated:1~cap4 (see guidance_digits.parse_setting)")
@@ -250,11 +254,11 @@ def main(argv=None):
         if a.figure:
             figure(rows, a.figure)
         return rows
-    if a.digits:
+    if a.digits or a.testbed:
         model = None if a.model is None else load_model(a.model, device="cpu")
         return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
                             a.steps, a.estimator, a.out, model, a.model or "default",
-                            a.baseline)
+                            a.baseline, a.testbed)
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]
