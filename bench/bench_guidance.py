@@ -42,7 +42,7 @@ import warnings
 
 import torch
 from guidance_digits import bench_digits
-from guidance_report import figure, load_rows, table
+from guidance_report import figure, load_rows, table, testbed_table
 
 from noiseshift.data import MixtureDenoiser, load_data, make_gmm
 from noiseshift.defaults import DEFAULT_DATA, DEFAULT_DENOISER, DEFAULT_SCHEDULE, cache_dir
@@ -228,7 +228,8 @@ def main(argv=None):
                    "other is compared with (paired), e.g. cfg:1")
     p.add_argument("--out", default=None, help="for --digits: append result rows (JSON lines)")
     p.add_argument("--report", nargs="+", default=None, help="rows files (JSON lines) from "
-                   "--digits --out: print one markdown table")
+                   "--digits --out: print one markdown table (with --testbed: the testbed "
+                   "table, exact metrics and cost)")
     p.add_argument("--figure", default=None, help="with --report: quality against scale, "
                    "every mode, as a PNG")
     p.add_argument("--model", default=None, help="for --digits: a denoiser checkpoint "
@@ -250,7 +251,7 @@ def main(argv=None):
     warnings.simplefilter("ignore", GuidanceWarning)
     if a.report:
         rows = load_rows(a.report)
-        print(table(rows))
+        print(testbed_table(rows) if a.testbed else table(rows))
         if a.figure:
             figure(rows, a.figure)
         return rows

@@ -5,8 +5,9 @@ Each setting is sampled with the same seeds as the unguided run (sample i of bot
 the same noise and draws the same labels and Brownian increments), so every change is a
 paired difference with a paired-bootstrap 95% CI. Per run:
 
-- the shift, read at (up to READS) evenly spaced steps by the learned estimator (the one estimator-based modes are
-  guided by) and by the subspace oracle (an independent meter no network touches): mean
+- the shift, read at (up to READS) evenly spaced steps by the learned estimator (the one
+  estimator-based modes are guided by) and by the subspace oracle (an independent meter no
+  network touches; the exact posterior on the mixture): mean
   delta and mean |step-mean delta| over the steps each meter can read, and the change of the
   latter against unguided;
 - FD in the digits classifier's features (the project's FD) and in the top 64 principal
