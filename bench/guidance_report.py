@@ -91,7 +91,7 @@ def testbed_table(rows: list[dict]) -> str:
     quality = ("d log-lik [CI] | d energy % [CI] | d mode TV" if mixture
                else "dFD % [CI] | dFD pixels")
     lines = [f"| setting | seeds | shift change, indep. (learned) | {quality} | d precision | "
-             f"d recall | cost/step |", "|" + "---|" * (8 if mixture else 7)]
+             f"d recall | cost/step |", "|" + "---|" * (9 if mixture else 8)]
     for (text, _, _, _, _, _), by_seed in _groups(rows).items():
         rs = [by_seed[s] for s in sorted(by_seed)]
         sub = statistics.mean(r["subspace"]["abs_change_pct"] for r in rs)
