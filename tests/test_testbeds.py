@@ -22,6 +22,7 @@ from noiseshift.defaults import DEFAULT_DATA
 from noiseshift.errors import NoiseshiftError
 from noiseshift.pretrained import default_model_path
 from noiseshift.testbeds import TESTBEDS, get_testbed
+from noiseshift.tiny import TINY
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -52,10 +53,12 @@ def test_unknown_testbed_is_the_users_mistake():
 @pytest.mark.parametrize("name", ["digits-em128", "digits-weak", "gmm64-250"])
 def test_tiny_load_trains_caches_and_reloads(name, monkeypatch, one_thread):
     monkeypatch.setenv("NOISESHIFT_TINY", "1")
+    monkeypatch.setitem(TINY["denoiser"], "steps", 5)  # the tiny recipe, fewer steps still
     tb = TESTBEDS[name]
+    assert tb.recipe()["steps"] == 5 and tb.cache_path() != default_model_path()
     model = tb.load()
     assert tb.cache_path().exists()
-    assert model.info["steps"] == 40
+    assert model.info["steps"] == 5
     x = torch.randn(3, *model.config["shape"])
     with torch.no_grad():
         out = model(x, torch.full((3,), 0.5))
@@ -141,17 +144,17 @@ def test_harness_end_to_end_on_the_tiny_mixture_testbed(harness, monkeypatch, tm
     monkeypatch.setenv("NOISESHIFT_TINY", "1")
     su = harness.setup(testbed="gmm64-250")
     assert su.mixture is not None and su.pixels is None and su.meter.name == "oracle"
-    su.steps = 6
-    base = harness.run(su, "unguided", 24, 0)
-    same = harness.compare(su, base, harness.run(su, "unguided", 24, 0), n_boot=20)
+    su.steps = 4
+    base = harness.run(su, "unguided", 16, 0)
+    same = harness.compare(su, base, harness.run(su, "unguided", 16, 0), n_boot=20)
     assert same["dfd"] == [0.0, 0.0, 0.0] and same["dlog_likelihood"] == [0.0, 0.0, 0.0]
     assert same["denergy"] == [0.0, 0.0, 0.0] and same["dmode_tv"] == 0.0
-    row = harness.compare(su, base, harness.run(su, "eps:1.05", 24, 0), n_boot=20)
+    row = harness.compare(su, base, harness.run(su, "eps:1.05", 16, 0), n_boot=20)
     assert row["setting"] == "eps-scale-1.05" and row["dfd"][0] != 0
     assert row["cost"] > 0 and np.isfinite(row["log_likelihood"][0])
     out = tmp_path / "rows.jsonl"
     monkeypatch.setattr(harness, "setup", lambda *a, **k: su)
-    rows = harness.bench_digits(["unguided", "eps:1.05"], 24, [0], 6, out=str(out),
+    rows = harness.bench_digits(["unguided", "eps:1.05"], 16, [0], 4, out=str(out),
                                 testbed="gmm64-250")
     saved = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in saved] == ["unguided", "eps:1.05"] == [r["text"] for r in rows]
