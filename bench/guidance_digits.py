@@ -198,8 +198,8 @@ def _shift(base: Run, r: Run, key: str, n_boot: int) -> dict:
     (da, seen), (db, _) = base.deltas[key], r.deltas[key]
     fa, fb = _abs_shift(da, seen), _abs_shift(db, seen)
     change = bootstrap(lambda i: fb(i) - fa(i), da.shape[1], n_boot=n_boot)
-    bands = [float(db[((r.t > lo) | (lo == 0)) & (r.t <= hi)].mean())
-             for lo, hi in GUIDANCE_BANDS]
+    masks = [((r.t > lo) | (lo == 0)) & (r.t <= hi) for lo, hi in GUIDANCE_BANDS]
+    bands = [float(db[m].mean()) if m.any() else float("nan") for m in masks]
     return {"delta": float(db[seen].mean()), "abs": fb(np.arange(db.shape[1])),
             "abs_change": [change.value, change.lo, change.hi], "bands": bands,
             "abs_change_pct": 100 * change.value / fa(np.arange(da.shape[1]))}
