@@ -4,10 +4,10 @@ each trained on first use and cached, so every correction is judged on the same 
 The default run (digits, Euler-Maruyama 16 steps) is dominated by the sampler's
 discretisation, the one kind of shift that a correction of the model's output cannot
 remove. These are the other kind (issue 20): many steps, so the sampler's error is small,
-and (digits-weak, gmm64-250) networks whose own error is large. Each says its data, schedule, denoiser recipe, sampler
-settings, the independent meter that reads its shift (an estimator no correction is guided
-by) and its quality metrics; `load()` gives the model (`pretrained.cached_denoiser`: cached
-under its recipe hash).
+and (digits-weak, gmm64-250) networks whose own error is large. Each says its data,
+schedule, denoiser recipe, sampler settings, the independent meter that reads its shift (an
+estimator no correction is guided by) and its quality metrics; `load()` gives the model
+(`pretrained.cached_denoiser`: cached under its recipe hash).
 
 `digits-ddpm` is a diffusers pipeline, not a denoiser: its `load()` returns the cached
 pipeline folder from `noiseshift.integrations.ddpm_testbed` (an optional extra, layer 10),
