@@ -88,10 +88,10 @@ def testbed_table(rows: list[dict]) -> str:
     by the independent meter (and the learned one), the quality changes with paired CIs (the
     exact metrics on the mixture), precision/recall, and cost per step over the baseline."""
     mixture = any("dlog_likelihood" in r for r in rows)
-    quality = ("d log-lik [CI] | d energy % [CI] | d mode TV" if mixture
+    quality = ("d log-lik [CI] | d energy % [CI] | d mode TV | dFD % (raw) [CI]" if mixture
                else "dFD % [CI] | dFD pixels")
     lines = [f"| setting | seeds | shift change, indep. (learned) | {quality} | d precision | "
-             f"d recall | cost/step |", "|" + "---|" * (9 if mixture else 8)]
+             f"d recall | cost/step |", "|" + "---|" * (10 if mixture else 8)]
     for (text, _, _, _, _, _), by_seed in _groups(rows).items():
         rs = [by_seed[s] for s in sorted(by_seed)]
         sub = statistics.mean(r["subspace"]["abs_change_pct"] for r in rs)
@@ -99,7 +99,8 @@ def testbed_table(rows: list[dict]) -> str:
         if mixture:
             q = (f"{'; '.join(_ci(r['dlog_likelihood']) for r in rs)} | "
                  f"{'; '.join(_pct_ci(r, 'denergy', 'energy') for r in rs)} | "
-                 f"{statistics.mean(r['dmode_tv'] for r in rs):+.3f}")
+                 f"{statistics.mean(r['dmode_tv'] for r in rs):+.3f} | "
+                 f"{'; '.join(_pct_ci(r, 'dfd', 'fd') for r in rs)}")
         else:
             q = (f"{'; '.join(_pct_ci(r, 'dfd', 'fd') for r in rs)} | "
                  f"{statistics.mean(r['dfd_pixels'][0] for r in rs):+.2f}")
