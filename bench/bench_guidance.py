@@ -6,6 +6,8 @@ does to the default digits model's shift and samples.
     python bench/bench_guidance.py --digits --settings unguided,estimator-step:1.5,cf:1 \
         --seeds 0,1,2 --n 1000 --out rows.jsonl    # digits; see guidance_digits.py
     python bench/bench_guidance.py --digits --baseline cfg:1 --settings cfg:1+cf:1 ...
+    python bench/bench_guidance.py --testbed digits-weak --settings unguided,estimator-step:1.5,\
+        eps:1.005,ts:0.2-0.3 --seeds 0,1,2 --n 1000 --out rows.jsonl  # noiseshift.testbeds
     python bench/bench_guidance.py --report rows.jsonl --figure quality.png
 
 Cost: one forward step of the default digits UNet (the cached trained one if present,
@@ -40,7 +42,7 @@ import warnings
 
 import torch
 from guidance_digits import bench_digits
-from guidance_report import figure, load_rows, table
+from guidance_report import figure, load_rows, table, testbed_table
 
 from noiseshift.data import MixtureDenoiser, load_data, make_gmm
 from noiseshift.defaults import DEFAULT_DATA, DEFAULT_DENOISER, DEFAULT_SCHEDULE, cache_dir
@@ -217,6 +219,8 @@ def main(argv=None):
     p.add_argument("--mixture", action="store_true", help="run the mixture experiment")
     p.add_argument("--digits", action="store_true", help="every setting on the default "
                    "digits model (trains and caches it on first use)")
+    p.add_argument("--testbed", default=None, help="every setting on a testbed of "
+                   "noiseshift.testbeds (its model, sampler, steps, meter, metrics)")
     p.add_argument("--settings", default="unguided,estimator:1,cf:1,cf-read:0.5,eps:1.005,"
                    "ts:0.2-0.3", help="for --digits: comma-separated, e.g. estimator:1.5@0.2-0.8,"
                    "cfg:1+cf-calibrated:1~cap4 (see guidance_digits.parse_setting)")
@@ -224,7 +228,8 @@ def main(argv=None):
                    "other is compared with (paired), e.g. cfg:1")
     p.add_argument("--out", default=None, help="for --digits: append result rows (JSON lines)")
     p.add_argument("--report", nargs="+", default=None, help="rows files (JSON lines) from "
-                   "--digits --out: print one markdown table")
+                   "--digits --out: print one markdown table (with --testbed: the testbed "
+                   "table, exact metrics and cost)")
     p.add_argument("--figure", default=None, help="with --report: quality against scale, "
                    "every mode, as a PNG")
     p.add_argument("--model", default=None, help="for --digits: a denoiser checkpoint "
@@ -247,15 +252,15 @@ def main(argv=None):
     warnings.simplefilter("ignore", GuidanceWarning)
     if a.report:
         rows = load_rows(a.report)
-        print(table(rows))
+        print(testbed_table(rows) if a.testbed else table(rows))
         if a.figure:
             figure(rows, a.figure)
         return rows
-    if a.digits:
+    if a.digits or a.testbed:
         model = None if a.model is None else load_model(a.model, device="cpu")
         return bench_digits(a.settings.split(","), a.n, [int(v) for v in a.seeds.split(",")],
                             a.steps, a.estimator, a.out, model, a.model or "default",
-                            a.baseline, a.sampler)
+                            a.baseline, a.testbed, a.sampler)
     if not a.mixture:
         return bench_cost(a.batch, a.repeats)
     intervals = [tuple(float(v) for v in s.split("-")) for s in a.intervals.split(",")]

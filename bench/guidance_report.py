@@ -76,6 +76,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pct_ci(r: dict, key: str, base_key: str) -> str:
+    """A paired change as a percentage of the baseline's value, with its CI."""
+    v = r[key]
+    base = r[base_key] - v[0] if base_key in ("fd",) else r[base_key][0] - v[0]
+    return f"{100 * v[0] / base:+.0f}% [{100 * v[1] / base:+.0f}, {100 * v[2] / base:+.0f}]"
+
+
+def testbed_table(rows: list[dict]) -> str:
+    """Markdown for one testbed's rows: per setting (seeds side by side), the shift change
+    by the independent meter (and the learned one), the quality changes with paired CIs (the
+    exact metrics on the mixture), precision/recall, and cost per step over the baseline."""
+    mixture = any("dlog_likelihood" in r for r in rows)
+    quality = ("d log-lik [CI] | d energy % [CI] | d mode TV | dFD % (raw) [CI]" if mixture
+               else "dFD % [CI] | dFD pixels")
+    lines = [f"| setting | seeds | shift change, indep. (learned) | {quality} | d precision | "
+             f"d recall | cost/step |", "|" + "---|" * (10 if mixture else 8)]
+    for (text, _, _, _, _, _), by_seed in _groups(rows).items():
+        rs = [by_seed[s] for s in sorted(by_seed)]
+        sub = statistics.mean(r["subspace"]["abs_change_pct"] for r in rs)
+        lrn = statistics.mean(r["learned"]["abs_change_pct"] for r in rs)
+        if mixture:
+            q = (f"{'; '.join(_ci(r['dlog_likelihood']) for r in rs)} | "
+                 f"{'; '.join(_pct_ci(r, 'denergy', 'energy') for r in rs)} | "
+                 f"{statistics.mean(r['dmode_tv'] for r in rs):+.3f} | "
+                 f"{'; '.join(_pct_ci(r, 'dfd', 'fd') for r in rs)}")
+        else:
+            q = (f"{'; '.join(_pct_ci(r, 'dfd', 'fd') for r in rs)} | "
+                 f"{statistics.mean(r['dfd_pixels'][0] for r in rs):+.2f}")
+        lines.append(
+            f"| {text} | {','.join(str(r['seed']) for r in rs)} | {sub:+.0f}% ({lrn:+.0f}%) | "
+            f"{q} | {_mean_change(rs, 'dprecision')} | {_mean_change(rs, 'drecall')} | "
+            f"{statistics.mean(r.get('cost', float('nan')) for r in rs):.2f}x |")
+    return "\n".join(lines)
+
+
 def _curves(rows: list[dict]) -> dict:
     """{label: [(scale, dFD %, shift %), ...]} for plain NAG settings at 16 steps."""
     curves: dict = {}

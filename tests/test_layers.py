@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "models": 4, "training": 4, "sampling": 4, "timegrid": 4,
     "estimators": 5,
     "guidance": 6,
-    "pretrained": 7, "recording": 7, "runspec": 7, "estimation": 7,
+    "pretrained": 7, "testbeds": 7, "recording": 7, "runspec": 7, "estimation": 7,
     "analysis": 8,
     "report": 9,
     "integrations": 10, "demo": 10, "tuning": 10,

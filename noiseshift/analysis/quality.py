@@ -25,6 +25,7 @@ from .statistics import N_BOOT, Estimate, bootstrap, bootstrap_mean
 __all__ = [
     "FeatureSpace",
     "energy_distance",
+    "energy_distance_difference",
     "fd",
     "fd_difference",
     "fd_linear",
@@ -38,6 +39,8 @@ __all__ = [
     "kid_difference",
     "mixture_log_likelihood",
     "mode_coverage",
+    "mode_shares",
+    "mode_weights_tv",
     "precision_recall",
     "precision_recall_difference",
     "quality",
@@ -351,23 +354,50 @@ def mixture_log_likelihood(x, mixture, **kw) -> Estimate:
     return bootstrap_mean(mixture.log_prob_data(x).numpy(), **kw)
 
 
-def energy_distance(x, mixture, n_ref: int = 2048, seed: int = 0, **kw) -> Estimate:
-    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| to fresh mixture samples Y
-    (U statistics: unbiased, 0 in expectation iff the distributions agree). CI from
-    resampling the samples X."""
+def _energy_terms(x, mixture, n_ref: int, seed: int):
+    """Per-sample mean distance to fresh mixture samples Y, the pairwise distances of the
+    samples X, and the U statistic E|Y - Y'|: the parts of the energy distance."""
     from sklearn.metrics import pairwise_distances
 
     y, _ = mixture.sample(n_ref, torch.Generator().manual_seed(seed + 12345))
     xf, yf = _flat(x).numpy(), y.double().numpy()
-    dxy = pairwise_distances(xf, yf).mean(1)
-    dxx = pairwise_distances(xf)
     yy = float(pairwise_distances(yf).sum()) / (n_ref * (n_ref - 1))
-    n = len(xf)
+    return pairwise_distances(xf, yf).mean(1), pairwise_distances(xf), yy
 
-    def stat(i):
-        return 2 * dxy[i].mean() - dxx[np.ix_(i, i)].sum() / (n * (n - 1)) - yy
 
-    return bootstrap(stat, n, seed=seed, **kw)
+def _energy(dxy: np.ndarray, dxx: np.ndarray, yy: float, i: np.ndarray) -> float:
+    n = len(dxy)
+    return 2 * dxy[i].mean() - dxx[np.ix_(i, i)].sum() / (n * (n - 1)) - yy
+
+
+def energy_distance(x, mixture, n_ref: int = 2048, seed: int = 0, **kw) -> Estimate:
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| to fresh mixture samples Y
+    (U statistics: unbiased, 0 in expectation iff the distributions agree). CI from
+    resampling the samples X."""
+    dxy, dxx, yy = _energy_terms(x, mixture, n_ref, seed)
+    return bootstrap(lambda i: _energy(dxy, dxx, yy, i), len(dxy), seed=seed, **kw)
+
+
+def energy_distance_difference(x_a, x_b, mixture, n_ref: int = 2048, seed: int = 0,
+                               **kw) -> Estimate:
+    """Paired change b - a of the energy distance to the same fresh mixture samples: sample
+    i of both runs is resampled together (runs that share seeds)."""
+    _same_length(x_a, x_b)
+    ta, tb = (_energy_terms(x, mixture, n_ref, seed) for x in (x_a, x_b))
+    return bootstrap(lambda i: _energy(*tb, i) - _energy(*ta, i), len(ta[0]), seed=seed,
+                     **kw)
+
+
+def mode_shares(x, mixture) -> np.ndarray:
+    """The share of samples whose most likely component is k, per component."""
+    k = mixture.log_joint(_flat(x), 0.0, DATA_END).argmax(1)
+    return torch.bincount(k, minlength=len(mixture.weights)).numpy() / len(k)
+
+
+def mode_weights_tv(x, mixture) -> float:
+    """Total variation between the samples' mode shares (`mode_shares`) and the mixture's
+    weights: 0 when every mode gets its weight, 1 when all samples sit on modes of weight 0."""
+    return float(0.5 * np.abs(mode_shares(x, mixture) - mixture.weights.numpy()).sum())
 
 
 def mode_coverage(x, mixture, min_share: float = 0.25, quantile: float = 0.999) -> dict:
