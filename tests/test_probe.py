@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from noiseshift.analysis.probe import noise_directions, probe
+from noiseshift.analysis.probe import branch_gap, noise_directions, probe
 from noiseshift.cli import app
 from noiseshift.data import Dataset, GaussianMixture, MixtureDenoiser, t_grid
 from noiseshift.errors import NoiseshiftError
@@ -134,3 +134,52 @@ def test_probe_command_on_a_tiny_trained_model(tmp_path):
     assert isinstance(res.exception, NoiseshiftError) and "no such file" in str(res.exception)
     res = runner.invoke(app, ["probe", "--model", str(path), "--ts", "a,b"])
     assert isinstance(res.exception, NoiseshiftError) and "--ts" in str(res.exception)
+
+
+class _Shrunk(torch.nn.Module):
+    """eps model: the conditional branch predicts x / 2, the null-t branch (1 - a) x / 2, so
+    d = a x / 2 exactly, along the predicted noise."""
+
+    prediction, num_classes, supports_null_t = "eps", 0, True
+    schedule = LIN
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = a
+
+    def forward(self, x, t, y=None, drop_t=None, drop_y=None):
+        scale = torch.where(drop_t, 1 - self.a, 1.0).reshape(-1, *[1] * (x.ndim - 1))
+        return 0.5 * x * scale
+
+
+def test_branch_gap_has_the_known_size_and_direction(low_rank):
+    mix, _, x, _ = low_rank
+    data = Dataset(x, None, {"name": "test"})
+    states = torch.randn(64, 48, generator=torch.Generator().manual_seed(3))
+    rows = branch_gap(_Shrunk(0.2), data, [(0.5, states, None)])
+    assert [r["source"] for r in rows] == ["sampler", "true"]
+    for r in rows:
+        assert r["rel"] == pytest.approx(0.2, rel=1e-6)
+        assert r["cos_pred"] == pytest.approx(1.0, abs=1e-9)
+        assert r["noise_dims"] == pytest.approx(42 / 48)
+    assert rows[0]["eps_rms"] == pytest.approx(0.1 * float(states.pow(2).mean().sqrt()),
+                                               rel=1e-6)
+    assert "cos_true" in rows[1] and "cos_true" not in rows[0]
+
+
+def test_exact_branch_gap_is_zero_on_true_states_and_removes_excess_noise(low_rank):
+    mix, _, x, _ = low_rank
+    data = Dataset(x, None, {"name": "test"})
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(len(x), (96,), generator=g)
+    # States noised to 1.4 t but labelled t: the exact gap there removes noise (along the
+    # predicted noise); on true x_t it is a quarter as large and points nowhere in particular.
+    noisier = LIN.add_noise(x[idx], torch.randn(96, 48, generator=g, dtype=torch.float64),
+                            0.56).float()
+    rows = branch_gap(Exact(mix), data, [(0.4, noisier, None)])
+    shifted, true = rows
+    assert true["eps_rms"] < 0.4 * shifted["eps_rms"]
+    assert shifted["cos_pred"] > 0.8 and abs(true["cos_pred"]) < 0.1
+    assert abs(true["cos_true"]) < 0.1
+    with pytest.raises(NoiseshiftError, match="null-t"):
+        branch_gap(Exact(mix, null_t=False), data, [(0.4, noisier, None)])

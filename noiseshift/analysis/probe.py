@@ -164,4 +164,61 @@ def _verdict(rows, kind, c2, null) -> ProbeResult:
                         "trusts_t_by_t": {f"{t:g}": f for t, f in by_t.items()}})
 
 
-__all__ = ["ProbeResult", "noise_directions", "probe"]
+def branch_gap(model, data, states, seed: int = 0) -> list[dict]:
+    """The classifier-free NAG term d = out(x|t) - out(x|null t) on a sampler's states and on
+    true x_t of the data at the same t, one row per (t, source).
+
+    ``states``: (t, x, y) triples, sampler states x at scheduled t with their labels (or
+    None). On a true x_t the exact null-t branch agrees with the conditional one (its
+    posterior over t is narrow there), so the ideal d is 0 and whatever a trained model
+    gives there is the floor: what cf adds where there is nothing to correct. Row keys:
+    ``rel`` |d| / |out(x|t)| (RMS over the batch, in the model's parametrisation);
+    ``eps_rms`` d in eps units, RMS per coordinate; ``cos_pred`` mean cosine of d (eps
+    units) with the conditional branch's predicted noise, > 0 where cf removes noise;
+    ``cos_true`` the same with the true noise (true states only); ``noise_frac`` the share
+    of d's energy on noise-only directions (`noise_directions`), beside ``noise_dims``, that
+    share for a direction drawn at random.
+    """
+    if not model.supports_null_t:
+        raise NoiseshiftError("the model has no null-t branch (train it with --t-dropout)")
+    basis, _, _ = noise_directions(data)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for t, x, y in states:
+        n = x.shape[0]
+        idx = torch.randint(len(data), (n,), generator=g)
+        eps = torch.randn((n, *data.x.shape[1:]), generator=g, dtype=torch.float64)
+        true_x = model.schedule.add_noise(data.x[idx].double(), eps, float(t)).float()
+        true_y = None
+        if model.num_classes and data.labels is not None:
+            true_y = data.labels[idx].clamp(max=model.num_classes - 1).to(x.device)
+        for source, xx, yy, noise in (("sampler", x, y, None),
+                                      ("true", true_x.to(x.device), true_y, eps)):
+            rows.append({"t": float(t), "source": source,
+                         **_gap_stats(model, xx, float(t), yy, noise, basis.to(x.device))})
+    return rows
+
+
+def _gap_stats(model, x, t, y, noise, basis) -> dict:
+    n = x.shape[0]
+    tt = torch.full((2 * n,), t, dtype=torch.float64, device=x.device)
+    drop_t = torch.arange(2 * n, device=x.device) >= n
+    yy = None if y is None else y.repeat(2)
+    with torch.no_grad():
+        out = model(x.repeat(2, *([1] * (x.ndim - 1))), tt, yy, drop_t, None).double()
+    eps = model.schedule.convert(out, model.prediction, "eps", x.double().repeat(
+        2, *([1] * (x.ndim - 1))), tt).reshape(2 * n, -1)
+    d, pred = eps[:n] - eps[n:], eps[:n]
+    gap = (out[:n] - out[n:]).reshape(n, -1)
+    cos = torch.nn.functional.cosine_similarity
+    row = {"n": n, "rel": float(gap.norm() / out[:n].norm()),
+           "eps_rms": float(d.pow(2).mean().sqrt()),
+           "cos_pred": float(cos(d, pred, dim=1).mean()),
+           "noise_frac": float((d @ basis).pow(2).sum() / d.pow(2).sum()),
+           "noise_dims": basis.shape[1] / d.shape[1]}
+    if noise is not None:
+        row["cos_true"] = float(cos(d, noise.reshape(n, -1).to(d), dim=1).mean())
+    return row
+
+
+__all__ = ["ProbeResult", "branch_gap", "noise_directions", "probe"]
