@@ -1,0 +1,116 @@
+"""Do no harm (analysis/safety.py): the pilot's statistics, the meter it chooses, the guard
+backing off a harmful correction and keeping a harmless one, and the DDPM testbed folder."""
+
+import numpy as np
+import pytest
+
+from noiseshift.analysis.safety import (
+    MIN_PILOT,
+    guard,
+    guarded,
+    independent_meter,
+    mean_abs_shift,
+    safety_message,
+    shift_ratio,
+)
+from noiseshift.data import MixtureDenoiser, make_gmm
+from noiseshift.errors import NoiseshiftError
+from noiseshift.guidance import build_guidance
+from noiseshift.recording import SamplerBackend
+from noiseshift.runspec import RunSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_mean_abs_shift_is_the_mean_over_steps_of_the_step_means_size():
+    d = np.array([[0.1, 0.3], [-0.2, -0.2], [0.5, -0.5]])  # step means 0.2, -0.2, 0
+    assert mean_abs_shift(d) == pytest.approx(0.4 / 3)
+    assert mean_abs_shift(d, np.array([0, 0])) == pytest.approx((0.1 + 0.2 + 0.5) / 3)
+
+
+def test_shift_ratio_of_a_doubled_shift_is_two_with_a_tight_paired_ci():
+    base = np.random.default_rng(0).normal(0.01, 0.02, size=(8, 32))
+    r = shift_ratio(2 * base, base)
+    assert r.value == pytest.approx(2.0) and r.lo == pytest.approx(2.0)
+    assert r.hi == pytest.approx(2.0)
+    same = shift_ratio(base, base)
+    assert same.value == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    data = make_gmm(dim=64, components=8, std=0.25, seed=0, n=2048)
+    return data, MixtureDenoiser(data.mixture, "linear"), independent_meter(data, "linear")
+
+
+def test_independent_meter_never_the_guiding_one(gmm):
+    data, _, meter = gmm
+    assert independent_meter(None, "linear") is None
+    assert meter.name == "oracle"
+    assert independent_meter(data, "linear", avoid="oracle").name == "wavelet"
+    digits = {"name": "digits", "side": 16}
+    assert independent_meter(digits, "linear").name == "subspace"
+
+
+def _make(model, b_of_scale):
+    """``make`` for epsilon scaling with b = b_of_scale(scale): a correction whose harm
+    grows with its scale (b < 1 inflates the predicted noise)."""
+
+    def make(scale, n):
+        guided, guidance = build_guidance(model, eps_scale=(b_of_scale(scale),))
+        return guidance, SamplerBackend(model, guided, device="cpu")
+
+    return make
+
+
+def _spec(model, n=24):
+    return RunSpec.for_model(model, n=n, sampler="euler", steps=6, seed=0)
+
+
+def test_guard_keeps_a_harmless_correction_and_backs_off_a_harmful_one(gmm):
+    _, model, meter = gmm
+    spec = _spec(model)
+    kept = guard(spec, _make(model, lambda s: 1.0 + 1e-6 * s), 1.0, meter, pilot_n=MIN_PILOT)
+    assert kept.action == "kept" and kept.scale == 1.0 and kept.message() is None
+    assert kept.readings[0]["ratio"] == pytest.approx(1.0, abs=1e-3)
+    harm = guard(spec, _make(model, lambda s: 1 / (1 + s)), 4.0, meter, pilot_n=MIN_PILOT)
+    first = harm.readings[0]
+    assert first["scale"] == 4.0 and first["harm"] and first["ratio_lo"] > 1.5
+    assert harm.action in ("reduced", "stopped") and len(harm.readings) >= 2
+    assert [r["scale"] for r in harm.readings] == [4.0 / 2**k for k in range(len(harm.readings))]
+    assert all(r["harm"] for r in harm.readings[:-1])
+    line = harm.message()
+    assert line.startswith("safety: ") and "oracle meter" in line and "\n" not in line
+    assert safety_message(harm.to_dict()) == line
+
+
+def test_guarded_stops_and_says_why_or_records_the_check(gmm):
+    _, model, meter = gmm
+    spec = _spec(model).with_guidance({"kind": "eps"})
+    with pytest.raises(NoiseshiftError, match="safety: stopped NAG at scale 1"):
+        guarded(spec, _make(model, lambda s: 0.3), 1.0, meter, pilot_n=MIN_PILOT, halvings=1)
+    out, backend = guarded(spec, _make(model, lambda s: 1.0 + 1e-6 * s), 1.0, meter,
+                           pilot_n=MIN_PILOT)
+    assert out.guidance["safety"]["action"] == "kept" and out.n == spec.n
+    assert isinstance(backend, SamplerBackend)
+
+
+def test_too_small_a_pilot_is_skipped_and_says_so(gmm):
+    _, model, meter = gmm
+    check = guard(_spec(model, n=4), _make(model, lambda s: 0.3), 1.0, meter)
+    assert check.action == "skipped" and check.scale == 1.0
+    assert f"at least {MIN_PILOT}" in check.message()
+
+
+def test_ddpm_testbed_folder_trains_once_then_loads(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    from noiseshift.integrations import ddpm_testbed
+
+    monkeypatch.setenv("NOISESHIFT_TINY", "1")
+    monkeypatch.setenv("NOISESHIFT_CACHE", str(tmp_path))
+    calls = []
+    folder = ddpm_testbed.ddpm_testbed_folder(progress=calls.append)
+    assert (folder / "model_index.json").is_file() and folder.is_relative_to(tmp_path)
+    assert calls and calls[-1]["steps"] == ddpm_testbed.DDPM_TESTBED_TINY["steps"]
+    again = ddpm_testbed.ddpm_testbed_folder(progress=calls.append)
+    assert again == folder and len(calls) == ddpm_testbed.DDPM_TESTBED_TINY["steps"]
