@@ -114,3 +114,29 @@ def test_ddpm_testbed_folder_trains_once_then_loads(tmp_path, monkeypatch):
     assert calls and calls[-1]["steps"] == ddpm_testbed.DDPM_TESTBED_TINY["steps"]
     again = ddpm_testbed.ddpm_testbed_folder(progress=calls.append)
     assert again == folder and len(calls) == ddpm_testbed.DDPM_TESTBED_TINY["steps"]
+
+
+def _row(**v):
+    import pandas as pd
+
+    out = {}
+    for k, (val, lo, hi) in v.items():
+        out.update({k: val, f"{k}_lo": lo, f"{k}_hi": hi})
+    return pd.Series(out)
+
+
+def test_report_flags_meters_that_disagree():
+    from noiseshift.report.findings import meters_disagree
+
+    issue = _row(mean_abs_delta=(0.050, 0.046, 0.054), ind_mean_abs_delta=(0.0025, 0.002, 0.003),
+                 mean_delta=(0.05, 0.046, 0.054), ind_mean_delta=(0.002, 0.001, 0.003))
+    assert meters_disagree(issue) == "x20"
+    close = _row(mean_abs_delta=(0.006, 0.004, 0.008), ind_mean_abs_delta=(0.002, 0.0015, 0.003),
+                 mean_delta=(0.006, 0.004, 0.008), ind_mean_delta=(0.002, 0.001, 0.003))
+    assert meters_disagree(close) is None  # x3 apart, but their CIs are not
+    signs = _row(mean_abs_delta=(0.01, 0.008, 0.012), ind_mean_abs_delta=(0.01, 0.008, 0.012),
+                 mean_delta=(0.01, 0.008, 0.012), ind_mean_delta=(-0.01, -0.012, -0.008))
+    assert meters_disagree(signs) == "opposite signs"
+    unresolved = _row(mean_abs_delta=(0.01, 0.008, 0.012), ind_mean_abs_delta=(0.01, 0.008, 0.012),
+                      mean_delta=(0.01, 0.008, 0.012), ind_mean_delta=(-0.01, -0.03, 0.01))
+    assert meters_disagree(unresolved) is None
