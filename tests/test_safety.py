@@ -47,7 +47,7 @@ def test_independent_meter_never_the_guiding_one(gmm):
     data, _, meter = gmm
     assert independent_meter(None, "linear") is None
     assert meter.name == "oracle"
-    assert independent_meter(data, "linear", avoid="oracle").name == "wavelet"
+    assert independent_meter(data, "linear", avoid="oracle").name == "variance"  # vectors
     digits = {"name": "digits", "side": 16}
     assert independent_meter(digits, "linear").name == "subspace"
 
@@ -140,3 +140,29 @@ def test_report_flags_meters_that_disagree():
     unresolved = _row(mean_abs_delta=(0.01, 0.008, 0.012), ind_mean_abs_delta=(0.01, 0.008, 0.012),
                       mean_delta=(0.01, 0.008, 0.012), ind_mean_delta=(-0.01, -0.03, 0.01))
     assert meters_disagree(unresolved) is None
+
+
+def test_sample_checks_nag_by_default_and_records_the_decision(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from noiseshift.cli import app
+    from noiseshift.models import save_model
+    from noiseshift.training import train_denoiser
+
+    data = make_gmm(dim=32, components=4, seed=0, n=512)
+    model = train_denoiser(data, "linear", steps=10, batch_size=32, width=32, depth=1,
+                           conditional=False, ema_decay=None)
+    path = str(save_model(model, tmp_path / "m.pt"))
+    base = ["sample", "--model", path, "--n", "16", "--steps", "3", "--nag-scale", "1.5",
+            "--estimator", "oracle", "--record", str(tmp_path / "t.h5"), "--json"]
+    res = CliRunner().invoke(app, base)
+    if res.exit_code == 2:  # stopped: one line saying why
+        assert "safety: stopped NAG" in res.output and "--no-safety" in res.output
+    else:
+        check = json.loads(res.stdout)["guidance"]["safety"]
+        assert check["meter"] == "variance"  # the mixture's oracle guides: not it
+        assert check["pilot_n"] == 16 and check["readings"][0]["scale"] == 1.5
+    off = json.loads(CliRunner().invoke(app, base + ["--no-safety"]).stdout)
+    assert "safety" not in off["guidance"] and off["run"] == "nag-estimator-step-1.5"

@@ -57,13 +57,14 @@ def independent_meter(data, schedule, avoid: str | None = None
                       ) -> NoiseLevelEstimator | None:
     """A meter the guidance does not optimise against, fitted on ``data`` (a Dataset or a
     spec) for ``schedule``: the subspace oracle (data in a known subspace), the exact
-    posterior (a Gaussian mixture), else the wavelet estimator; never the kind ``avoid``.
+    posterior (a Gaussian mixture), else the wavelet estimator (images) or variance
+    matching; never the kind ``avoid``.
     None when ``data`` is None (nothing to fit a meter on)."""
     if data is None:
         return None
     ds = data if isinstance(data, Dataset) else load_data(data)
     for name, usable in (("subspace", ds.subspace is not None),
-                         ("oracle", ds.mixture is not None), ("wavelet", True),
+                         ("oracle", ds.mixture is not None), ("wavelet", len(ds.shape) == 3),
                          ("variance", True)):
         if usable and name != avoid:
             return ESTIMATORS[name](device="cpu").fit(ds, schedule)

@@ -18,7 +18,7 @@ from ..defaults import DEFAULT_DATA
 from ..tiny import enabled
 
 #: The recipe (`tiny.train_ddpm`'s keywords). Its hash names the cached folder.
-DDPM_TESTBED = {"steps": 1000, "batch_size": 64, "lr": 2e-3, "channels": [16, 32], "seed": 0}
+DDPM_TESTBED = {"steps": 1500, "batch_size": 64, "lr": 2e-3, "channels": [16, 32], "seed": 0}
 #: Under NOISESHIFT_TINY: a smoke-test recipe with its own cache key; its numbers mean nothing.
 DDPM_TESTBED_TINY = {**DDPM_TESTBED, "steps": 4, "batch_size": 8, "channels": [8, 16]}
 
