@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import load_data
 from ..defaults import DEFAULT_DATA
 from ..tiny import enabled
+from .tiny import cached_ddpm_folder
 
 #: The recipe (`tiny.train_ddpm`'s keywords). Its hash names the cached folder.
 DDPM_TESTBED = {"steps": 1500, "batch_size": 64, "lr": 2e-3, "channels": [16, 32], "seed": 0}
@@ -26,9 +28,6 @@ DDPM_TESTBED_TINY = {**DDPM_TESTBED, "steps": 4, "batch_size": 8, "channels": [8
 def ddpm_testbed_folder(progress=None) -> Path:
     """The testbed's pipeline folder in the cache (`defaults.cache_dir()`), trained on first
     use. ``progress(info)`` gets the training loop's per-step info."""
-    from ..data import load_data
-    from .tiny import cached_ddpm_folder
-
     recipe = DDPM_TESTBED_TINY if enabled() else DDPM_TESTBED
     return cached_ddpm_folder(load_data(DEFAULT_DATA), progress=progress, **recipe)
 
