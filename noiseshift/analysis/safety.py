@@ -8,8 +8,9 @@ same seed, so they pair up) and reads both with an independent meter: the subspa
 where the data give one, the exact posterior for the mixture, the wavelet estimator
 otherwise, and never the estimator the guidance reads. When the guided states' shift
 exceeds the baseline's by more than ``factor`` (the paired bootstrap CI of the ratio above
-1), the scale is halved and the pilot redrawn; after ``halvings`` halvings the guidance is
-stopped.
+1), or its final samples grow in size by that factor (samples that blow up saturate a meter
+of t), the scale is halved and the pilot redrawn; after ``halvings`` halvings the guidance
+is stopped.
 
     check = guard(make, scale=1.5, meter=independent_meter(data, schedule, avoid="learned"))
     check.scale        # the scale to run (None: stopped), check.message(): one line or None
@@ -138,6 +139,12 @@ class SafetyCheck:
         return safety_message(self.to_dict())
 
 
+def _rms_note(r: dict) -> str:
+    """The final samples' size, where it grew past the harm factor."""
+    ratio = r.get("rms_ratio")
+    return "" if ratio is None or ratio <= FACTOR else f" (samples x{ratio:.1f} in size)"
+
+
 def safety_message(d: dict) -> str | None:
     """The one line `SafetyCheck.message` says, from its recorded dict (a run's
     ``guidance["safety"]``); None when the scale was kept."""
@@ -146,7 +153,7 @@ def safety_message(d: dict) -> str | None:
     if d["action"] == "skipped":
         return f"safety check skipped: {d['note']}"
     tried = "; ".join(f"{r['scale']:g}: x{r['ratio']:.2f} [{r['ratio_lo']:.2f}, "
-                      f"{r['ratio_hi']:.2f}]" for r in d["readings"])
+                      f"{r['ratio_hi']:.2f}]" + _rms_note(r) for r in d["readings"])
     what = (f"reduced the NAG scale from {d['asked']:g} to {d['scale']:g}"
             if d["scale"] is not None else f"stopped NAG at scale {d['asked']:g}")
     return (f"safety: {what}: it moved the pilot's states off the schedule by the "
@@ -183,14 +190,11 @@ def guard(spec: RunSpec, make: Make, scale: float, meter: NoiseLevelEstimator | 
             if base is None:
                 base = _pilot(backend, pilot_spec(spec, check.pilot_n, {"kind": "none"},
                                                   "pilot-unguided"), path, meter)
-                check.baseline = mean_abs_shift(base)
-            d = _pilot(backend, pilot_spec(spec, check.pilot_n, guidance, f"pilot-{k}"),
-                       path, meter)
-            r = shift_ratio(d, base, seed)
-            harm = bool(r.value > factor and r.lo > 1)
-            check.readings.append({"scale": s, "mean_abs_delta": mean_abs_shift(d),
-                                   "ratio": r.value, "ratio_lo": r.lo, "ratio_hi": r.hi,
-                                   "harm": harm})
+                check.baseline = mean_abs_shift(base[0])
+            got = _pilot(backend, pilot_spec(spec, check.pilot_n, guidance, f"pilot-{k}"),
+                         path, meter)
+            check.readings.append(_reading(s, got, base, factor, seed))
+            harm = check.readings[-1]["harm"]
             if not harm:
                 check.scale = s
                 break
@@ -198,11 +202,27 @@ def guard(spec: RunSpec, make: Make, scale: float, meter: NoiseLevelEstimator | 
     return check
 
 
-def _pilot(backend, spec: RunSpec, path: Path, meter) -> np.ndarray:
-    """Draw ``spec`` into the pilot file and read its states' deltas with ``meter``."""
+def _pilot(backend, spec: RunSpec, path: Path, meter) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``spec`` into the pilot file: (its states' deltas read by ``meter``, the RMS of
+    each final sample)."""
     backend.draw(spec, path)
     with open_trajectories(path) as f:
-        return step_deltas(meter, f.run(spec.run))
+        run = f.run(spec.run)
+        x = run.read_samples().reshape(run.n, -1).astype(np.float64)
+        return step_deltas(meter, run), np.sqrt((x**2).mean(axis=1))
+
+
+def _reading(scale: float, got, base, factor: float, seed: int) -> dict:
+    """One scale's reading: the meter's shift ratio, and the final samples' RMS ratio
+    (samples that blow up saturate a meter of t, so their size is checked too: data-free);
+    harm when either grows by more than ``factor``, resolved."""
+    r = shift_ratio(got[0], base[0], seed)
+    rms = bootstrap(lambda i: got[1][i].mean() / max(base[1][i].mean(), 1e-12), len(got[1]),
+                    seed=seed)
+    harm = (r.value > factor and r.lo > 1) or (rms.value > factor and rms.lo > 1)
+    return {"scale": scale, "mean_abs_delta": mean_abs_shift(got[0]), "ratio": r.value,
+            "ratio_lo": r.lo, "ratio_hi": r.hi, "rms_ratio": rms.value, "rms_lo": rms.lo,
+            "rms_hi": rms.hi, "harm": bool(harm)}
 
 
 def guarded(spec: RunSpec, make: Make, scale: float, meter, **kw) -> tuple[RunSpec, object]:
