@@ -173,9 +173,11 @@ def test_samples_that_blow_up_are_harm_even_where_the_meter_saturates():
 
     d = np.random.default_rng(0).normal(0.01, 0.02, size=(8, 32))
     rms = np.random.default_rng(1).uniform(0.6, 0.8, size=32)
-    same = _reading(1.0, (d, rms), (d, rms), 1.5, 0)
+    same = _reading(1.0, (d, rms, 3.0), (d, rms, 3.0), 1.5, 0)
     assert not same["harm"] and same["ratio"] == pytest.approx(1.0)
-    big = _reading(1.0, (d, 5 * rms), (d, rms), 1.5, 0)
+    one = _reading(1.0, (d, rms, 33.0), (d, rms, 3.0), 1.5, 0)  # one sample blew up
+    assert one["harm"] and one["peak_ratio"] == pytest.approx(11.0)
+    big = _reading(1.0, (d, 5 * rms, 15.0), (d, rms, 3.0), 1.5, 0)
     assert big["harm"] and big["rms_ratio"] == pytest.approx(5.0) and big["rms_lo"] > 1.5
     line = safety_message({"action": "stopped", "asked": 1.0, "scale": None, "meter": "m",
                            "pilot_n": 32, "factor": 1.5, "readings": [big]})

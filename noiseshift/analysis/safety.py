@@ -9,8 +9,8 @@ where the data give one, the exact posterior for the mixture, the wavelet estima
 otherwise, and never the estimator the guidance reads. When the guided states' shift
 exceeds the baseline's by more than ``factor`` (the paired bootstrap CI of the ratio above
 1), or its final samples grow in size by that factor (samples that blow up saturate a meter
-of t), the scale is halved and the pilot redrawn; after ``halvings`` halvings the guidance
-is stopped.
+of t), or their largest value does, the scale is halved and the pilot redrawn; after
+``halvings`` halvings the guidance is stopped.
 
     check = guard(make, scale=1.5, meter=independent_meter(data, schedule, avoid="learned"))
     check.scale        # the scale to run (None: stopped), check.message(): one line or None
@@ -141,8 +141,10 @@ class SafetyCheck:
 
 def _rms_note(r: dict) -> str:
     """The final samples' size, where it grew past the harm factor."""
-    ratio = r.get("rms_ratio")
-    return "" if ratio is None or ratio <= FACTOR else f" (samples x{ratio:.1f} in size)"
+    ratio, peak = r.get("rms_ratio"), r.get("peak_ratio")
+    if ratio is not None and ratio > FACTOR:
+        return f" (samples x{ratio:.1f} in size)"
+    return f" (largest value x{peak:.1f})" if peak is not None and peak > FACTOR else ""
 
 
 def safety_message(d: dict) -> str | None:
@@ -202,14 +204,14 @@ def guard(spec: RunSpec, make: Make, scale: float, meter: NoiseLevelEstimator | 
     return check
 
 
-def _pilot(backend, spec: RunSpec, path: Path, meter) -> tuple[np.ndarray, np.ndarray]:
+def _pilot(backend, spec: RunSpec, path: Path, meter) -> tuple:
     """Draw ``spec`` into the pilot file: (its states' deltas read by ``meter``, the RMS of
-    each final sample)."""
+    each final sample, the largest |value| of any)."""
     backend.draw(spec, path)
     with open_trajectories(path) as f:
         run = f.run(spec.run)
         x = run.read_samples().reshape(run.n, -1).astype(np.float64)
-        return step_deltas(meter, run), np.sqrt((x**2).mean(axis=1))
+        return step_deltas(meter, run), np.sqrt((x**2).mean(axis=1)), float(np.abs(x).max())
 
 
 def _reading(scale: float, got, base, factor: float, seed: int) -> dict:
@@ -219,10 +221,13 @@ def _reading(scale: float, got, base, factor: float, seed: int) -> dict:
     r = shift_ratio(got[0], base[0], seed)
     rms = bootstrap(lambda i: got[1][i].mean() / max(base[1][i].mean(), 1e-12), len(got[1]),
                     seed=seed)
-    harm = (r.value > factor and r.lo > 1) or (rms.value > factor and rms.lo > 1)
+    # One sample in 64 that blows up can multiply FD: the largest value counts on its own.
+    peak = float(got[2] / max(base[2], 1e-12))
+    harm = (r.value > factor and r.lo > 1) or (rms.value > factor and rms.lo > 1) or \
+        peak > factor
     return {"scale": scale, "mean_abs_delta": mean_abs_shift(got[0]), "ratio": r.value,
             "ratio_lo": r.lo, "ratio_hi": r.hi, "rms_ratio": rms.value, "rms_lo": rms.lo,
-            "rms_hi": rms.hi, "harm": bool(harm)}
+            "rms_hi": rms.hi, "peak_ratio": peak, "harm": bool(harm)}
 
 
 def guarded(spec: RunSpec, make: Make, scale: float, meter, **kw) -> tuple[RunSpec, object]:
