@@ -159,8 +159,8 @@ def safety_message(d: dict) -> str | None:
     what = (f"reduced the NAG scale from {d['asked']:g} to {d['scale']:g}"
             if d["scale"] is not None else f"stopped NAG at scale {d['asked']:g}")
     return (f"safety: {what}: it moved the pilot's states off the schedule by the "
-            f"independent {d['meter']} meter (mean |delta| guided / unguided, "
-            f"{d['pilot_n']} samples: {tried}; harm above x{d['factor']:g}); "
+            f"independent {d['meter']} meter, or blew its samples up (mean |delta| guided / "
+            f"unguided, {d['pilot_n']} samples: {tried}; harm above x{d['factor']:g}); "
             f"--no-safety runs it as asked")
 
 
