@@ -4,9 +4,10 @@ A diffusers UNet2DModel DDPM (eps prediction, DDPMScheduler, 1000 linear-beta st
 clip_sample off) trained briefly on the built-in 16x16 digits with diffusers' own
 ``add_noise``, the way a user would train one outside noiseshift (`tiny.train_ddpm`): the
 FULL recipe of examples/diffusers_ddpm_digits.py (bit-identical weights), issue 20's
-"outside model" recipe, about 6 minutes on one idle CPU thread. Sampled with DDIM trailing at 50 steps it lands at FD 25-60 in the digits
-classifier's space (seeds 0-2, n = 256; the project's own model is near 3-4), with a few
-samples per run far outside the data's range, and its late states carry off-manifold
+"outside model" recipe, about 6 minutes on one idle CPU thread. Sampled with DDIM trailing
+at 50 steps it lands at FD 25-60 in the digits classifier's space (seeds 0-2, n = 256;
+the project's own model is near 3-4), with a few samples per run far outside the data's
+range, and its late states carry off-manifold
 content that both meters read as noise (docs/results.md, "Do no harm").
 `ddpm_testbed_folder()` gives its pipeline folder, for ``noiseshift sample --model
 diffusers:DIR``; trained on first use, then cached.
