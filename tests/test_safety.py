@@ -13,7 +13,7 @@ from noiseshift.analysis.safety import (
     safety_message,
     shift_ratio,
 )
-from noiseshift.data import MixtureDenoiser, make_gmm
+from noiseshift.data import MixtureDenoiser, load_data, make_gmm
 from noiseshift.errors import NoiseshiftError
 from noiseshift.guidance import build_guidance
 from noiseshift.recording import SamplerBackend
@@ -114,6 +114,23 @@ def test_ddpm_testbed_folder_trains_once_then_loads(tmp_path, monkeypatch):
     assert calls and calls[-1]["steps"] == ddpm_testbed.DDPM_TESTBED_TINY["steps"]
     again = ddpm_testbed.ddpm_testbed_folder(progress=calls.append)
     assert again == folder and len(calls) == ddpm_testbed.DDPM_TESTBED_TINY["steps"]
+    # The pipeline path records the check in the run's attributes.
+    from noiseshift.estimators import SubspaceOracle
+    from noiseshift.integrations.pipeline_runs import folder_run
+    from noiseshift.io import open_trajectories
+    from noiseshift.recording import record_with_baseline
+
+    est = SubspaceOracle(device="cpu").fit(load_data({"name": "digits", "side": 16}),
+                                             "vp-cosine")
+    spec, backend = folder_run(f"diffusers:{folder}", scheduler="ddim", device="cpu",
+                               safety=True, n=MIN_PILOT, steps=2, estimator=est,
+                               nag_scale=1.0)
+    check = spec.guidance["safety"]
+    assert check["meter"] == "wavelet" and check["pilot_n"] == MIN_PILOT  # not the guide
+    if check["action"] != "stopped":
+        rec = record_with_baseline(spec, backend, tmp_path / "t.h5")
+        with open_trajectories(tmp_path / "t.h5") as f:
+            assert f.run(rec.run).attrs["guidance"]["safety"] == check
 
 
 def _row(**v):
