@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..analysis.safety import guarded, independent_meter, safety_message, sampler_make
 from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
@@ -211,6 +212,11 @@ def sample_command(
                                  "saved, as all_samples); keeps FID-scale runs on a disk."),
     record_every: int = typer.Option(1, "--record-every", min=1, help="Record every K-th "
                                      "step only (steps 0, K, 2K, ...)."),
+    safety: bool = typer.Option(True, "--safety/--no-safety", help="NAG only: first draw a "
+                                "pilot of 32 samples guided and unguided, read both with an "
+                                "independent meter (not the one NAG follows), and halve the "
+                                "scale while guidance moves the states off the schedule "
+                                "(stop after 3 halvings). Recorded in the run's guidance."),
 ):
     """Sample from a denoiser and record the trajectory: every state x_t the sampler
     visits, the model's x0 prediction there, the nominal t, labels and final samples.
@@ -228,12 +234,9 @@ def sample_command(
         raise NoiseshiftError("--grid needs a .png file name", grid)
     run_opts = dict(n=n, steps=steps, seed=seed, run=run, record_n=record_n,
                     record_every=record_every)
-    guide_opts = dict(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
-                      eps_scale=eps_scale, interval=guidance_interval, estimator=estimator,
-                      dcw=dcw, dcw_form=dcw_form,
-                      **({} if corrector is None else {"corrector": corrector}))
-    if corrector is not None:  # before any model is loaded or trained
-        check_corrector(*_numbers(corrector, "--corrector", (1, 2, 3)))
+    guide_opts = _guide_opts(nag_scale=nag_scale, nag_mode=nag_mode, cfg_scale=cfg_scale,
+                             eps_scale=eps_scale, interval=guidance_interval,
+                             estimator=estimator, dcw=dcw, dcw_form=dcw_form, corrector=corrector)
     if is_diffusers(model):
         refuse_builtin_options(sampler, diffusion, eta, time_shift)
         if guide_opts.pop("corrector", None) is not None:
@@ -243,7 +246,7 @@ def sample_command(
         spec, backend = folder_run(
             model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
             allow_download=allow_download, class_label=class_,
-            progress=not json_out and err_console.is_terminal,
+            progress=not json_out and err_console.is_terminal, safety=safety,
             **_pipeline_guidance(**guide_opts), **run_opts)
     else:
         refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=prompt,
@@ -251,7 +254,8 @@ def sample_command(
         spec, backend = _builtin_run(
             model, sampler=sampler, diffusion=diffusion, eta=eta, time_shift=time_shift,
             timesteps=timesteps, class_=class_, data=data, size=size, device=device,
-            quiet=json_out, guide_opts=guide_opts, **run_opts)
+            quiet=json_out, guide_opts=guide_opts, safety=safety, **run_opts)
+    _safety_warning(spec.guidance.get("safety"))
     rec = _record(spec, backend, path, quiet=json_out)
     if grid is not None and is_main():  # under torchrun rank 0 holds all samples
         _save_grid(rec, spec, grid)
@@ -285,8 +289,23 @@ def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:
             "interval": _numbers(interval, "--guidance-interval")}
 
 
+def _guide_opts(*, corrector, **opts) -> dict:
+    """The guidance options, a --corrector checked before any model is loaded or trained."""
+    if corrector is not None:
+        check_corrector(*_numbers(corrector, "--corrector", (1, 2, 3)))
+        opts["corrector"] = corrector
+    return opts
+
+
+def _safety_warning(check: dict | None) -> None:
+    line = None if check is None else safety_message(check)
+    if line:
+        err_console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
+
+
 def _builtin_run(model, *, sampler, diffusion, eta, time_shift, timesteps, class_, data, size,
-                 device, quiet, guide_opts, run, **run_opts) -> tuple[RunSpec, SamplerBackend]:
+                 device, quiet, guide_opts, run, safety=False, **run_opts
+                 ) -> tuple[RunSpec, SamplerBackend]:
     """(the spec, the backend) of a run of a built-in-protocol denoiser: options checked and
     labels drawn before the model or its estimator is loaded or trained."""
     sampler_kw = sampler_options(sampler, diffusion, eta, timesteps)
@@ -294,10 +313,17 @@ def _builtin_run(model, *, sampler, diffusion, eta, time_shift, timesteps, class
     net = denoiser_with_progress(model, device, quiet=quiet)
     spec = RunSpec.for_model(net, sampler=sampler, y=class_, **run_opts, **sampler_kw,
                              model_info=_model_info(net, model, data, size))
-    guided, guidance = guided_model(net, **guidance_options(
-        net, time_shift=time_shift, device=device, quiet=quiet, data=data_spec(data, size),
-        **guide_opts))
-    return spec.with_guidance(guidance, run), SamplerBackend(net, guided, source=model)
+    opts = guidance_options(net, time_shift=time_shift, device=device, quiet=quiet,
+                            data=data_spec(data, size), **guide_opts)
+    guided, guidance = guided_model(net, **opts)
+    spec, backend = spec.with_guidance(guidance, run), SamplerBackend(net, guided, source=model)
+    if safety and opts["nag_scale"]:
+        est = opts.get("estimator")
+        meter = independent_meter(spec.model.get("data"), net.schedule,
+                                  avoid=None if est is None else est.name)
+        spec, backend = guarded(spec, sampler_make(net, opts, device, model),
+                                opts["nag_scale"], meter)
+    return spec, backend
 
 
 def _record(spec: RunSpec, backend, path, quiet: bool):
@@ -364,6 +390,17 @@ class _Bars:
         return advance
 
 
+def _safety_row(check: dict | None) -> str:
+    if check is None:
+        return "-"
+    if check["action"] in ("skipped",):
+        return check["action"]
+    last = check["readings"][-1]
+    return (f"{check['action']} at scale {check['scale']:g} ({check['meter']} meter: shift "
+            f"x{last['ratio']:.2f} of unguided, {check['pilot_n']}-sample pilot, "
+            f"{check['seconds']:.1f} s)")
+
+
 def _print_summary(summary: dict, path, name: str) -> None:
     s = summary
     table = Table(title="Samples", show_header=False)
@@ -375,6 +412,7 @@ def _print_summary(summary: dict, path, name: str) -> None:
         ("time", f"{s['seconds']:.1f} s"),
         ("recorded to", "-" if path is None else f"{path} (run {name})"),
         ("baseline run", s["baseline"] or "-"),
+        ("safety", _safety_row((s["guidance"] or {}).get("safety"))),
         ("grid", s["grid"] or "-"),
     ]:
         table.add_row(k, str(v))

@@ -253,6 +253,9 @@ class Recorder:
         self._rows = slice(0, n)
         hook = StepHook.attach(self.pipe.scheduler)
         guidance = hook.guide.guidance if hook.guide is not None else {"kind": "none"}
+        if self.attrs is not None and self.attrs.get("guidance", {}).get("kind") == \
+                guidance.get("kind"):
+            guidance = self.attrs["guidance"]  # the run's own: with its safety check
         if self.run is None:
             self.run = "unguided" if guidance.get("kind") == "none" else str(guidance["kind"])
         param = self.view.parametrisation()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.safety import guarded, independent_meter
 from ..defaults import DEFAULT_SAMPLER
 from ..errors import NoiseshiftError
 from ..guidance import DEFAULT_DCW_FORM, DEFAULT_NAG_MODE
@@ -283,6 +284,25 @@ def grid_timesteps(pipe, timesteps) -> list[int]:
     return ts
 
 
+def guard_pipeline(pipe, spec: RunSpec, backend: PipelineBackend, **options
+                   ) -> tuple[RunSpec, PipelineBackend]:
+    """The do-no-harm check (`analysis.safety.guarded`) of a NAG run of ``pipe`` made by
+    `pipeline_run(pipe, **options)`: pilots at halved scales, read by an independent meter
+    fitted on the data the run names, else the data the guiding estimator learned."""
+    gk = backend.guide_kw
+    if not spec.guided or gk is None or not gk["scale"]:
+        return spec, backend
+    est = gk["estimator"]
+    meter = independent_meter(backend.data or est.data_spec_, est.schedule_, avoid=est.name)
+    opts = {**options, "estimator": est}
+
+    def make(scale: float, n: int):
+        pilot, b = pipeline_run(pipe, **{**opts, "nag_scale": scale, "n": n})
+        return pilot.guidance, b
+
+    return guarded(spec, make, gk["scale"], meter)
+
+
 def sample_pipeline(pipe, path=None, run: str | None = None, *, max_samples: int | None = None,
                     every: int = 1, on_baseline=None, **options) -> PipelineRun:
     """Sample ``pipe`` as `pipeline_run` (``options``: n, steps, seed, estimator, nag_scale,
@@ -366,11 +386,12 @@ def refuse_builtin_options(sampler, diffusion, eta, time_shift) -> None:
 
 
 def folder_run(model: str, *, scheduler=None, spacing=None, device: str = "auto",
-               progress: bool = False, allow_download: bool = False,
+               progress: bool = False, allow_download: bool = False, safety: bool = False,
                **options) -> tuple[RunSpec, PipelineBackend]:
     """`pipeline_run` of the pipeline ``model`` ("diffusers:DIR" or "diffusers:ORG/NAME[@REV]",
     loaded with ``scheduler`` / ``spacing`` onto ``device``; ids from the Hugging Face cache,
-    downloaded only with ``allow_download``; ``progress`` shows diffusers' bars)."""
+    downloaded only with ``allow_download``; ``progress`` shows diffusers' bars); with
+    ``safety``, NAG is checked first (`guard_pipeline`)."""
     folder = model[len(PREFIX):]
     if not folder:
         raise NoiseshiftError("--model diffusers: needs a pipeline folder or Hub id "
@@ -379,10 +400,14 @@ def folder_run(model: str, *, scheduler=None, spacing=None, device: str = "auto"
                          device=resolve_device(device), progress=progress,
                          allow_download=allow_download)
     pipe.set_progress_bar_config(disable=not progress)
-    return pipeline_run(pipe, source=model, **options)
+    spec, backend = pipeline_run(pipe, source=model, **options)
+    if safety:
+        return guard_pipeline(pipe, spec, backend, source=model, **options)
+    return spec, backend
 
 
 __all__ = ["PREFIX", "PipelineBackend", "PipelineRun", "Recorded", "folder_run",
-           "is_diffusers", "num_classes", "pipeline_call", "pipeline_guide", "pipeline_run",
+           "guard_pipeline", "is_diffusers", "num_classes", "pipeline_call", "pipeline_guide",
+           "pipeline_run",
            "pipeline_spec", "refuse_builtin_options", "refuse_diffusers_options",
            "sample_pipeline", "state_shape"]

@@ -59,15 +59,13 @@ def train_ddpm(data: Dataset, *, steps: int = 300, batch_size: int = 64, lr: flo
     return pipe
 
 
-def cached_ddpm(data: Dataset, **recipe):
-    """`train_ddpm`, trained once and cached (``save_pretrained``) under noiseshift's cache
-    folder, keyed by the data spec and the recipe; later calls load it from local files."""
-    diffusers = require("diffusers")
+def cached_ddpm_folder(data: Dataset, progress=None, **recipe):
+    """The folder of `train_ddpm`'s pipeline (``save_pretrained``), trained once and cached
+    under noiseshift's cache folder, keyed by the data spec and the recipe. ``progress``
+    gets the training loop's per-step info."""
     folder = cache_dir() / "diffusers" / f"ddpm-{recipe_key(data.spec, recipe)}"
-    if (folder / "model_index.json").is_file():
-        pipe = diffusers.DDPMPipeline.from_pretrained(folder, local_files_only=True)
-    else:
-        pipe = train_ddpm(data, **recipe)
+    if not (folder / "model_index.json").is_file():
+        pipe = train_ddpm(data, on_step=progress, **recipe)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
         pipe.save_pretrained(tmp)
@@ -75,8 +73,17 @@ def cached_ddpm(data: Dataset, **recipe):
             os.replace(tmp, folder)  # whole, or not at all
         except OSError:  # another process cached it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def cached_ddpm(data: Dataset, **recipe):
+    """`train_ddpm`, trained once and cached (`cached_ddpm_folder`); later calls load it
+    from local files."""
+    diffusers = require("diffusers")
+    folder = cached_ddpm_folder(data, **recipe)
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-__all__ = ["cached_ddpm", "tiny_unet", "train_ddpm"]
+__all__ = ["cached_ddpm", "cached_ddpm_folder", "tiny_unet", "train_ddpm"]

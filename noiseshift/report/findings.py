@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..analysis.safety import safety_message
 from .runs import LATE, Report
 from .stats import flat_points
 from .text import col, has
@@ -21,6 +22,8 @@ def findings(rep: Report) -> list[str]:
         out.append(f"The {rep.main} estimator cannot read t in {z} (blind zones): those steps "
                    f"are shown but left out of every average.")
     out.extend(_baseline_sentences(rep))
+    out.extend(_disagreement_sentences(rep))
+    out.extend(_safety_sentences(rep))
     suspect = {w["run"] for w in rep.warnings}
     for _, p in rep.paired.iterrows():
         out.append(_run_sentence(rep, p, suspect))
@@ -49,6 +52,62 @@ def _baseline_sentences(rep: Report) -> list[str]:
     if rep.independent and base is not None and has(base, "ind_mean_delta"):
         out.append(f"The independent {rep.independent} meter reads a mean shift of "
                    f"{col(base, 'ind_mean_delta')} for the baseline.")
+    return out
+
+
+#: The main and the independent meter disagree when their mean |delta| differ by more than
+#: this factor (CIs apart) or their mean deltas have opposite signs (both resolved).
+DISAGREE = 3.0
+
+
+def meters_disagree(row) -> str | None:
+    """How a summary row's two meters disagree ("x20", "opposite signs"), or None."""
+    if has(row, "mean_abs_delta") and has(row, "ind_mean_abs_delta"):
+        a, b = row["mean_abs_delta"], row["ind_mean_abs_delta"]
+        (big, small) = ("", "ind_") if a >= b else ("ind_", "")
+        if row[f"{big}mean_abs_delta_lo"] > DISAGREE * row[f"{small}mean_abs_delta_hi"]:
+            return f"x{max(a, b) / max(min(a, b), 1e-12):.0f}"
+    if has(row, "mean_delta") and has(row, "ind_mean_delta"):
+        lo, hi, ilo, ihi = (row[k] for k in ("mean_delta_lo", "mean_delta_hi",
+                                             "ind_mean_delta_lo", "ind_mean_delta_hi"))
+        if (lo > 0 and ihi < 0) or (hi < 0 and ilo > 0):
+            return "opposite signs"
+    return None
+
+
+def _disagreement_sentences(rep: Report) -> list[str]:
+    """A flag for every run whose two meters disagree (resolved)."""
+    if not rep.independent:
+        return []
+    out = []
+    for _, row in rep.summary.iterrows():
+        how = meters_disagree(row)
+        if how:
+            out.append(f"The meters disagree on {row.run!r} ({how}): mean |shift| "
+                       f"{col(row, 'mean_abs_delta', '.4f')} by {rep.main}, "
+                       f"{col(row, 'ind_mean_abs_delta', '.4f')} by the independent "
+                       f"{rep.independent} meter. One of them reads something other than "
+                       f"noise in these states (content error reads as noise to a learned "
+                       f"estimator); a correction that follows it can move the states off "
+                       f"the schedule.")
+    return out
+
+
+def _safety_sentences(rep: Report) -> list[str]:
+    """What the do-no-harm check (`sample --safety`) decided for each guided run."""
+    out = []
+    for rd in rep.runs:
+        check = rd.guidance.get("safety")
+        if not check:
+            continue
+        line = safety_message(check)
+        if line is None:
+            last = check["readings"][-1]
+            line = (f"safety: kept NAG scale {check['scale']:g} (independent "
+                    f"{check['meter']} meter, {check['pilot_n']}-sample pilot: guided / "
+                    f"unguided mean |delta| x{last['ratio']:.2f} [{last['ratio_lo']:.2f}, "
+                    f"{last['ratio_hi']:.2f}])")
+        out.append(f"{rd.name!r} ran under the do-no-harm check: {line}.")
     return out
 
 
