@@ -184,6 +184,24 @@ def get_estimator(name_or_path: str | Path, data: Dataset | dict | str | None = 
     return ESTIMATORS[key](device=device).fit(dataset, get_schedule(schedule), progress)
 
 
+def independent_meter(data, schedule, avoid: str | None = None, device: str = "cpu"
+                      ) -> NoiseLevelEstimator | None:
+    """A meter the guidance does not optimise against, fitted on ``data`` (a Dataset or a
+    spec) for ``schedule``: the subspace oracle (data in a known subspace), the exact
+    posterior (a Gaussian mixture), else the wavelet estimator (images) or variance
+    matching; never the kind ``avoid``. None when ``data`` is None (nothing to fit a meter
+    on). The do-no-harm check, tune and the report's second opinion all read this one."""
+    if data is None:
+        return None
+    ds = data if isinstance(data, Dataset) else load_data(data)
+    for name, usable in (("subspace", ds.subspace is not None),
+                         ("oracle", ds.mixture is not None), ("wavelet", len(ds.shape) == 3),
+                         ("variance", True)):
+        if usable and name != avoid:
+            return ESTIMATORS[name](device=device).fit(ds, get_schedule(schedule))
+    return None
+
+
 def estimator_for(model, name_or_path: str | Path | None = None, *, device: str = "auto",
                   progress=None, data: str | dict | None = None) -> NoiseLevelEstimator:
     """The noise-level estimator that guides ``model``: ``name_or_path`` (default `learned`,

@@ -8,7 +8,6 @@ from noiseshift.analysis.safety import (
     MIN_PILOT,
     guard,
     guarded,
-    independent_meter,
     mean_abs_shift,
     safety_message,
     shift_ratio,
@@ -16,6 +15,7 @@ from noiseshift.analysis.safety import (
 from noiseshift.data import MixtureDenoiser, load_data, make_gmm
 from noiseshift.errors import NoiseshiftError
 from noiseshift.guidance import build_guidance
+from noiseshift.pretrained import independent_meter
 from noiseshift.recording import SamplerBackend
 from noiseshift.runspec import RunSpec
 

@@ -15,7 +15,8 @@ from noiseshift.cli import app
 from noiseshift.data import make_gmm
 from noiseshift.data.mixture import MixtureDenoiser
 from noiseshift.errors import NoiseshiftError
-from noiseshift.tuning import CANDIDATES, Candidate, independent_meter, rungs, search, tune
+from noiseshift.pretrained import independent_meter
+from noiseshift.tuning import CANDIDATES, Candidate, rungs, search, tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

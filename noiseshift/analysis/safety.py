@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import Dataset, load_data
 from ..errors import NoiseshiftError
-from ..estimators import ESTIMATORS, NoiseLevelEstimator
+from ..estimators import NoiseLevelEstimator
 from ..guidance import GuidanceWarning, build_guidance
 from ..io import open_trajectories
 from ..recording import SamplerBackend
@@ -52,24 +51,6 @@ MIN_PILOT = 16
 FACTOR = 1.5
 #: How many times the scale is halved before the guidance is stopped.
 HALVINGS = 3
-
-
-def independent_meter(data, schedule, avoid: str | None = None
-                      ) -> NoiseLevelEstimator | None:
-    """A meter the guidance does not optimise against, fitted on ``data`` (a Dataset or a
-    spec) for ``schedule``: the subspace oracle (data in a known subspace), the exact
-    posterior (a Gaussian mixture), else the wavelet estimator (images) or variance
-    matching; never the kind ``avoid``.
-    None when ``data`` is None (nothing to fit a meter on)."""
-    if data is None:
-        return None
-    ds = data if isinstance(data, Dataset) else load_data(data)
-    for name, usable in (("subspace", ds.subspace is not None),
-                         ("oracle", ds.mixture is not None), ("wavelet", len(ds.shape) == 3),
-                         ("variance", True)):
-        if usable and name != avoid:
-            return ESTIMATORS[name](device="cpu").fit(ds, schedule)
-    return None
 
 
 def pilot_spec(spec: RunSpec, n: int, guidance: dict, run: str) -> RunSpec:
@@ -257,5 +238,5 @@ def sampler_make(model, options: dict, device: str = "auto", source: str | None 
 
 
 __all__ = ["FACTOR", "HALVINGS", "MIN_PILOT", "PILOT_N", "SafetyCheck", "guard", "guarded",
-           "independent_meter", "mean_abs_shift", "pilot_spec", "safety_message",
+           "mean_abs_shift", "pilot_spec", "safety_message",
            "sampler_make", "shift_ratio", "step_deltas"]

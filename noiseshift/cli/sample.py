@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..analysis.safety import guarded, independent_meter, safety_message, sampler_make
+from ..analysis.safety import guarded, safety_message, sampler_make
 from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..distributed import is_main
@@ -37,7 +37,7 @@ from ..integrations.pipeline_runs import (
 )
 from ..io.images import save_grid
 from ..io.paths import refuse_overwriting_inputs
-from ..pretrained import estimator_for
+from ..pretrained import estimator_for, independent_meter
 from ..recording import SamplerBackend, describe_model, record_with_baseline
 from ..runspec import RunSpec
 from ..sampling import sampler_settings

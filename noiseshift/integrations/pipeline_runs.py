@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analysis.safety import guarded, independent_meter
+from ..analysis.safety import guarded
 from ..defaults import DEFAULT_SAMPLER
 from ..errors import NoiseshiftError
 from ..guidance import DEFAULT_DCW_FORM, DEFAULT_NAG_MODE
-from ..pretrained import get_estimator
+from ..pretrained import get_estimator, independent_meter
 from ..recording import Recorded, record_with_baseline
 from ..runspec import UNGUIDED, RunSpec
 from ..runtime import resolve_device

@@ -9,7 +9,7 @@ feature space `report` uses, with the shift read by an independent meter.
 
 from .candidates import CANDIDATES, Candidate, fitting
 from .result import Row, TuneResult
-from .search import independent_meter, rungs, tune
+from .search import rungs, tune
 
-__all__ = ["CANDIDATES", "Candidate", "Row", "TuneResult", "fitting", "independent_meter",
+__all__ = ["CANDIDATES", "Candidate", "Row", "TuneResult", "fitting",
            "rungs", "tune"]

@@ -18,7 +18,7 @@ from ..analysis.quality import feature_space
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
 from ..guidance import low_dim_warning
-from ..pretrained import get_estimator
+from ..pretrained import independent_meter
 from ..sampling import model_device
 from .candidates import CANDIDATES, fitting
 from .draws import Draws, draw, point_fd, score
@@ -63,16 +63,6 @@ def rungs(k: int, n_start: int, n_final: int, keep: float, finalists: int
         count = min(count, max(finalists, math.ceil(keep * count)))
         out.append((n, count))
     return out
-
-
-def independent_meter(data, schedule, device="cpu"):
-    """The meter no candidate is guided by: the subspace oracle for data in a known
-    subspace (digits), the exact oracle for a mixture; None otherwise (no shift column)."""
-    if getattr(data, "subspace", None) is not None:
-        return get_estimator("subspace", data, schedule, device=device)
-    if getattr(data, "mixture", None) is not None:
-        return get_estimator("oracle", data, schedule, device=device)
-    return None
 
 
 def tune(model, budget_nfe: int, data, *, seeds=(0,), candidates=CANDIDATES,
@@ -122,7 +112,7 @@ def _context(model, estimator, data, n_total, block, device, n_boot, space, mete
              ) -> Context:
     dev = model_device(model, device)
     if meter == "auto":
-        meter = independent_meter(data, model.schedule, device=str(dev))
+        meter = independent_meter(data, model.schedule, avoid="learned", device=str(dev))
     return Context(model, estimator, data, meter, space or feature_space(data), n_total,
                    block, str(dev), n_boot, 0)
 
