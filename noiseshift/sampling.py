@@ -27,6 +27,7 @@ import torch
 from . import distributed, runtime
 from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import NoiseshiftError
+from .hooks import model_hooks
 from .models import model_shape
 from .timegrid import check_timesteps, timesteps
 
@@ -430,28 +431,6 @@ def _grid(model, steps: int, t_max: float, t_min: float, given) -> torch.Tensor:
                               f"{float(ts[0]):g} (alpha = 0 there); start the grid at or "
                               f"below {safe_t_max(model, 1.0):.4f}")
     return ts
-
-
-def model_hooks(model, blocked, y, noise, step_hook=None):
-    """One step hook from ``step_hook`` and every wrapper in ``model``'s chain (through
-    ``.model``) that has ``sampler_hook(blocked, y, noise) -> hook``: a correction built as
-    a wrapper (a corrector step) reaches the sampler however the model is passed on. Inner
-    wrappers' hooks run first, the caller's last; None when there are none."""
-    hooks, m = [], model
-    while m is not None:
-        if callable(getattr(type(m), "sampler_hook", None)):
-            hooks.insert(0, m.sampler_hook(blocked, y, noise))
-        m = getattr(m, "model", None) if isinstance(m, torch.nn.Module) else None
-    hooks += [step_hook] if step_hook is not None else []
-    if len(hooks) <= 1:
-        return hooks[0] if hooks else None
-
-    def hook(info):
-        for h in hooks:
-            info = {**info, "x_next": h(info)}
-        return info["x_next"]
-
-    return hook
 
 
 def sample_across_ranks(model, n: int, **kw) -> torch.Tensor:

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "schedules": 1, "__init__": 1,  # the package root re-exports errors and schedules
     "data": 2,
     "io": 3,
-    "models": 4, "training": 4, "sampling": 4, "timegrid": 4,
+    "models": 4, "training": 4, "sampling": 4, "timegrid": 4, "hooks": 4,
     "estimators": 5,
     "guidance": 6,
     "pretrained": 7, "testbeds": 7, "recording": 7, "runspec": 7, "estimation": 7,

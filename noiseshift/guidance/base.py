@@ -147,3 +147,17 @@ class Guided(torch.nn.Module):
     def convert(self, out, src, dst, x, t):
         """Schedule.convert in float64: t / (1 - t) and 1 / sigma lose digits in float32."""
         return self.schedule.convert(out.double(), src, dst, x.double(), t)
+
+    def at_level(self, x, t, level, moved, y=None, drop_t=None, drop_y=None):
+        """The model's output with the rows ``moved`` fed ``level`` instead of t, their x0
+        re-expressed at the scheduled t, so that any sampler steps from t as usual (the
+        time-shift sampler and relabelling)."""
+        if not bool(moved.any()):
+            return self.model(x, t, y, drop_t, drop_y)
+        level = torch.where(moved, level, t.double())
+        out = self.model(x, level.to(t.dtype), y, drop_t, drop_y)
+        i, p = moved.nonzero().squeeze(1), self.prediction
+        x0 = self.convert(out[i], p, "x0", x[i], level[i])
+        out = out.clone()
+        out[i] = self.convert(x0, "x0", p, x[i], t[i]).to(out.dtype)
+        return out

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from ..errors import NoiseshiftError
+from ..hooks import chain_hooks
 from .base import FULL_INTERVAL, LOW_DIM, GuidanceWarning, Guided
 from .classifier_free import ClassifierFreeGuidance
 from .dcw import DCW, DEFAULT_DCW_FORM, check_form
@@ -122,15 +123,7 @@ def step_hook_of(model):
         if hasattr(model, "after_step"):
             hooks.insert(0, model.after_step)
         model = model.model
-    if len(hooks) < 2:
-        return hooks[0] if hooks else None
-
-    def hook(info):
-        for h in hooks:
-            info = {**info, "x_next": h(info)}
-        return info["x_next"]
-
-    return hook
+    return chain_hooks(hooks)
 
 
 def _data_m2(model, data) -> float:

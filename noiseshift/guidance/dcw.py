@@ -98,7 +98,7 @@ class DCW(Guided):
         return self.model(x, t, y=y, **kw)
 
     def sampler_hook(self, model, y, noise):
-        """`sampling.sample` collects this from the wrapper chain (`sampling.model_hooks`)."""
+        """`sampling.sample` collects this from the wrapper chain (`hooks.model_hooks`)."""
         return self.after_step
 
     def after_step(self, info: dict) -> torch.Tensor:

@@ -80,12 +80,4 @@ class TimeShift(Guided):
     def forward(self, x, t, y=None, drop_t=None, drop_y=None):
         t = _rows(t, x)
         ts = self.shifted_t(x, t)
-        moved = ts != t.double()
-        if not bool(moved.any()):
-            return self.model(x, t, y, drop_t, drop_y)
-        out = self.model(x, ts.to(t.dtype), y, drop_t, drop_y)
-        i, p = moved.nonzero().squeeze(1), self.prediction
-        x0 = self.convert(out[i], p, "x0", x[i], ts[i])
-        out = out.clone()
-        out[i] = self.convert(x0, "x0", p, x[i], t[i]).to(out.dtype)
-        return out
+        return self.at_level(x, t, ts, ts != t.double(), y, drop_t, drop_y)

@@ -13,7 +13,7 @@ as `peers.TimeShift` does, so any sampler steps from t as usual.
 2021, Algorithm 5): after each step, ``steps`` Langevin moves at t_next,
 x <- x + e s(x, t_next) + sqrt(2 e) z with e = 2 (snr |z| / |s|)^2 per sample, on the rows
 whose calibrated reading is off t_next by more than ``tolerance`` (all rows when None). It
-reaches the sampler through its ``step_hook`` (`sampling.model_hooks`); the model it
+reaches the sampler through its ``step_hook`` (`hooks.model_hooks`); the model it
 evaluates is the whole guided model, and it counts its evaluations.
 """
 
@@ -58,15 +58,7 @@ class Relabel(Guided):
         label = self.labels(x, t) if self.scale else t.double()
         moved = (label != t.double()) & _regular(self.schedule, t) & \
             _regular(self.schedule, label)
-        if not bool(moved.any()):
-            return self.model(x, t, y, drop_t, drop_y)
-        label = torch.where(moved, label, t.double())
-        out = self.model(x, label.to(t.dtype), y, drop_t, drop_y)
-        i, p = moved.nonzero().squeeze(1), self.prediction
-        x0 = self.convert(out[i], p, "x0", x[i], label[i])
-        out = out.clone()
-        out[i] = self.convert(x0, "x0", p, x[i], t[i]).to(out.dtype)
-        return out
+        return self.at_level(x, t, label, moved, y, drop_t, drop_y)
 
 
 def check_corrector(snr: float, steps: int = 1, tolerance: float | None = None) -> None:
