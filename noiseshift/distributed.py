@@ -46,8 +46,23 @@ def launched() -> bool:
 
 
 def active() -> bool:
-    """Whether a process group is up with more than one process."""
-    return _initialized() and _dist().get_world_size() > 1
+    """Whether a process group is up with more than one process (and not set aside by
+    `alone`)."""
+    return not _ALONE and _initialized() and _dist().get_world_size() > 1
+
+
+_ALONE: list = []
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within it every rank works as a single process: a small job each rank does whole
+    (the do-no-harm pilot) gives every rank the same answer without any of them talking."""
+    _ALONE.append(True)
+    try:
+        yield
+    finally:
+        _ALONE.pop()
 
 
 def _initialized() -> bool:

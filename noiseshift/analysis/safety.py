@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import NoiseshiftError
 from ..estimators import NoiseLevelEstimator
 from ..guidance import GuidanceWarning, build_guidance
@@ -164,7 +165,8 @@ def guard(spec: RunSpec, make: Make, scale: float, meter: NoiseLevelEstimator | 
                            f"samples (n = {spec.n})")
     t0 = time.perf_counter()
     check = SafetyCheck(scale, None, meter.name, min(pilot_n, spec.n), factor)
-    with tempfile.TemporaryDirectory(prefix="noiseshift-pilot-") as tmp:
+    # Every rank draws the whole pilot (it is small), so all reach the same decision.
+    with distributed.alone(), tempfile.TemporaryDirectory(prefix="noiseshift-pilot-") as tmp:
         path = Path(tmp) / "pilot.h5"
         base = None
         for k in range(halvings + 1):
