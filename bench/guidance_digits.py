@@ -22,7 +22,8 @@ paired difference with a paired-bootstrap 95% CI. Per run:
 Settings: 'unguided', 'MODE:W[@LO-HI][~capC]' (a NAG mode), or a token of `TOKENS`
 ('cfg:W', 'eps:B', 'ts:WINDOW-CUTOFF', 'dcw:S' / 'dcw-pixel:S' (DCW's wavelet / pixel form),
 'corr:SNR-STEPS[-TOL]' (a Langevin corrector), and the sampler-side 'sampler:NAME',
-'steps:K', 'grid:FILE'), joined by '+' ('cfg:1+cf:1', 'sampler:heun+steps:8').
+'steps:K', 'grid:FILE|LIST|NAME' (NAME: 'logsnr', 'karras:rho=7', ... of
+`timegrid.GRIDS`, laid out at the run's steps)), joined by '+' ('cfg:1+cf:1', 'sampler:heun+steps:8').
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from noiseshift.guidance import build_guidance
 from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 from noiseshift.sampling import draw_labels, sample
 from noiseshift.testbeds import get_testbed
-from noiseshift.timegrid import read_timesteps
+from noiseshift.timegrid import parse_timesteps
 
 GUIDANCE_BANDS = ((0.8, 1.0), (0.5, 0.8), (0.2, 0.5), (0.0, 0.2))
 #: The most steps of a run whose states the meters read (evenly spaced).
@@ -81,7 +82,7 @@ TOKENS = {
     "corr": lambda rest: {"corrector": _floats(rest)},
     "sampler": lambda rest: {"sampler": lambda model: rest},
     "steps": lambda rest: {"steps": lambda model: int(rest)},
-    "grid": lambda rest: {"timesteps": lambda model: read_timesteps(rest)},
+    "grid": lambda rest: {"timesteps": lambda model: parse_timesteps(rest)},
 }
 SAMPLE_KEYS: set[str] = {"sampler", "steps", "timesteps"}
 
@@ -180,7 +181,7 @@ def run(su: Setup, setting: str, n: int, seed: int, steps: int | None = None) ->
     sample_kw = {k: opts.pop(k)(su.model) for k in SAMPLE_KEYS if k in opts}
     guided, desc = build_guidance(su.model, estimator=su.guide, **opts)
     skw = {"sampler": su.sampler, "steps": steps or su.steps, **sample_kw}
-    if "timesteps" in skw:
+    if not isinstance(skw.get("timesteps", ""), str):  # a list sets steps, a name follows them
         skw["steps"] = len(skw["timesteps"]) - 1
     steps = skw["steps"]
     t_list: list = []

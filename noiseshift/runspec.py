@@ -94,7 +94,7 @@ class RunSpec:
         ``model_info`` defaults to `models.describe(model)`; ``sampler_kw`` are the
         sampler's options (`sampling.SAMPLER_OPTIONS`)."""
         settings = sampler_settings(sampler, steps, safe_t_max(model, t_max), t_min,
-                                    **sampler_kw)
+                                    schedule=model.schedule, **sampler_kw)
         labels = draw_labels(model.num_classes, n, seed, y)
         return cls.make(settings, describe(model) if model_info is None else model_info,
                         n=n, seed=seed, labels=labels, guidance=guidance, run=run,

@@ -29,7 +29,7 @@ from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import NoiseshiftError
 from .hooks import model_hooks
 from .models import model_shape
-from .timegrid import check_timesteps, timesteps
+from .timegrid import check_timesteps, named_grid, timesteps
 
 
 def _call(model, x: torch.Tensor, t: float, y) -> tuple[torch.Tensor, str]:
@@ -225,17 +225,23 @@ SAMPLER_OPTIONS: dict[str, dict] = {
 
 
 def sampler_settings(name: str, steps: int, t_max: float = 1.0, t_min: float = 0.0,
-                     timesteps=None, **kw) -> dict:
+                     timesteps=None, schedule=None, **kw) -> dict:
     """The full settings of a sampler call (`SAMPLER_OPTIONS` filled in), as written into a
     trajectory file's ``sampler`` attribute (`RUNTIME_KEYWORDS` left out). A given grid
     ``timesteps`` (`check_timesteps`) sets steps and the t range and is recorded as
-    ``timesteps``; without one the key is absent, so runs on the even grid match as before."""
+    ``timesteps``; without one the key is absent, so runs on the even grid match as before.
+    A grid's name ('logsnr', `timegrid.GRIDS`) is laid out on ``schedule`` at ``steps`` from
+    t_max to t_min and recorded as its times."""
     get_sampler(name)
     options = SAMPLER_OPTIONS[name]
     unknown = set(kw) - set(options) - RUNTIME_KEYWORDS
     if unknown:
         raise NoiseshiftError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
     grid = {}
+    if isinstance(timesteps, str):
+        if schedule is None:
+            raise NoiseshiftError(f"the grid {timesteps!r} needs the model's schedule")
+        timesteps = named_grid(timesteps, schedule, steps, t_max, t_min)
     if timesteps is not None:
         ts = check_timesteps(timesteps)
         steps, t_max, t_min = len(ts) - 1, float(ts[0]), float(ts[-1])
@@ -391,7 +397,8 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
     `block_shard`); the result then has len(indices) rows. The model sees blocks of
     ``block`` rows (`Blocked`; default `sample_block(n)`), so results are bit-identical
     for any shard of whole blocks. Eps and score models start at `safe_t_max`.
-    ``timesteps`` (a decreasing list of times in [0, 1]) replaces the even grid of
+    ``timesteps`` (a decreasing list of times in [0, 1], or a grid's name such as
+    'logsnr', `timegrid.GRIDS`, laid out at ``steps``) replaces the even grid of
     ``steps`` steps from t_max to t_min. ``sampler_kw`` go to the sampler (e.g.
     ``diffusion``, ``eta``, ``final_denoise``, ``step_hook``); wrappers in the model's chain
     that have ``sampler_hook`` add their step hooks (`model_hooks`).
@@ -421,10 +428,13 @@ def sample(model, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAUL
 
 
 def _grid(model, steps: int, t_max: float, t_min: float, given) -> torch.Tensor:
-    """The run's time grid: ``given`` (checked) or `timesteps`, starting no higher than
-    `safe_t_max` (a given grid that starts above it is refused, not moved)."""
+    """The run's time grid: ``given`` (checked), a grid's name laid out at ``steps`` on the
+    model's schedule (`named_grid`), or `timesteps`, starting no higher than `safe_t_max`
+    (a given grid that starts above it is refused, not moved)."""
     if given is None:
         return timesteps(steps, safe_t_max(model, t_max), t_min)
+    if isinstance(given, str):
+        return named_grid(given, model.schedule, steps, safe_t_max(model, t_max), t_min)
     ts = check_timesteps(given)
     if float(ts[0]) > safe_t_max(model, float(ts[0])):
         raise NoiseshiftError(f"this {model.prediction} model cannot start at t = "

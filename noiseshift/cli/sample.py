@@ -41,7 +41,7 @@ from ..pretrained import estimator_for, independent_meter
 from ..recording import SamplerBackend, describe_model, record_with_baseline
 from ..runspec import RunSpec
 from ..sampling import sampler_settings
-from ..timegrid import read_timesteps
+from ..timegrid import GRIDS, parse_grid_name, parse_timesteps
 from .common import (
     app,
     console,
@@ -110,7 +110,7 @@ def sampler_options(sampler: str, diffusion: float | None, eta: float | None,
                     timesteps: str | None = None) -> dict:
     """The sampler's keywords from --diffusion, --eta (each only for its sampler) and
     --timesteps."""
-    kw = {} if timesteps is None else {"timesteps": read_timesteps(timesteps)}
+    kw = {} if timesteps is None else {"timesteps": parse_timesteps(timesteps)}
     if diffusion is not None:
         if sampler != "euler-maruyama":
             raise NoiseshiftError("--diffusion applies to --sampler euler-maruyama only")
@@ -183,10 +183,13 @@ def sample_command(
                                     "under the linear schedule)."),
     eta: float = typer.Option(None, "--eta", min=0.0, help="DDIM: 0 deterministic (default),"
                               " 1 ancestral."),
-    timesteps: str = typer.Option(None, "--timesteps", metavar="FILE|LIST", help="The time "
-                                  "grid, decreasing in [0, 1] (a comma list, or a file from "
-                                  "`noiseshift retime`); replaces --steps (steps = its length "
-                                  "- 1). diffusers:DIR: the file's diffusers list."),
+    timesteps: str = typer.Option(None, "--timesteps", metavar="FILE|LIST|NAME", help="The "
+                                  "time grid, decreasing in [0, 1] (a comma list, or a file "
+                                  "from `noiseshift retime`), which replaces --steps (steps = "
+                                  "its length - 1); or a spacing of --steps steps: logsnr "
+                                  "(uniform in log-SNR), karras[:rho=7] (EDM), power[:k=2] "
+                                  "(uniform in t^(1/k)). diffusers:DIR: the file's diffusers "
+                                  "list."),
     corrector: str = typer.Option(None, "--corrector", metavar="SNR[,STEPS[,TOL]]",
                                   help="A Langevin corrector after each step (STEPS moves, "
                                   "default 1, step size from SNR, e.g. 0.1), on every state, "
@@ -272,6 +275,10 @@ def diffusers_timesteps(text: str) -> list[int]:
     """--timesteps for a pipeline: a `noiseshift retime --scheduler` file's diffusers
     timesteps, or a comma list of integer training timesteps."""
     path = Path(text)
+    if parse_grid_name(text) is not None:
+        raise NoiseshiftError(f"--timesteps {', '.join(GRIDS)} apply to the built-in "
+                              f"samplers; for a pipeline use --spacing or a `noiseshift "
+                              f"retime` file")
     if path.is_file():
         try:
             body = json.loads(path.read_text())
@@ -309,7 +316,9 @@ def _builtin_run(model, *, sampler, diffusion, eta, time_shift, timesteps, class
     """(the spec, the backend) of a run of a built-in-protocol denoiser: options checked and
     labels drawn before the model or its estimator is loaded or trained."""
     sampler_kw = sampler_options(sampler, diffusion, eta, timesteps)
-    sampler_settings(sampler, 1, **sampler_kw)  # bad options fail before any work
+    # bad options fail before any work (a grid's name was checked when parsed; its times
+    # need the model's schedule)
+    sampler_settings(sampler, 1, **{**sampler_kw, "timesteps": None})
     net = denoiser_with_progress(model, device, quiet=quiet)
     spec = RunSpec.for_model(net, sampler=sampler, y=class_, **run_opts, **sampler_kw,
                              model_info=_model_info(net, model, data, size))
