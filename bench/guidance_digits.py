@@ -23,7 +23,8 @@ Settings: 'unguided', 'MODE:W[@LO-HI][~capC]' (a NAG mode), or a token of `TOKEN
 ('cfg:W', 'eps:B', 'ts:WINDOW-CUTOFF', 'dcw:S' / 'dcw-pixel:S' (DCW's wavelet / pixel form),
 'corr:SNR-STEPS[-TOL]' (a Langevin corrector), and the sampler-side 'sampler:NAME',
 'steps:K', 'grid:FILE|LIST|NAME' (NAME: 'logsnr', 'karras:rho=7', ... of
-`timegrid.GRIDS`, laid out at the run's steps)), joined by '+' ('cfg:1+cf:1', 'sampler:heun+steps:8').
+`timegrid.GRIDS`, laid out at the run's steps)), joined by '+' ('cfg:1+cf:1',
+'sampler:heun+steps:8').
 """
 
 from __future__ import annotations
