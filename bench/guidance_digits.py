@@ -22,9 +22,9 @@ paired difference with a paired-bootstrap 95% CI. Per run:
 Settings: 'unguided', 'MODE:W[@LO-HI][~capC]' (a NAG mode), or a token of `TOKENS`
 ('cfg:W', 'eps:B', 'ts:WINDOW-CUTOFF', 'dcw:S' / 'dcw-pixel:S' (DCW's wavelet / pixel form),
 'corr:SNR-STEPS[-TOL]' (a Langevin corrector), and the sampler-side 'sampler:NAME',
-'steps:K', 'grid:FILE|LIST|NAME' (NAME: 'logsnr', 'karras:rho=7', ... of
-`timegrid.GRIDS`, laid out at the run's steps)), joined by '+' ('cfg:1+cf:1',
-'sampler:heun+steps:8').
+'steps:K', 'g:G' (Euler-Maruyama's --diffusion), 'grid:FILE|LIST|NAME' (NAME: 'logsnr',
+'karras:rho=7', ... of `timegrid.GRIDS`, laid out at the run's steps)), joined by '+'
+('cfg:1+cf:1', 'sampler:heun+steps:8').
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ TOKENS = {
     "sampler": lambda rest: {"sampler": lambda model: rest},
     "steps": lambda rest: {"steps": lambda model: int(rest)},
     "grid": lambda rest: {"timesteps": lambda model: parse_timesteps(rest)},
+    "g": lambda rest: {"diffusion": lambda model: float(rest)},
 }
-SAMPLE_KEYS: set[str] = {"sampler", "steps", "timesteps"}
+SAMPLE_KEYS: set[str] = {"sampler", "steps", "timesteps", "diffusion"}
 
 
 def parse_setting(text: str) -> dict:
