@@ -139,8 +139,8 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("ddim+dcw-0.005", "ddim", guidance={"dcw": -0.005, "dcw_form": "pixel"}),
     Candidate("em+dcw0.005", guidance={"dcw": 0.005}),
     Candidate("em+step1.5+dcw0.005", guidance={**_step(1.5), "dcw": 0.005}),
+    Candidate("dpmpp-2m+karras", "dpmpp-2m", {"timesteps": "karras"}),
     Candidate("dpmpp-2m+logsnr", "dpmpp-2m", {"timesteps": "logsnr:smin=0.01"}),
-    Candidate("heun+logsnr", "heun", {"timesteps": "logsnr:smin=0.01"}),
 )
 
 
