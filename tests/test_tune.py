@@ -20,6 +20,7 @@ from noiseshift.pretrained import independent_meter
 from noiseshift.tuning import CANDIDATES, Candidate, search, tune
 from noiseshift.tuning.draws import Draws, fd_estimate, paired_spread
 from noiseshift.tuning.result import Row, TuneResult
+from noiseshift.tuning.show import verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,6 +147,8 @@ def test_the_recommendation_is_the_best_resolved_finalist():
     res = TuneResult(rows=rows, budget=4, seeds=(0,), plan=[])
     assert res.best.name == "c1"  # the lowest FD at n_final, resolved or not
     assert res.recommended.name == "c2"  # c1's change is not resolved; c3 was not final
+    assert "c1 has the lowest FD (1.00), but its change -9.00 [-20.00,+2.00] is not " \
+        "resolved" in verdict(res)
     rows[2].dfd = Estimate(-8.0, -20.0, +2.0)
     assert res.recommended.name == "c0"  # nothing resolved: keep the baseline
     assert res.command() == "noiseshift sample --sampler euler-maruyama --steps 4"

@@ -53,6 +53,10 @@ def verdict(res: TuneResult) -> str:
         out += f"; mean |shift| {100 * (rec.shift.value / base.shift.value - 1):+.0f}%"
     if rec.drecall is not None:
         out += f"; recall {_ci(rec.drecall, '+.3f')}"
+    best = res.best
+    if best is not rec:
+        out += (f". {best.name} has the lowest FD ({best.fd.value:.2f}), but its change "
+                f"{_ci(best.dfd)} is not resolved")
     return out + "."
 
 
