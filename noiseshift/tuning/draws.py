@@ -106,6 +106,16 @@ def point_fd(d: Draws, ctx) -> float:
     return frechet_distance(d.features(), ctx.space.reference)
 
 
+def resolved_better(d: Draws, base: Draws, ctx) -> bool:
+    """Whether d's FD change against the baseline at d's n is resolved below zero (the
+    recommendation's test, `TuneResult.recommended`)."""
+    if d is base:
+        return True
+    change = fd_difference(base.features(d.n), d.features(), ctx.space.reference,
+                           n_boot=ctx.n_boot, seed=ctx.boot_seed)
+    return change.hi < 0
+
+
 def mean_abs_shift(d: Draws, ctx) -> Estimate | None:
     """Mean over the steps the meter can read of |the step's mean delta|, with a bootstrap
     CI over samples."""

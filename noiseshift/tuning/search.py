@@ -3,8 +3,8 @@
 The baseline (the default sampler, unguided) draws ``n_final`` samples per seed and every
 other candidate ``n_start``. Then, while the budget (``share`` of what drawing every
 candidate to n_final costs) allows, the candidate with the lowest estimated FD at n_final is
-drawn to n_final, until no estimate is below the best FD drawn there. The recommendation
-comes from the candidates at n_final, each paired against the baseline.
+drawn to n_final, until no estimate is below the FD of what would be recommended: the best
+candidate at n_final whose change against the baseline (paired) is resolved below zero.
 
 Why not rank by FD at n_start: at 64 to 256 samples of 64-d features FD is biased by more
 than the candidates differ (+12 at 128 samples on the default model, against gaps of 0.5
@@ -27,7 +27,15 @@ from ..guidance import low_dim_warning
 from ..pretrained import independent_meter
 from ..sampling import model_device
 from .candidates import CANDIDATES, fitting
-from .draws import Draws, draw, fd_estimate, paired_spread, point_fd, score
+from .draws import (
+    Draws,
+    draw,
+    fd_estimate,
+    paired_spread,
+    point_fd,
+    resolved_better,
+    score,
+)
 from .result import Row, TuneResult
 
 Progress = Callable[[str, int, int], None]
@@ -117,7 +125,7 @@ def _context(model, estimator, data, n_total, block, device, n_boot, space, mete
 class Race:
     """The baseline to n_final, the others to n_start; then the lowest estimate at n_final
     (`fd_estimate` through the drawn candidate whose samples differ least from its own)
-    is drawn there, while it is below the best FD there and the budget allows."""
+    is drawn there, while it is below the recommendation's FD and the budget allows."""
 
     def __init__(self, draws: list[Draws], ctx: Context, seeds, n_start: int, share: float,
                  progress: Progress | None):
@@ -127,7 +135,7 @@ class Race:
         first = self._cost(draws[0], ctx.n_total) + sum(self._cost(d, n_start)
                                                         for d in draws[1:])
         self.budget = max(first, share * grid)
-        self.spent, self.estimates = 0, {}
+        self.spent, self.estimates, self.resolved = 0, {}, {}
 
     @property
     def finalists(self) -> int:
@@ -149,9 +157,13 @@ class Race:
 
     def _next(self) -> Draws | None:
         """The candidate to draw to n_final next, or None: none is estimated below the
-        best FD there, or its draw would pass the budget."""
+        FD of what would be recommended now (the best finalist whose change against the
+        baseline is resolved), or its draw would pass the budget."""
         full = [d for d in self.draws if d.n >= self.ctx.n_total]
-        best = min(point_fd(d, self.ctx) for d in full)
+        for d in full:
+            if d.candidate.name not in self.resolved:
+                self.resolved[d.candidate.name] = resolved_better(d, self.draws[0], self.ctx)
+        best = min(point_fd(d, self.ctx) for d in full if self.resolved[d.candidate.name])
         for d in self.draws:
             if d.n < self.ctx.n_total:
                 control = min(full, key=lambda k, d=d: paired_spread(d, k))
