@@ -153,7 +153,8 @@ class Race:
         while (d := self._next()) is not None:
             self._grow(d, self.ctx.n_total, "race")
         rows = [self._row(d, base) for d in self.draws]
-        return sorted(rows, key=lambda row: (-row.rung, row.fd.value))
+        return sorted(rows, key=lambda row: (-row.rung, (row.estimate or row.fd).value
+                                             if row.rung == 0 else row.fd.value))
 
     def _next(self) -> Draws | None:
         """The candidate to draw to n_final next, or None: none is estimated below the
