@@ -40,9 +40,9 @@ from .result import Row, TuneResult
 
 Progress = Callable[[str, int, int], None]
 
-#: Rows per model call (fewer when n_start is smaller): the rung sizes are multiples of it,
-#: so a rung's added samples meet the same batch-mates they would in one draw of n_final
-#: (bit-identical samples).
+#: Rows per model call (fewer when n_start is smaller): n_start and n_final are multiples
+#: of it, so the samples a candidate adds meet the same batch-mates they would in one draw
+#: of n_final (bit-identical samples).
 BLOCK = 128
 
 
@@ -71,8 +71,9 @@ def tune(model, budget_nfe: int, data, *, seeds=(0,), candidates=CANDIDATES,
     precision/recall, and the shift by an independent meter. The first candidate is the
     baseline. ``estimator`` guides the estimator-based NAG modes (candidates that need one
     are left out without it). ``share``: of the model evaluations drawing every candidate
-    to n_final would take, what the race may spend beyond its first draws (n_start = n_final
-    draws that whole grid). Returns every candidate's row and the recommendation."""
+    to n_final would take, what the whole search may spend (its first draws always run;
+    n_start = n_final draws that whole grid). Returns every candidate's row and the
+    recommendation."""
     clock = time.perf_counter()
     seeds = _seeds(seeds)
     if not 0 < share <= 1:
