@@ -162,17 +162,16 @@ class Race:
         FD of what would be recommended now (the best finalist whose change against the
         baseline is resolved), or its draw would pass the budget."""
         full = [d for d in self.draws if d.n >= self.ctx.n_total]
+        open_ = [d for d in self.draws if d.n < self.ctx.n_total]
+        if not open_:
+            return None
         for d in full:
             if d.candidate.name not in self.resolved:
                 self.resolved[d.candidate.name] = resolved_better(d, self.draws[0], self.ctx)
         best = min(point_fd(d, self.ctx) for d in full if self.resolved[d.candidate.name])
-        for d in self.draws:
-            if d.n < self.ctx.n_total:
-                control = min(full, key=lambda k, d=d: paired_spread(d, k))
-                self.estimates[d.candidate.name] = fd_estimate(d, control, self.ctx)
-        open_ = [d for d in self.draws if d.n < self.ctx.n_total]
-        if not open_:
-            return None
+        for d in open_:
+            control = min(full, key=lambda k, d=d: paired_spread(d, k))
+            self.estimates[d.candidate.name] = fd_estimate(d, control, self.ctx)
         d = min(open_, key=lambda d: self.estimates[d.candidate.name].value)
         fits = self.spent + self._cost(d, self.ctx.n_total) <= self.budget
         return d if fits and self.estimates[d.candidate.name].value < best else None
