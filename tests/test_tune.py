@@ -10,13 +10,17 @@ import pytest
 from helpers import cli_exit_2
 from typer.testing import CliRunner
 
+from noiseshift.analysis.quality import frechet_distance
 from noiseshift.analysis.statistics import Estimate
 from noiseshift.cli import app
 from noiseshift.data import make_gmm
 from noiseshift.data.mixture import MixtureDenoiser
 from noiseshift.errors import NoiseshiftError
 from noiseshift.pretrained import independent_meter
-from noiseshift.tuning import CANDIDATES, Candidate, rungs, search, tune
+from noiseshift.tuning import CANDIDATES, Candidate, search, tune
+from noiseshift.tuning.draws import Draws, fd_estimate, paired_spread
+from noiseshift.tuning.result import Row, TuneResult
+from noiseshift.tuning.show import verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,66 +51,107 @@ def test_flags_are_the_sample_command_line():
                            "--time-shift", "0.1,0.3", "--guidance-interval", "0,0.8"]
 
 
-def test_the_plan_doubles_n_and_keeps_a_share():
-    assert rungs(16, 128, 1024, 1 / 3, 2) == [(128, 16), (256, 6), (512, 2), (1024, 2)]
-    assert rungs(7, 8, 32, 0.5, 1) == [(8, 7), (16, 4), (32, 2)]
-    assert rungs(3, 64, 64, 1.0, 2) == [(64, 3)]  # the full grid
-    with pytest.raises(NoiseshiftError):
-        rungs(3, 64, 32, 0.5, 1)
+def _synthetic(n_final=512, d=8, seed=0):
+    """Paired features of three candidates against a N(0, I) reference: the baseline z + 2m
+    (FD 4 |m|^2 = 1.6), a narrow one sqrt(0.5) z (FD d (1.5 - 2 sqrt(0.5)) = 0.69) and a
+    shifted one z + m (FD |m|^2 = 0.4, the best). Sample i of each comes from the same z_i,
+    as in tune."""
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((20000, d))
+    z = rng.standard_normal((n_final, d))
+    m = np.full(d, np.sqrt(0.4 / d))
+    return ref, {"base": z + 2 * m, "narrow": np.sqrt(0.5) * z, "shifted": z + m}
 
 
-#: The fake scorer's FD per candidate (the baseline 'c0' is worst); the known answer: the
-#: best four (1, 2, 3, 4) reach rung 1, the best two (1, 2) the final rung.
-FAKE_FD = {"c0": 10.0, "c1": 5.0, "c2": 3.0, "c3": 7.0, "c4": 1.0, "c5": 6.0, "c6": 2.0,
-           "c7": 4.0}
+def _draws(feats, n):
+    out = {}
+    for name, f in feats.items():
+        d = Draws(Candidate(name), 1, (0,))
+        d.feats[0].append(f[:n])
+        out[name] = d
+    return out
 
 
 def _est(v):
     return Estimate(v, v - 0.5, v + 0.5)
 
 
-def test_successive_halving_keeps_the_best_on_a_known_scorer(monkeypatch):
+def test_the_estimate_ranks_where_fd_at_few_samples_misranks():
+    ref, feats = _synthetic()
+    ctx = SimpleNamespace(space=SimpleNamespace(reference=ref), boot_seed=0)
+    small, full = _draws(feats, 64), _draws(feats, 512)
+    plain = {k: frechet_distance(d.features(), ref) for k, d in small.items()}
+    assert plain["narrow"] < plain["shifted"]  # FD's bias at n = 64 favours the narrow one
+    est = {k: fd_estimate(small[k], full["base"], ctx) for k in ("narrow", "shifted")}
+    truth = {k: frechet_distance(d.features(), ref) for k, d in full.items()}
+    assert est["shifted"].value < est["narrow"].value
+    # the shifted one differs from the baseline by a constant: its estimate is exact
+    assert est["shifted"].value == pytest.approx(truth["shifted"], abs=1e-9)
+    assert est["narrow"].lo < truth["narrow"] < est["narrow"].hi
+    assert paired_spread(small["shifted"], full["base"]) == pytest.approx(0.0, abs=1e-12)
+    assert paired_spread(small["narrow"], full["base"]) > 0
+
+
+def test_the_race_draws_the_best_estimate_and_stops(monkeypatch):
+    ref, feats = _synthetic()
     calls = []
 
     def fake_draw(d, ctx, seed, lo, hi):
         calls.append((d.candidate.name, seed, lo, hi))
-        d.feats[seed].append(np.zeros((hi - lo, 1)))
+        d.feats[seed].append(feats[d.candidate.name][lo:hi])
         d.samples += hi - lo
+        d.rows += hi - lo
 
     def fake_score(d, base, ctx):
-        fd = FAKE_FD[d.candidate.name]
+        fd = frechet_distance(d.features(), ref)
+        diff = fd - frechet_distance(base.features(d.n), ref)
         same = d is base
-        return {"fd": _est(fd), "dfd": None if same else _est(fd - FAKE_FD["c0"]),
+        return {"fd": _est(fd), "dfd": None if same else Estimate(diff, diff - .1, diff + .1),
                 "precision": _est(0.5), "recall": _est(0.5), "drecall": None, "shift": None,
                 "model_evals": 1.0, "s_per_sample": 0.0, "s_per_step": 0.0}
 
     monkeypatch.setattr(search, "draw", fake_draw)
-    monkeypatch.setattr(search, "point_fd", lambda d, ctx: FAKE_FD[d.candidate.name])
     monkeypatch.setattr(search, "score", fake_score)
-    cands = [Candidate(name, "euler") for name in FAKE_FD]
+    cands = [Candidate(name, "euler") for name in feats]
     model = SimpleNamespace(schedule=None, supports_null_t=False)
-    res = tune(model, 4, None, seeds=(0, 3), candidates=cands, n_start=8, n_final=32,
-               keep=0.5, finalists=1, meter=None, space=SimpleNamespace(label="fake"),
-               device="cpu")
-    reached = {r.name: (r.rung, r.n) for r in res.rows}
-    assert reached == {"c0": (2, 64), "c4": (2, 64), "c6": (2, 64), "c2": (1, 32),
-                       "c7": (1, 32), "c1": (0, 16), "c3": (0, 16), "c5": (0, 16)}
-    assert res.recommended.name == "c4" and res.best.name == "c4"
-    # the recommendation is the best finalist whose FD change is resolved below zero
-    row = {r.name: r for r in res.rows}
-    row["c4"].dfd = Estimate(-9.0, -20.0, +2.0)
-    assert res.best.name == "c4" and res.recommended.name == "c6"
-    row["c6"].dfd = Estimate(-8.0, -20.0, +2.0)
+    space = SimpleNamespace(label="fake", reference=ref)
+    res = tune(model, 4, None, seeds=(0,), candidates=cands, n_start=64, n_final=512,
+               share=0.9, meter=None, space=space, device="cpu")
+    reached = {r.name: r.n for r in res.rows}
+    # plain FD at 64 samples would race the narrow one; the estimate races the shifted one,
+    # and then no estimate is below its FD: the race stops with budget left
+    assert reached == {"base": 512, "shifted": 512, "narrow": 64}
+    assert res.recommended.name == "shifted" and res.plan == [(64, 2), (512, 1)]
+    assert res.samples == 512 + 512 + 64 < 0.9 * 3 * 512
+    by_name = {r.name: r for r in res.rows}
+    assert by_name["narrow"].estimate.value > by_name["shifted"].fd.value
+    # every candidate draws 0..n in order
+    for name in feats:
+        ranges = [(lo, hi) for c, s, lo, hi in calls if c == name]
+        assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(ranges))
+    # the share caps the race: with too little for one more draw, only the baseline is final
+    res = tune(model, 4, None, seeds=(0,), candidates=cands, n_start=64, n_final=512,
+               share=0.5, meter=None, space=space, device="cpu")
+    assert {r.name: r.n for r in res.rows}["shifted"] == 64
+    assert res.recommended.name == "base"
+    with pytest.raises(NoiseshiftError):
+        tune(model, 4, None, candidates=cands, share=0.0, meter=None, space=space)
+
+
+def test_the_recommendation_is_the_best_resolved_finalist():
+    rows = [Row(Candidate(f"c{i}"), 4, rung, 64, _est(fd), dfd, _est(.5), _est(.5), None,
+                None, 1.0, 0.0, 0.0)
+            for i, (rung, fd, dfd) in enumerate([
+                (1, 10.0, None), (1, 1.0, Estimate(-9.0, -20.0, +2.0)),
+                (1, 2.0, Estimate(-8.0, -9.0, -7.0)), (0, 0.5, Estimate(-9.5, -10, -9))])]
+    res = TuneResult(rows=rows, budget=4, seeds=(0,), plan=[])
+    assert res.best.name == "c1"  # the lowest FD at n_final, resolved or not
+    assert res.recommended.name == "c2"  # c1's change is not resolved; c3 was not final
+    assert "c1 has the lowest FD (1.00), but its change -9.00 [-20.00,+2.00] is not " \
+        "resolved" in verdict(res)
+    rows[2].dfd = Estimate(-8.0, -20.0, +2.0)
     assert res.recommended.name == "c0"  # nothing resolved: keep the baseline
-    assert res.command() == "noiseshift sample --sampler euler --steps 4"
-    # every candidate draws the same seeds and the same samples: 0..n, in order
-    for name in FAKE_FD:
-        mine = [c[1:] for c in calls if c[0] == name]
-        for seed in (0, 3):
-            ranges = [(lo, hi) for s, lo, hi in mine if s == seed]
-            assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(ranges))
-    # both seeds; the baseline rides along: 8 x 8, then 5 x 8 more, then 3 x 16 more
-    assert res.samples == 2 * (8 * 8 + 5 * 8 + 3 * 16)
+    assert res.command() == "noiseshift sample --sampler euler-maruyama --steps 4"
 
 
 def _gmm():
@@ -114,14 +159,14 @@ def _gmm():
     return data, MixtureDenoiser(data.mixture, "linear")
 
 
-def test_halving_draws_the_grids_samples_and_meets_the_budget():
+def test_the_race_draws_the_grids_samples_and_meets_the_budget():
     data, model = _gmm()
     cands = (Candidate("em", "euler-maruyama"), Candidate("euler", "euler"),
              Candidate("heun", "heun"), Candidate("ddim1", "ddim", {"eta": 1.0}))
     meter = independent_meter(data, model.schedule)  # fitted once for both searches
     kw = dict(seeds=(1,), candidates=cands, n_final=32, n_boot=20, device="cpu", meter=meter)
-    sh = tune(model, 5, data, n_start=16, keep=0.3, finalists=1, **kw)
-    grid = tune(model, 5, data, n_start=32, keep=1.0, **kw)
+    sh = tune(model, 5, data, n_start=16, share=0.8, **kw)
+    grid = tune(model, 5, data, n_start=32, **kw)
     assert len(grid.rows) == 4 and all(r.n == 32 for r in grid.rows)
     by_name = {r.name: r for r in grid.rows}
     for r in sh.rows:
@@ -130,7 +175,7 @@ def test_halving_draws_the_grids_samples_and_meets_the_budget():
             assert r.fd.value == by_name[r.name].fd.value
     assert {r.name: r.steps for r in sh.rows} == {"em": 5, "euler": 5, "heun": 3, "ddim1": 5}
     assert all(r.model_evals == r.candidate.model_evals(r.steps) for r in grid.rows)
-    assert sh.samples < grid.samples
+    assert sh.samples < grid.samples and sh.model_evals <= 0.8 * grid.model_evals
     assert sh.baseline.shift is not None and sh.meter == "oracle"
 
 
@@ -177,19 +222,20 @@ def test_the_table_reads_at_80_columns():
 
     from rich.console import Console
 
-    from noiseshift.tuning.result import Row, TuneResult
     from noiseshift.tuning.show import tune_table
 
     e = Estimate(0.0155, 0.01, 0.02)
-    rows = [Row(c, 16, 3, 1024, Estimate(12.34, 1, 20),
+    rows = [Row(c, 16, 1 if i < 3 else 0, 1024 if i < 3 else 64, Estimate(12.34, 1, 20),
                 None if i == 0 else Estimate(0.85, -8.52, 10.85), e, e, None, e, 16.0, 0.01,
-                0.00898) for i, c in enumerate(CANDIDATES)]
+                0.00898, None if i < 3 else Estimate(2.5 + i / 100, 2, 3))
+            for i, c in enumerate(CANDIDATES)]
     res = TuneResult(rows=rows, budget=16, seeds=(0,), plan=[], meter="subspace",
                      space="digits classifier penultimate features (64-d, noiseshift's own)")
     console = Console(width=80, file=io.StringIO())
     console.print(tune_table(res))
     text = console.file.getvalue()
     assert "+0.85 [-8.52,+10.85]" in text and "em-g0.5+step1.5 " in text and "8.98" in text
+    assert " 12.34 " in text and " ~2.53 " in text  # finalists' FD, the others' estimate
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
 
 
@@ -199,7 +245,7 @@ def test_a_corrector_candidate_costs_what_it_is_counted():
              Candidate("corr", "dpmpp-2m", guidance={"corrector": (0.2, 2)}),
              Candidate("dcw", "euler", guidance={"dcw": -0.01, "dcw_form": "pixel"}))
     res = tune(model, 9, data, seeds=(0,), candidates=cands, n_start=16, n_final=16,
-               keep=1.0, n_boot=10, device="cpu",
+               n_boot=10, device="cpu",
                meter=independent_meter(data, model.schedule))
     by_name = {r.name: r for r in res.rows}
     assert by_name["corr"].steps == 3 and by_name["corr"].model_evals == 3 + 2 * 2

@@ -40,7 +40,7 @@ def tune_command(
                                 "finalists and the baseline (default 1024; rounded up to "
                                 "whole blocks of --n-start, at most 128)."),
     n_start: int = typer.Option(None, "--n-start", min=8, help="Samples per seed every "
-                                "candidate starts with (default 128)."),
+                                "candidate starts with (default 64)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; every candidate "
                               "draws the same samples of each."),
     only: str = typer.Option(None, "--candidates", help="Comma list of candidate names to "
@@ -58,10 +58,12 @@ def tune_command(
     """Search the corrections at a fixed budget and recommend one.
 
     Every candidate in the table (solvers, NAG modes and scales, epsilon scaling,
-    time-shift) runs at as many steps as the budget allows. Successive halving: all start
-    at --n-start samples, the best third by FD doubles its samples, and so on until the
-    two finalists and the baseline (Euler-Maruyama, unguided) reach --n-final. Same seeds
-    for every candidate, so each FD change is paired. FD is in the feature space `report`
+    time-shift) runs at as many steps as the budget allows. A race: the baseline
+    (Euler-Maruyama, unguided) draws --n-final samples and every other candidate --n-start;
+    then the candidate with the lowest estimated FD at --n-final (through the paired
+    difference from one drawn there) is drawn there, while its estimate beats the best FD
+    there and a quarter of the full grid's model evaluations is not spent. Same seeds for
+    every candidate, so each FD change is paired. FD is in the feature space `report`
     uses; the shift is read by a meter no candidate is guided by (the subspace oracle on
     digits). Prints the table, the recommended command line and its Python lines.
 
@@ -69,7 +71,7 @@ def tune_command(
     """
     # NOISESHIFT_TINY (tests, the README's CI run) shrinks the search with the models
     n_final = n_final or tiny.sized("n", 1024)
-    n_start = n_start or min(128, max(8, n_final // 4))
+    n_start = n_start or min(64, max(8, n_final // 4))
     try:
         seed_list = _seeds(seeds)
         if plot is not None:

@@ -1,5 +1,5 @@
 """`noiseshift tune`: at a budget of model evaluations per sample, which correction gives the
-best samples? Successive halving over `CANDIDATES` (`search.tune`), scored by FD in the
+best samples? A race over `CANDIDATES` (`search.tune`), scored by FD in the
 feature space `report` uses, with the shift read by an independent meter.
 
     from noiseshift.tuning import tune
@@ -9,7 +9,7 @@ feature space `report` uses, with the shift read by an independent meter.
 
 from .candidates import CANDIDATES, Candidate, fitting
 from .result import Row, TuneResult
-from .search import rungs, tune
+from .search import tune
 
 __all__ = ["CANDIDATES", "Candidate", "Row", "TuneResult", "fitting",
-           "rungs", "tune"]
+           "tune"]

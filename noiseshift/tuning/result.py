@@ -12,11 +12,12 @@ from .candidates import Candidate
 
 @dataclass
 class Row:
-    """One candidate at the last rung it reached (0-based): n samples in all (over the
-    seeds), FD, its paired change against the baseline (None for the baseline), precision,
-    recall and its paired change, mean |shift| by the independent meter (None without
-    one), model evaluations per sample (counted), seconds per sample and per step
-    (measured, sampling only)."""
+    """One candidate as far as the race drew it: rung 1 at n_final, 0 where it stopped at
+    n_start; n samples in all (over the seeds), FD, its paired change against the baseline
+    (None for the baseline), precision, recall and its paired change, mean |shift| by the
+    independent meter (None without one), model evaluations per sample (counted), seconds
+    per sample and per step (measured, sampling only), and the race's last estimate of its
+    FD at n_final from fewer samples (`draws.fd_estimate`; None for the baseline)."""
 
     candidate: Candidate
     steps: int
@@ -31,6 +32,7 @@ class Row:
     model_evals: float
     s_per_sample: float
     s_per_step: float
+    estimate: Estimate | None = None
 
     @property
     def name(self) -> str:
@@ -51,9 +53,10 @@ class Row:
 
 @dataclass
 class TuneResult:
-    """Every candidate's row (finalists first, best FD first), the rungs run [(samples per
-    seed, candidates besides the baseline)], why candidates were left out, the feature
-    space and meter, wall seconds, samples and model evaluations spent."""
+    """Every candidate's row (finalists first, best FD first), the race's two levels
+    [(samples per seed, candidates besides the baseline drawn to it)], why candidates were
+    left out, the feature space and meter, wall seconds, samples and model evaluations
+    spent."""
 
     rows: list[Row]
     budget: int

@@ -17,15 +17,17 @@ def _ci(e: Estimate | None, fmt: str = "+.2f") -> str:
 
 
 def tune_table(res: TuneResult) -> Table:
-    """Every candidate, finalists first: steps, samples scored, FD, its paired change
+    """Every candidate, finalists first: steps, samples scored, FD (the race's estimate at
+    n_final for the rest), its paired change
     against the baseline with the 95% CI, mean |shift| by the independent meter, recall,
     milliseconds per step of one sample."""
     final = max(r.rung for r in res.rows)
     # no padding: the box's blank column rule is the one space between columns
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0,
                   title=f"tune at {res.budget} model evaluations per sample",
-                  caption=f"FD in {res.space}; |Δ|: mean |shift| by the {res.meter or 'no'} "
-                          f"meter; * finalist", caption_justify="left")
+                  caption=f"FD in {res.space}; ~: estimated at the finalists' n from the "
+                          f"row's n; |Δ|: mean |shift| by the {res.meter or 'no'} meter; * "
+                          f"finalist", caption_justify="left")
     for title in ("candidate", "steps", "n", "FD", "dFD [95% CI]", "|Δ|", "recall", "ms/st"):
         name = title == "candidate"  # names fold only past 16 characters; numbers never
         table.add_column(title, justify="left" if name else "right", overflow="fold",
@@ -34,7 +36,11 @@ def tune_table(res: TuneResult) -> Table:
     for r in res.rows:
         mark = "*" if r.rung == final else " "
         name = f"[bold]{r.name}[/]" if r.name == rec else r.name
-        table.add_row(f"{mark}{name}", str(r.steps), str(r.n), f"{r.fd.value:.2f}",
+        # a row the race left at n_start: its FD there is biased by more than the rows
+        # differ, so show the race's estimate at n_final instead
+        fd = f"~{r.estimate.value:.2f}" if r.rung != final and r.estimate else \
+            f"{r.fd.value:.2f}"
+        table.add_row(f"{mark}{name}", str(r.steps), str(r.n), fd,
                       _ci(r.dfd), "-" if r.shift is None else f"{r.shift.value:.4f}",
                       f"{r.recall.value:.3f}", f"{1e3 * r.s_per_step:.2f}")
     return table
@@ -53,6 +59,10 @@ def verdict(res: TuneResult) -> str:
         out += f"; mean |shift| {100 * (rec.shift.value / base.shift.value - 1):+.0f}%"
     if rec.drecall is not None:
         out += f"; recall {_ci(rec.drecall, '+.3f')}"
+    best = res.best
+    if best is not rec:
+        out += (f". {best.name} has the lowest FD ({best.fd.value:.2f}), but its change "
+                f"{_ci(best.dfd)} is not resolved")
     return out + "."
 
 
