@@ -46,6 +46,10 @@ class Context:
     device: str
     n_boot: int
     boot_seed: int
+    #: draws a slice of a candidate's samples (`draws.draw`'s signature); None: `draws.draw`.
+    #: A model that samples some other way (a diffusers pipeline) brings its own as
+    #: ``model.tune_draw``.
+    drawer: Callable | None = None
 
 
 def rungs(k: int, n_start: int, n_final: int, keep: float, finalists: int
@@ -114,7 +118,7 @@ def _context(model, estimator, data, n_total, block, device, n_boot, space, mete
     if meter == "auto":
         meter = independent_meter(data, model.schedule, avoid="learned", device=str(dev))
     return Context(model, estimator, data, meter, space or feature_space(data), n_total,
-                   block, str(dev), n_boot, 0)
+                   block, str(dev), n_boot, 0, getattr(model, "tune_draw", None))
 
 
 def _halve(draws: dict, plan, ctx: Context, seeds, progress: Progress) -> list[Row]:
@@ -143,7 +147,7 @@ def _grow(d: Draws, n: int, ctx: Context, seeds, done, total, progress, stage) -
         return
     for seed in seeds:
         progress(f"{stage}: {d.candidate.name}, n = {n}", done[0], total)
-        draw(d, ctx, seed, lo, n)
+        (ctx.drawer or draw)(d, ctx, seed, lo, n)
         done[0] += n - lo
     progress(f"{stage}: {d.candidate.name}, n = {n}", done[0], total)
 
