@@ -107,7 +107,7 @@ def tune_command(
         fail(e.problem, e.path)
     if json_out:
         print_json({**res.to_dict(), "command": res.command(model),
-                    "figure": fig and str(fig)})
+                    "python": res.python_lines(), "figure": fig and str(fig)})
         return
     console.print(tune_table(res))
     for note in res.notes:

@@ -20,37 +20,24 @@ network's forward, not assumed.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import shlex
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import numpy as np
-import torch
-
+from ..analysis.audit import fit_mixture
 from ..errors import NoiseshiftError
 from ..guidance import MODES
-from ..runtime import generator
-from ..sampling import draw_labels, sample_seed
-from ..schedules import get_schedule
+from ..pretrained import NAMES, cached_estimator_path, get_estimator
+from ..runtime import resolve_device
 from ..tuning import TuneResult, tune
 from . import require
-from .diffusers import (
-    DCW_SCHEDULERS,
-    SCHEDULERS,
-    UNSCALED_LOOPS,
-    denoiser,
-    guide,
-    pipeline_shape,
-)
-from .levels import to_schedule_form
-from .pipeline_runs import PREFIX, grid_timesteps, num_classes, pipeline_call
-from .retime_diffusers import DDIM_AS, custom_grid
+from .diffusers import DCW_SCHEDULERS, SCHEDULERS, UNSCALED_LOOPS, load_pipeline, pipeline_shape
+from .pipeline_draws import PipelineModel, build, using
+from .pipeline_runs import PREFIX, grid_timesteps
+from .retime_diffusers import DDIM_AS, retime_scheduler
 from .schedulers import SchedulerView
-from .stephook import StepHook, prev_sample
 
 __all__ = ["PIPELINE_CANDIDATES", "PipelineCandidate", "PipelineModel", "PipelineTuneResult",
            "applicable", "tune_pipeline"]
@@ -189,22 +176,6 @@ PIPELINE_CANDIDATES: tuple[PipelineCandidate, ...] = (
 
 # -- which candidates a pipeline can run ------------------------------------------------------
 
-@contextlib.contextmanager
-def using(pipe, scheduler):
-    """``pipe`` with ``scheduler`` in place of its own while inside."""
-    own, pipe.scheduler = pipe.scheduler, scheduler
-    try:
-        yield pipe
-    finally:
-        pipe.scheduler = own
-
-
-def build(base, c: PipelineCandidate):
-    """A fresh scheduler for ``c`` from the loaded scheduler ``base``'s config."""
-    cls = getattr(require("diffusers"), c.scheduler) if c.scheduler else type(base)
-    return cls.from_config(base.config, **c.config)
-
-
 def applicable(pipe, candidates, budget: int, data=None
                ) -> tuple[list[PipelineCandidate], list[str]]:
     """([candidates ``pipe`` can run, each with its scheduler class and spacing named],
@@ -281,9 +252,6 @@ def _check_loop(pipe, sch) -> None:
 def _retimed(pipe, c: PipelineCandidate, sch, budget: int, data) -> PipelineCandidate:
     """``c`` on the shift-aware grid of its scheduler at the budget's steps
     (`retime_diffusers.retime_scheduler`, a perfect model of a mixture fitted to ``data``)."""
-    from ..analysis.audit import fit_mixture
-    from .retime_diffusers import retime_scheduler
-
     if data is None:
         raise NoiseshiftError("the retimed grid needs --data")
     steps = c.steps_for(budget)
@@ -295,114 +263,6 @@ def _retimed(pipe, c: PipelineCandidate, sch, budget: int, data) -> PipelineCand
     with using(pipe, build(pipe.scheduler, c)):
         grid_timesteps(pipe, grid)  # checks the grid; refuses a scheduler without one
     return PipelineCandidate(c.name, c.scheduler, c.config, c.guidance, True, c.calls, grid)
-
-
-# -- drawing a candidate's samples ------------------------------------------------------------
-
-class _Reader:
-    """Watches ``step`` (a recorder of `stephook.StepHook`): the meter's reading of each
-    state of the trajectory against its reference, the step times, and the last state."""
-
-    wants_steps = True
-
-    def __init__(self, meter, n: int):
-        self.meter, self.n = meter, n
-        self.reads, self.ts, self.last, self.seconds = [], [], None, 0.0
-
-    def observe(self, state, model_output, sample, result, last: bool) -> None:
-        self.last = prev_sample(result)[: self.n]  # DiT's doubled batch: the first half
-        if self.meter is None or not state.first_order:
-            return
-        t0 = time.perf_counter()
-        x = to_schedule_form(sample[: self.n].detach(), state.k).cpu()
-        reading = self.meter.predict(x)[0].cpu().numpy()
-        self.reads.append(reading - float(self.meter.reference(state.t)))
-        self.ts.append(state.t)
-        self.seconds += time.perf_counter() - t0
-
-
-@contextlib.contextmanager
-def _counting(net):
-    """Counts the rows the network is called on (model evaluations, measured)."""
-    rows = [0]
-
-    def hook(module, args, kwargs):
-        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        rows[0] += int(x.shape[0])
-
-    handle = net.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield rows
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def _reading(pipe, reader: _Reader):
-    hook = StepHook.attach(pipe.scheduler)
-    hook.recorders.append(reader)
-    try:
-        yield reader
-    finally:
-        hook.recorders.remove(reader)
-        hook.release()
-
-
-@dataclass
-class PipelineModel:
-    """A loaded pipeline as `tuning.tune`'s model: the family schedule its states map onto
-    and `tune_draw`, the search's draw for it (`search.Context.drawer`)."""
-
-    pipe: object
-    supports_null_t = False
-    config = MappingProxyType({})
-
-    def __post_init__(self):
-        self.base = self.pipe.scheduler
-        self.schedule = get_schedule(SchedulerView(self.base).family)
-
-    def tune_draw(self, d, ctx, seed: int, lo: int, hi: int) -> None:
-        """Draw samples lo..hi of seed ``seed`` for ``d``'s candidate, a block of rows at a
-        time, and keep their features and shift readings (as `tuning.draws.draw`)."""
-        for start in range(lo, hi, ctx.block):
-            idx = range(start, min(start + ctx.block, hi))
-            x, reader, rows, seconds = self._call(d.candidate, d.steps, seed, idx, ctx)
-            d.seconds += seconds - reader.seconds
-            d.rows += rows
-            d.samples += len(idx)
-            d.feats[seed].append(ctx.space(x.float().cpu()))
-            if ctx.meter is not None:
-                d.deltas[seed].append(np.stack(reader.reads))
-                d.t = np.asarray(reader.ts)
-
-    def _call(self, c: PipelineCandidate, steps: int, seed: int, idx: range, ctx):
-        """(the final states of samples ``idx``, the reader, model rows, seconds)."""
-        pipe = self.pipe
-        kw, _, _ = pipeline_call(pipe, n=len(idx), steps=steps, seed=seed)
-        if "class_labels" in kw:  # sample i's label, whatever block draws it
-            y = draw_labels(num_classes(pipe), ctx.n_total, seed)
-            kw["class_labels"] = y[idx.start:idx.stop].tolist()
-        kw["generator"] = [generator(sample_seed(seed, i)) for i in idx]
-        reader = _Reader(ctx.meter, len(idx))
-        with using(pipe, build(self.base, c)), contextlib.ExitStack() as stack:
-            if c.timesteps is not None:
-                grid_timesteps(pipe, c.timesteps)  # DDIM runs as its equal that takes one
-                stack.enter_context(custom_grid(pipe.scheduler, timesteps=c.timesteps))
-            if c.guidance:
-                stack.enter_context(_guiding(pipe, c, ctx.estimator))
-            stack.enter_context(_reading(pipe, reader))
-            rows = stack.enter_context(_counting(denoiser(pipe)))
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                pipe(**kw)
-            seconds = time.perf_counter() - t0
-        return reader.last.detach().float().cpu(), reader, rows[0], seconds
-
-
-def _guiding(pipe, c: PipelineCandidate, estimator):
-    g = dict(c.guidance)
-    return guide(pipe, estimator if g.get("nag_scale") else None, g.pop("nag_scale", 0.0),
-                 mode=g.pop("nag_mode", "estimator-step"), **g)
 
 
 # -- the search and its result ----------------------------------------------------------------
@@ -487,9 +347,6 @@ def tune_pipeline(pipe, budget_nfe: int, data, *, source: str, seeds=(0,),
 def load_for_tune(model: str, *, scheduler=None, spacing=None, device: str = "auto"):
     """The pipeline ``model`` ("diffusers:DIR" or a Hub id in the local cache) with
     ``scheduler`` / ``spacing`` (`load_pipeline`), its progress bars off."""
-    from ..runtime import resolve_device
-    from .diffusers import load_pipeline
-
     folder = model[len(PREFIX):]
     if not folder:
         raise NoiseshiftError("--model diffusers: needs a pipeline folder or Hub id")
@@ -504,8 +361,6 @@ def pipeline_estimator(pipe, name_or_path, spec: dict, data, device: str = "auto
     """(the estimator the NAG candidates read, the checkpoint `sample --estimator` takes):
     a checkpoint, or by name (default ``learned``, trained on first use) for ``data`` under
     the schedule the pipeline's states map onto."""
-    from ..pretrained import NAMES, cached_estimator_path, get_estimator
-
     family = SchedulerView(pipe.scheduler).family
     key = str(name_or_path or "learned")
     if key in NAMES and key != "learned":

@@ -12,8 +12,18 @@ from ..analysis.statistics import Estimate
 from .result import TuneResult
 
 
-def _ci(e: Estimate | None, fmt: str = "+.2f") -> str:
-    return "-" if e is None else f"{e.value:{fmt}} [{e.lo:{fmt}},{e.hi:{fmt}}]"
+def _places(*values: float) -> int:
+    """Decimals that keep a number within the 80 columns: FDs of a weak pipeline run to
+    thousands."""
+    top = max(abs(v) for v in values)
+    return 2 if top < 100 else 1 if top < 1000 else 0
+
+
+def _ci(e: Estimate | None, fmt: str | None = None) -> str:
+    if e is None:
+        return "-"
+    fmt = fmt or f"+.{_places(e.value, e.lo, e.hi)}f"
+    return f"{e.value:{fmt}} [{e.lo:{fmt}},{e.hi:{fmt}}]"
 
 
 def tune_table(res: TuneResult) -> Table:
@@ -34,8 +44,9 @@ def tune_table(res: TuneResult) -> Table:
     for r in res.rows:
         mark = "*" if r.rung == final else " "
         name = f"[bold]{r.name}[/]" if r.name == rec else r.name
-        table.add_row(f"{mark}{name}", str(r.steps), str(r.n), f"{r.fd.value:.2f}",
-                      _ci(r.dfd), "-" if r.shift is None else f"{r.shift.value:.4f}",
+        fd = f"{r.fd.value:.{_places(r.fd.value)}f}"
+        table.add_row(f"{mark}{name}", str(r.steps), str(r.n), fd, _ci(r.dfd),
+                      "-" if r.shift is None else f"{r.shift.value:.4f}",
                       f"{r.recall.value:.3f}", f"{1e3 * r.s_per_step:.2f}")
     return table
 
