@@ -36,7 +36,8 @@ from .inputs import data_spec
 @app.command("tune")
 def tune_command(
     model: str = typer.Option(None, "--model", "-m", help="Denoiser checkpoint from "
-                              "`noiseshift train`; default: the built-in digits model."),
+                              "`noiseshift train`, or diffusers:DIR (a pipeline folder or "
+                              "cached Hub id); default: the built-in digits model."),
     budget: int = typer.Option(16, "--budget", min=1, help="Model evaluations per sample "
                                "every candidate may spend (Heun's step costs 2)."),
     n_final: int = typer.Option(None, "--n-final", min=8, help="Samples per seed of the "
