@@ -141,6 +141,7 @@ def test_tune_on_a_pipeline_end_to_end(digits_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra, says", [
     ([], "needs --data"),
     (["--data", "digits", "--scheduler", "nope"], "unknown scheduler"),
+    (["--data", "digits", "--scheduler", "flow-euler"], "does not fit"),
     (["--data", "digits", "--candidates", "heun,nope"], "nope"),
 ])
 def test_bad_pipeline_input_is_one_line_exit_2(pipe_dir, extra, says, capsys):
@@ -161,6 +162,10 @@ def test_a_baseline_the_loop_cannot_run_is_refused(pipe_dir):
     pipe = _pipe(pipe_dir)
     with pytest.raises(NoiseshiftError, match="scale_model_input"):
         applicable(pipe, [TABLE["euler"]], 4)
+    cf = PipelineCandidate("+cf", guidance={"nag_mode": "cf", "nag_scale": 1.0})
+    keep, notes = applicable(pipe, [TABLE["as-loaded"], cf, TABLE["dpm++2m+step1.5"]], 4)
+    assert [c.name for c in keep] == ["ddim-trailing", "dpm++2m+step1.5"]
+    assert notes[0].startswith("+cf: nag mode 'cf' runs the model's null-t branch")
     with pytest.raises(NoiseshiftError, match="shape"):
         tune_pipeline(pipe, 4, image_gmm((1, 4, 16)), source="x")
 

@@ -61,7 +61,8 @@ class _Reader:
         if self.meter is None or not state.first_order:
             return
         t0 = time.perf_counter()
-        x = to_schedule_form(sample[: self.n].detach(), state.k).cpu()
+        # the meter was fitted on the pipeline's device (`search.Context`)
+        x = to_schedule_form(sample[: self.n].detach(), state.k)
         reading = self.meter.predict(x)[0].cpu().numpy()
         self.reads.append(reading - float(self.meter.reference(state.t)))
         self.ts.append(state.t)

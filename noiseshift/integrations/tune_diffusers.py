@@ -34,6 +34,7 @@ from ..runtime import resolve_device
 from ..tuning import TuneResult, tune
 from . import require
 from .diffusers import DCW_SCHEDULERS, SCHEDULERS, UNSCALED_LOOPS, load_pipeline, pipeline_shape
+from .guided import check_mode
 from .pipeline_draws import PipelineModel, build, using
 from .pipeline_runs import PREFIX, grid_timesteps
 from .retime_diffusers import DDIM_AS, retime_scheduler
@@ -216,6 +217,7 @@ def _resolve(pipe, base, c: PipelineCandidate, budget: int, data) -> PipelineCan
     config = {**({"timestep_spacing": sch.config.timestep_spacing}
                  if "timestep_spacing" in sch.config else {}), **c.config}
     _check_loop(pipe, sch)
+    _check_guidance(c.guidance, sch)
     if c.guidance.get("dcw") and cls not in DCW_SCHEDULERS:
         raise NoiseshiftError(f"DCW needs a one-call, memoryless step, not {cls}")
     if c.calls == 1 and getattr(sch, "order", 1) != 1:
@@ -224,6 +226,18 @@ def _resolve(pipe, base, c: PipelineCandidate, budget: int, data) -> PipelineCan
     if c.retime:
         out = _retimed(pipe, out, sch, budget, data)
     return out
+
+
+def _check_guidance(guidance: Mapping, sch) -> None:
+    """One line where ``sch``'s model output cannot be guided as asked (`diffusers.Guide`'s
+    own checks, made before anything is drawn)."""
+    if guidance.get("nag_scale"):
+        check_mode(guidance.get("nag_mode", "estimator-step"), "diffusers")
+    view = SchedulerView(sch)
+    if view.parametrisation() is None and (guidance.get("nag_scale") or
+                                           guidance.get("eps_scale") is not None):
+        raise NoiseshiftError(f"{view.name}'s model output ({view.prediction_type!r}) is not "
+                              f"eps, v, x0 or a flow velocity")
 
 
 def _short(scheduler) -> str:
