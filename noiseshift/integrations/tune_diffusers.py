@@ -169,6 +169,9 @@ PIPELINE_CANDIDATES: tuple[PipelineCandidate, ...] = (
     PipelineCandidate("+step1.5", guidance=_step(1.5)),
     PipelineCandidate("+step3", guidance=_step(3.0)),
     PipelineCandidate("+noise1.5", guidance={"nag_mode": "estimator-noise", "nag_scale": 1.5}),
+    PipelineCandidate("+grad0.5", guidance={"nag_mode": "estimator", "nag_scale": 0.5}),
+    PipelineCandidate("+reading0.75", guidance={"nag_mode": "estimator-reading",
+                                                "nag_scale": 0.75}),
     PipelineCandidate("dpm++2m+step1.5", "DPMSolverMultistepScheduler", {**_TRAIL, **_DPM},
                       _step(1.5)),
     PipelineCandidate("+retimed", retime=True),
@@ -286,7 +289,7 @@ class PipelineTuneResult(TuneResult):
     """`TuneResult` for a pipeline: its command line is `noiseshift sample --model
     diffusers:DIR` (None where no flag sets the recommended scheduler), its Python lines
     load and call the pipeline. ``source``: the --model value; ``estimator_ref``: the
-    checkpoint the NAG candidates read; ``load``: the scheduler and spacing tune loaded."""
+    checkpoint the NAG candidates read."""
 
     source: str = ""
     estimator_ref: str | None = None
