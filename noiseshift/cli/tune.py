@@ -3,6 +3,7 @@ The search is `tuning.tune`; this module parses the options and prints."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -11,7 +12,9 @@ from .. import tiny
 from ..data import load_data
 from ..defaults import N_BOOT
 from ..errors import NoiseshiftError
-from ..integrations.pipeline_runs import is_diffusers
+from ..integrations.pipeline_runs import is_diffusers, refuse_diffusers_options
+from ..integrations.tune_diffusers import PIPELINE_CANDIDATES as PIPELINE
+from ..integrations.tune_diffusers import load_for_tune, pipeline_estimator, tune_pipeline
 from ..io.paths import check_output_file, refuse_overwriting_inputs
 from ..pretrained import estimator_for
 from ..tuning import CANDIDATES, tune
@@ -33,7 +36,8 @@ from .inputs import data_spec
 @app.command("tune")
 def tune_command(
     model: str = typer.Option(None, "--model", "-m", help="Denoiser checkpoint from "
-                              "`noiseshift train`; default: the built-in digits model."),
+                              "`noiseshift train`, or diffusers:DIR (a pipeline folder or "
+                              "cached Hub id); default: the built-in digits model."),
     budget: int = typer.Option(16, "--budget", min=1, help="Model evaluations per sample "
                                "every candidate may spend (Heun's step costs 2)."),
     n_final: int = typer.Option(None, "--n-final", min=8, help="Samples per seed of the "
@@ -49,6 +53,11 @@ def tune_command(
     size: int = size_option(),
     estimator: str = typer.Option(None, "--estimator", help="Noise-level estimator the NAG "
                                   "candidates read (checkpoint or name; default learned)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="diffusers:DIR only: the "
+                                  "baseline's scheduler, as `sample --scheduler` (default: "
+                                  "the folder's)."),
+    spacing: str = typer.Option(None, "--spacing", help="diffusers:DIR only: the baseline's "
+                                "timestep spacing (leading, linspace, trailing)."),
     bootstrap: int = typer.Option(N_BOOT, "--bootstrap", min=20, help="Bootstrap resamples."),
     plot: Path = typer.Option(None, "--plot", help="Write a PNG of every candidate's FD "
                               "change with its CI."),
@@ -67,7 +76,14 @@ def tune_command(
     uses; the shift is read by a meter no candidate is guided by (the subspace oracle on
     digits). Prints the table, the recommended command line and its Python lines.
 
-    Example: `noiseshift tune --budget 16 --plot tune.png`.
+    With --model diffusers:DIR (--data required) the candidates are the pipeline's: its
+    scheduler as loaded (the baseline; --scheduler, --spacing as for `sample`), swapped
+    solvers and spacings, Karras sigmas, epsilon scaling, DCW, estimator NAG and the
+    retimed grid, each at the steps the budget allows in the pipeline's own loop.
+
+    Example: `noiseshift tune --budget 16 --plot tune.png`;
+    `noiseshift tune --model diffusers:DIR --scheduler ddim --spacing trailing --budget 10
+    --data digits`.
     """
     # NOISESHIFT_TINY (tests, the README's CI run) shrinks the search with the models
     n_final = n_final or tiny.sized("n", 1024)
@@ -77,21 +93,32 @@ def tune_command(
         if plot is not None:
             check_output_file(plot, "--plot")
             refuse_overwriting_inputs(plot, model, data)
-        res = _run(model, budget, n_start, n_final, seed_list, data, size, estimator,
-                   bootstrap, device, json_out, _candidates(only))
+        if n_start > n_final:
+            raise NoiseshiftError(f"--n-start ({n_start}) is larger than --n-final "
+                                  f"({n_final})")
+        search = dict(seeds=seed_list, n_start=n_start, n_final=n_final, n_boot=bootstrap)
+        if is_diffusers(model):
+            res = _run_pipeline(model, budget, data_spec(data, size), estimator, scheduler,
+                                spacing, device, json_out, _candidates(only, PIPELINE), search)
+        else:
+            refuse_diffusers_options(scheduler=scheduler, spacing=spacing, prompt=None,
+                                     allow_download=None)
+            res = _run(model, budget, data, size, estimator, device, json_out,
+                       _candidates(only, CANDIDATES), search)
         fig = tune_figure(res, plot) if plot is not None else None
     except NoiseshiftError as e:
         fail(e.problem, e.path)
     if json_out:
         print_json({**res.to_dict(), "command": res.command(model),
-                    "figure": fig and str(fig)})
+                    "python": res.python_lines(), "figure": fig and str(fig)})
         return
     console.print(tune_table(res))
     for note in res.notes:
         console.print(f"[dim]left out: {note}[/]", highlight=False)
     console.print(verdict(res), highlight=False)
-    console.print(f"\n[bold]Recommended:[/] {res.command(model)}", highlight=False,
-                  soft_wrap=True)
+    command = res.command(model)
+    console.print("\n[bold]Recommended:[/] " + (command or "no `noiseshift sample` flag "
+                  "sets this scheduler; use the Python lines"), highlight=False, soft_wrap=True)
     console.print("[dim]In Python:[/]\n" + res.python_lines(), highlight=False, soft_wrap=True)
     console.print(f"[dim]{res.samples} samples in {res.seconds:.0f} s[/]" +
                   (f"; figure: {fig}" if fig else ""), highlight=False)
@@ -108,27 +135,21 @@ def _seeds(text: str) -> tuple[int, ...]:
     return out
 
 
-def _candidates(only: str | None) -> tuple:
-    """The baseline and the named candidates (all when None)."""
+def _candidates(only: str | None, table) -> tuple:
+    """The baseline and the named candidates of ``table`` (all when None)."""
     if only is None:
-        return CANDIDATES
+        return table
     names = [n.strip() for n in only.split(",") if n.strip()]
-    known = {c.name: c for c in CANDIDATES}
+    known = {c.name: c for c in table}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise NoiseshiftError(f"--candidates: no candidate {', '.join(unknown)}; the table "
                               f"has {', '.join(known)}")
-    base = CANDIDATES[0]
+    base = table[0]
     return (base, *[known[n] for n in dict.fromkeys(names) if n != base.name])
 
 
-def _run(model, budget, n_start, n_final, seeds, data, size, estimator, bootstrap, device,
-         quiet, candidates):
-    if is_diffusers(model):
-        raise NoiseshiftError("tune searches built-in samplers; diffusers pipelines are not "
-                              "supported yet (use `noiseshift audit --scheduler`)")
-    if n_start > n_final:
-        raise NoiseshiftError(f"--n-start ({n_start}) is larger than --n-final ({n_final})")
+def _run(model, budget, data, size, estimator, device, quiet, candidates, search):
     net = denoiser_with_progress(model, device, quiet)
     spec = data_spec(data, size) or (net.config or {}).get("data")
     if spec is None:
@@ -139,12 +160,36 @@ def _run(model, budget, n_start, n_final, seeds, data, size, estimator, bootstra
         with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
             est = estimator_for(net, estimator, device=device, progress=bar,
                                 data=data_spec(data, size))
+    with _bar(quiet) as on_progress:
+        return tune(net, budget, dataset, estimator=est, device=device,
+                    progress=on_progress, candidates=candidates, **search)
+
+
+@contextmanager
+def _bar(quiet: bool):
+    """The search's progress callback, drawn as a bar with the time left."""
     with progress(quiet) as p:
         task = p.add_task("tune", total=None)
 
         def on_progress(stage, done, total):
             p.update(task, description=stage, completed=done, total=total)
 
-        return tune(net, budget, dataset, seeds=seeds, estimator=est, n_start=n_start,
-                    n_final=n_final, n_boot=bootstrap, device=device, progress=on_progress,
-                    candidates=candidates)
+        yield on_progress
+
+
+def _run_pipeline(model, budget, spec, estimator, scheduler, spacing, device, quiet,
+                  candidates, search):
+    """`tune` on the diffusers pipeline ``model`` ("diffusers:DIR"), scored on --data."""
+    if spec is None:
+        raise NoiseshiftError("tune on a diffusers pipeline needs --data: the data it was "
+                              "trained on, which FD is measured against")
+    pipe = load_for_tune(model, scheduler=scheduler, spacing=spacing, device=device)
+    dataset = load_data(spec)
+    est, ref = None, None
+    if any(c.needs_estimator for c in candidates):
+        with training_bar(quiet, "noise-level estimator (trained on first use only)") as bar:
+            est, ref = pipeline_estimator(pipe, estimator, spec, dataset, device, bar)
+    with _bar(quiet) as on_progress:
+        return tune_pipeline(pipe, budget, dataset, source=model, estimator=est,
+                             estimator_ref=ref, progress=on_progress, candidates=candidates,
+                             **search)

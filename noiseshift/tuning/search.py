@@ -60,6 +60,10 @@ class Context:
     device: str
     n_boot: int
     boot_seed: int
+    #: draws a slice of a candidate's samples (`draws.draw`'s signature); None: `draws.draw`.
+    #: A model that samples some other way (a diffusers pipeline) brings its own as
+    #: ``model.tune_draw``.
+    drawer: Callable | None = None
 
 
 def tune(model, budget_nfe: int, data, *, seeds=(0,), candidates=CANDIDATES,
@@ -120,7 +124,7 @@ def _context(model, estimator, data, n_total, block, device, n_boot, space, mete
     if meter == "auto":
         meter = independent_meter(data, model.schedule, avoid="learned", device=str(dev))
     return Context(model, estimator, data, meter, space or feature_space(data), n_total,
-                   block, str(dev), n_boot, 0)
+                   block, str(dev), n_boot, 0, getattr(model, "tune_draw", None))
 
 
 class Race:
@@ -184,7 +188,7 @@ class Race:
         for seed in self.seeds:
             self.progress(f"{stage}: {d.candidate.name}, n = {n}", self.spent,
                           round(self.budget))
-            draw(d, self.ctx, seed, lo, n)
+            (self.ctx.drawer or draw)(d, self.ctx, seed, lo, n)
         self.spent += cost
         self.progress(f"{stage}: {d.candidate.name}, n = {n}", self.spent, round(self.budget))
 

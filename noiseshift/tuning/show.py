@@ -12,8 +12,18 @@ from ..analysis.statistics import Estimate
 from .result import TuneResult
 
 
-def _ci(e: Estimate | None, fmt: str = "+.2f") -> str:
-    return "-" if e is None else f"{e.value:{fmt}} [{e.lo:{fmt}},{e.hi:{fmt}}]"
+def _places(*values: float) -> int:
+    """Decimals that keep a number within the 80 columns: FDs of a weak pipeline run to
+    thousands."""
+    top = max(abs(v) for v in values)
+    return 2 if top < 100 else 1 if top < 1000 else 0
+
+
+def _ci(e: Estimate | None, fmt: str | None = None) -> str:
+    if e is None:
+        return "-"
+    fmt = fmt or f"+.{_places(e.value, e.lo, e.hi)}f"
+    return f"{e.value:{fmt}} [{e.lo:{fmt}},{e.hi:{fmt}}]"
 
 
 def tune_table(res: TuneResult) -> Table:
@@ -38,8 +48,8 @@ def tune_table(res: TuneResult) -> Table:
         name = f"[bold]{r.name}[/]" if r.name == rec else r.name
         # a row the race left at n_start: its FD there is biased by more than the rows
         # differ, so show the race's estimate at n_final instead
-        fd = f"~{r.estimate.value:.2f}" if r.rung != final and r.estimate else \
-            f"{r.fd.value:.2f}"
+        shown = r.estimate if r.rung != final and r.estimate else r.fd
+        fd = ("~" if shown is r.estimate else "") + f"{shown.value:.{_places(shown.value)}f}"
         table.add_row(f"{mark}{name}", str(r.steps), str(r.n), fd,
                       _ci(r.dfd), "-" if r.shift is None else f"{r.shift.value:.4f}",
                       f"{r.recall.value:.3f}", f"{1e3 * r.s_per_step:.2f}")
