@@ -24,9 +24,11 @@ def retime_command(
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=1, help="Steps of the grid."),
     schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help="Built-in samplers' "
                                  "schedule."),
-    scheduler: str = typer.Option(None, "--scheduler", help="A diffusers VP scheduler "
-                                  "instead, e.g. diffusers:DDIMScheduler (run as first-order "
-                                  "DPM-Solver++, which takes custom timesteps)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="A diffusers scheduler instead: "
+                                  "VP, e.g. diffusers:DDIMScheduler (run as first-order "
+                                  "DPM-Solver++, which takes custom timesteps), or flow "
+                                  "matching, diffusers:FlowMatchEulerDiscreteScheduler (its "
+                                  "sigmas, shift included)."),
     spacing: str = typer.Option(None, "--spacing", help="diffusers: the starting grid's "
                                 "timestep_spacing (leading, linspace, trailing)."),
     data: str = typer.Option(None, "--data", help="Match the perfect model to your data "
@@ -55,7 +57,9 @@ def retime_command(
     to where its state reads, reruns, and repeats (--iterations), keeping the grid with the
     smallest mean |shift|. It writes --out: "timesteps" for the built-in samplers
     (`noiseshift sample --timesteps grid.json`) and, with --scheduler, "diffusers": integer
-    "timesteps" (DDPM-style schedulers, DPM-Solver) and "sigmas" (Euler).
+    "timesteps" (DDPM-style schedulers, DPM-Solver) and "sigmas" (Euler's VE sigmas; for a
+    flow-matching scheduler its flow sigmas only), which `sample --model diffusers:DIR
+    --timesteps grid.json` hands to the pipeline's scheduler, whichever it takes.
 
     Examples: `noiseshift retime --steps 16`;
     `noiseshift retime --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`.
@@ -107,9 +111,13 @@ def _print(res, body: dict, out: Path) -> None:
                       f"sampling.sample(model, n, timesteps=json.load(open('{out}'))"
                       f"['timesteps']))", soft_wrap=True, highlight=False)
         return
-    console.print(f"diffusers: pipe.scheduler = {body['scheduler']}.from_config("
-                  f"pipe.scheduler.config, **{body['config']}); then pipe(..., timesteps="
-                  f"{dd['timesteps']}) where the pipeline takes timesteps (or sigmas="
-                  f"{[round(s, 4) for s in dd['sigmas']]} with EulerDiscreteScheduler); for "
-                  f"DDPMPipeline: noiseshift sample --model diffusers:DIR --timesteps {out}",
-                  soft_wrap=True, highlight=False)
+    sig = [round(s, 4) for s in dd["sigmas"]]
+    if dd.get("sigmas_kind") == "flow":  # the pipeline shifts what it is handed
+        call = (f"pipe(...) inside noiseshift.integrations.retime_diffusers.custom_grid("
+                f"pipe.scheduler, sigmas={sig})")
+    else:
+        call = (f"pipe.scheduler = {body['scheduler']}.from_config(pipe.scheduler.config, "
+                f"**{body['config']}); then pipe(..., timesteps={dd['timesteps']}) where the "
+                f"pipeline takes timesteps (or sigmas={sig} with EulerDiscreteScheduler)")
+    console.print(f"diffusers: {call}; or noiseshift sample --model diffusers:DIR "
+                  f"--timesteps {out}", soft_wrap=True, highlight=False)

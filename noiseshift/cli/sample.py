@@ -186,7 +186,9 @@ def sample_command(
     timesteps: str = typer.Option(None, "--timesteps", metavar="FILE|LIST", help="The time "
                                   "grid, decreasing in [0, 1] (a comma list, or a file from "
                                   "`noiseshift retime`); replaces --steps (steps = its length "
-                                  "- 1). diffusers:DIR: the file's diffusers list."),
+                                  "- 1). diffusers:DIR: the file's diffusers timesteps (or its "
+                                  "sigmas, for Euler and FlowMatch schedulers), integer "
+                                  "training timesteps, or sigmas:S0,S1,...,0."),
     corrector: str = typer.Option(None, "--corrector", metavar="SNR[,STEPS[,TOL]]",
                                   help="A Langevin corrector after each step (STEPS moves, "
                                   "default 1, step size from SNR, e.g. 0.1), on every state, "
@@ -242,7 +244,7 @@ def sample_command(
         if guide_opts.pop("corrector", None) is not None:
             raise NoiseshiftError("--corrector applies to the built-in samplers only")
         if timesteps is not None:
-            run_opts["timesteps"] = diffusers_timesteps(timesteps)
+            run_opts["grid"] = diffusers_timesteps(timesteps)
         spec, backend = folder_run(
             model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
             allow_download=allow_download, class_label=class_,
@@ -268,19 +270,22 @@ def sample_command(
     _print_summary(summary, path, rec.run)
 
 
-def diffusers_timesteps(text: str) -> list[int]:
-    """--timesteps for a pipeline: a `noiseshift retime --scheduler` file's diffusers
-    timesteps, or a comma list of integer training timesteps."""
+def diffusers_timesteps(text: str) -> dict:
+    """--timesteps for a pipeline, as `pipeline_run`'s ``grid``: a `noiseshift retime
+    --scheduler` file's "diffusers" lists (the pipeline's scheduler takes the one it can:
+    `retime_diffusers.pick_grid`), a comma list of integer training timesteps, or
+    "sigmas:" and a comma list of the scheduler's sigmas, the final one included."""
     path = Path(text)
     if path.is_file():
         try:
-            body = json.loads(path.read_text())
-            return list(body["diffusers"]["timesteps"])
+            body = json.loads(path.read_text())["diffusers"]
+            return {k: body[k] for k in ("timesteps", "sigmas", "sigmas_kind") if k in body}
         except (ValueError, KeyError, TypeError):
             raise NoiseshiftError("--timesteps for diffusers needs a file from `noiseshift "
                                   "retime --scheduler ...` (with a diffusers grid)",
                                   path) from None
-    return list(_numbers(text, "--timesteps", range(1, 10001)))
+    key, _, values = text.rpartition(":") if text.startswith("sigmas:") else ("", "", text)
+    return {key or "timesteps": list(_numbers(values, "--timesteps", range(1, 10001)))}
 
 
 def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:

@@ -1,0 +1,155 @@
+"""Custom grids through diffusers pipelines: integer timesteps, k-style and flow sigmas, and
+the shift-aware grid of a flow-matching scheduler (issue 22)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from noiseshift.data import make_gmm
+from noiseshift.errors import NoiseshiftError
+
+diffusers = pytest.importorskip("diffusers")
+
+from noiseshift.integrations.pipeline_runs import pipeline_run  # noqa: E402
+from noiseshift.integrations.retime_diffusers import (  # noqa: E402
+    custom_grid,
+    flow_shift,
+    retime_scheduler,
+    unshift,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return make_gmm(dim=16, components=4, std=0.3, seed=1)
+
+
+def _pipe(scheduler):
+    """A tiny DDPMPipeline (random UNet) around ``scheduler``: a real diffusers loop that
+    calls set_timesteps and step (its samples mean nothing here)."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1,
+                                 layers_per_block=1, block_out_channels=(8,), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",))
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _draw(pipe, **grid):
+    spec, backend = pipeline_run(pipe, n=2, steps=7, seed=0, **grid)
+    last, _ = backend.draw(spec)
+    return spec, last
+
+
+def test_the_flow_shift_and_its_inverse():
+    # shift 3 takes 0.5 to 3 * 0.5 / (1 + 2 * 0.5) = 0.75; unshift takes it back.
+    assert unshift([0.75, 1.0, 0.0], 3.0) == pytest.approx([0.5, 1.0, 0.0])
+    sch = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert flow_shift(sch) == 3.0
+    dyn = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    assert flow_shift(dyn, 0.5) == pytest.approx(np.exp(0.5))
+    with pytest.raises(NoiseshiftError, match="mu"):
+        flow_shift(dyn)
+
+
+@pytest.mark.parametrize("make, sigmas", [
+    (lambda: diffusers.EulerDiscreteScheduler(), [14.6, 3.0, 1.1, 0.4, 0.0]),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), [1.0, 0.8, 0.5, 0.2, 0.0]),
+])
+def test_a_pipeline_holds_the_given_sigmas_after_its_call(make, sigmas):
+    pipe = _pipe(make())
+    spec, last = _draw(pipe, grid={"sigmas": sigmas})
+    assert np.allclose(pipe.scheduler.sigmas.numpy(), sigmas, rtol=1e-6, atol=1e-7)
+    assert spec.settings["steps"] == 4 and spec.settings["call"]["sigmas"] == sigmas
+    assert torch.isfinite(last).all()
+    assert "set_timesteps" not in pipe.scheduler.__dict__  # the grid is gone after the call
+
+
+def test_dynamic_shifting_takes_the_calls_mu():
+    sch = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    sigmas = [1.0, 0.6, 0.3, 0.0]
+    with custom_grid(sch, sigmas=sigmas):
+        sch.set_timesteps(28, mu=1.2)  # as Flux's pipeline calls it: its count is ignored
+    assert np.allclose(sch.sigmas.numpy(), sigmas, atol=1e-6)
+
+
+def test_a_file_gives_each_scheduler_the_list_it_takes():
+    grid = {"timesteps": [999, 500, 100], "sigmas": [150.0, 1.0, 0.33, 0.0],
+            "sigmas_kind": "ve"}
+    spec, _ = _draw(_pipe(diffusers.DDPMScheduler()), grid=grid)
+    assert spec.settings["call"]["timesteps"] == [999, 500, 100]
+    spec, _ = _draw(_pipe(diffusers.EulerDiscreteScheduler()), grid=grid)
+    assert spec.settings["call"]["sigmas"] == grid["sigmas"]
+    with pytest.raises(NoiseshiftError, match="ve sigmas; FlowMatchEulerDiscreteScheduler "
+                                              "takes flow sigmas"):
+        _draw(_pipe(diffusers.FlowMatchEulerDiscreteScheduler()),
+              grid={"sigmas": grid["sigmas"], "sigmas_kind": "ve"})
+
+
+@pytest.mark.parametrize("make, grid, message", [
+    (lambda: diffusers.DDPMScheduler(), {"sigmas": [1.0, 0.5, 0.0]},
+     "DDPMScheduler takes no custom sigmas .*; it takes timesteps"),
+    (lambda: diffusers.EulerAncestralDiscreteScheduler(), {"sigmas": [9.0, 1.0, 0.0]},
+     "EulerAncestralDiscreteScheduler takes no custom sigmas"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift_terminal=0.1),
+     {"sigmas": [1.0, 0.5, 0.2, 0.0]}, "turned the given sigmas into others"),
+    (lambda: diffusers.EulerDiscreteScheduler(), {"sigmas": [1.0, 2.0, 0.0]},
+     "strictly decreasing"),
+    (lambda: diffusers.DDPMScheduler(), {"timesteps": [900.5, 100]}, "must be integers"),
+])
+def test_grids_a_scheduler_cannot_hold_are_refused_in_one_line(make, grid, message):
+    with pytest.raises(NoiseshiftError, match=message) as e:
+        _draw(_pipe(make()), grid=grid)
+    assert "\n" not in str(e.value)
+
+
+def test_flow_retime_lowers_the_shift_and_its_sigmas_round_trip(gmm):
+    # FlowMatchEuler at 4 steps with the exact model: its states read off schedule; the
+    # retimed grid reads closer to its labels than the scheduler's own grid.
+    res = retime_scheduler(gmm, "diffusers:FlowMatchEulerDiscreteScheduler", steps=4, n=256,
+                           iterations=2, n_boot=50)
+    first, chosen = res.audits[0].mean_abs.value, res.audits[res.best].mean_abs.value
+    assert res.best > 0 and chosen < 0.85 * first
+    body = res.to_dict()
+    sig = body["diffusers"]["sigmas"]
+    assert body["diffusers"]["sigmas_kind"] == "flow" and "timesteps" not in body["diffusers"]
+    assert sig == pytest.approx(body["timesteps"]) and sig[0] == 1.0 and sig[-1] == 0.0
+    for shift in (1.0, 3.0):  # the scheduler's own shift lands on the written sigmas
+        pipe = _pipe(diffusers.FlowMatchEulerDiscreteScheduler(shift=shift))
+        _draw(pipe, grid=body["diffusers"])
+        assert np.allclose(pipe.scheduler.sigmas.numpy(), sig, atol=1e-6)
+
+
+def test_cli_sample_passes_a_flow_retime_file_and_a_sigma_list(tmp_path, monkeypatch,
+                                                                capsys):
+    from helpers import cli_exit_2
+    from typer.testing import CliRunner
+
+    from noiseshift.cli import app
+    from noiseshift.io import open_trajectories
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["retime", "--scheduler",
+                                 "diffusers:FlowMatchEulerDiscreteScheduler", "--steps", "3",
+                                 "--n", "32", "--iterations", "1", "--out", "g.json"])
+    assert r.exit_code == 0, r.output
+    assert "sigmas=" in r.output
+    sig = json.loads((tmp_path / "g.json").read_text())["diffusers"]["sigmas"]
+    _pipe(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(tmp_path / "p")
+    for grid, want in (("g.json", sig), ("sigmas:1,0.5,0.25,0", [1.0, 0.5, 0.25, 0.0])):
+        r = CliRunner().invoke(app, ["sample", "--model", f"diffusers:{tmp_path / 'p'}",
+                                     "--timesteps", grid, "--n", "2", "--record", "t.h5",
+                                     "--run", "r", "--json"])
+        assert r.exit_code == 0, r.output
+        with open_trajectories(tmp_path / "t.h5") as f:
+            assert f.run("r").attrs["sampler"]["call"]["sigmas"] == pytest.approx(want)
+    err = cli_exit_2(["sample", "--model", f"diffusers:{tmp_path / 'p'}", "--timesteps",
+                      "sigmas:1,0.5", "--n", "2", "--no-record"], capsys)
+    assert len(err) == 1 and "end at 0" in err[0]
