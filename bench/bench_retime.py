@@ -4,12 +4,14 @@
         --n 1000 --seeds 0,1,2
 
 ``grid.json`` is `noiseshift retime --data digits --scheduler diffusers:DDIMScheduler
---spacing trailing --steps 10` output: its iterate 0 is DDIM trailing itself, so the audit
-columns compare the chosen grid with trailing spacing on the same perfect model and seed.
-Then the pipeline at DIR (a DDPMPipeline on the built-in digits, e.g. the DDPM testbed) is
-sampled with DDIM trailing and with the grid (DDIM's update, run as first-order
-DPM-Solver++ with those timesteps), same seed and initial noise, and FD in the digits
-classifier's feature space is compared with a paired bootstrap CI (`fd_difference`).
+--spacing trailing --steps 10` output (with ``--relabel``: the static relabel): its
+iterate 0 is DDIM trailing itself, so the audit columns compare the chosen grid (or labels)
+with trailing spacing on the same perfect model and seed. Then the pipeline at DIR (a
+DDPMPipeline on the built-in digits, e.g. the DDPM testbed) is sampled with DDIM trailing
+and with the file's diffusers grid as `sample --timesteps grid.json` passes it (DDIM's
+update, run as first-order DPM-Solver++ with those timesteps; with "relabel", the UNet gets
+the relabelled timesteps), same seed and initial noise, and FD in the digits classifier's
+feature space is compared with a paired bootstrap CI (`fd_difference`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from noiseshift.integrations.pipeline_runs import pipeline_run
 from noiseshift.pretrained import DEFAULT_DATA
 
 
-def draw(folder: str, n: int, seed: int, timesteps=None) -> torch.Tensor:
+def draw(folder: str, n: int, seed: int, grid=None) -> torch.Tensor:
     """n samples (N, C, H, W) of the pipeline with DDIM trailing 10, or the given grid."""
-    pipe = load_pipeline(folder, scheduler="ddim", spacing="trailing")
+    pipe = load_pipeline(folder, scheduler="ddim", spacing="trailing", progress=False)
     pipe.set_progress_bar_config(disable=True)
-    spec, backend = pipeline_run(pipe, n=n, steps=10, seed=seed, timesteps=timesteps)
+    spec, backend = pipeline_run(pipe, n=n, steps=10, seed=seed, grid=grid)
     last, images = backend.draw(spec)
     return images if images is not None else last
 
@@ -50,7 +52,7 @@ def main() -> None:
           f"[{best['lo']:.4f}, {best['hi']:.4f}] "
           f"({100 * (best['value'] / base['value'] - 1):+.0f}%)")
     space = feature_space(load_data(DEFAULT_DATA))
-    grid = body["diffusers"]["timesteps"]
+    grid = body["diffusers"]
     rows = []
     for seed in (int(s) for s in a.seeds.split(",")):
         fa = space(draw(a.model, a.n, seed))

@@ -153,3 +153,90 @@ def test_cli_sample_passes_a_flow_retime_file_and_a_sigma_list(tmp_path, monkeyp
     err = cli_exit_2(["sample", "--model", f"diffusers:{tmp_path / 'p'}", "--timesteps",
                       "sigmas:1,0.5", "--n", "2", "--no-record"], capsys)
     assert len(err) == 1 and "end at 0" in err[0]
+
+
+# -- the static relabel --------------------------------------------------------------------------
+
+def test_model_timesteps_invert_the_tables_levels():
+    from noiseshift.integrations.levels import VP_FAMILY, map_level, table_level
+    from noiseshift.integrations.retime_diffusers import model_timesteps, timestep_levels
+
+    sch = diffusers.DDPMScheduler()
+    levels = timestep_levels(sch)
+    assert model_timesteps(sch, levels[[0, 99, 500, 999]]) == pytest.approx([0, 99, 500, 999],
+                                                                            abs=1e-6)
+    t = 0.5 * (levels[99] + levels[100])  # between two entries: a fractional timestep
+    frac = model_timesteps(sch, [t])[0]
+    assert 99 < frac < 100
+    a, s = table_level(sch.alphas_cumprod, frac)
+    assert map_level(a, s, VP_FAMILY)[0] == pytest.approx(t, abs=1e-9)
+
+
+def test_relabel_map_hands_the_network_the_tables_timestep():
+    from noiseshift.integrations.retime_diffusers import relabel_map
+
+    f = relabel_map({999: 999.0, 99: 84.5})
+    got = f(torch.tensor(99))
+    assert isinstance(got, torch.Tensor) and float(got) == 84.5
+    assert f(99.0) == 84.5 and f(500) == 500
+
+
+def _resolved_audit(shift, lo, hi):
+    import pandas as pd
+
+    class Audit:
+        def __init__(self, grid):
+            self.table = pd.DataFrame({"shift": shift, "shift_lo": lo, "shift_hi": hi})
+            self.mean_abs = type("E", (), {"value": float(np.abs(shift).mean())})()
+
+    return Audit
+
+
+def test_resolved_moves_only_points_whose_shift_ci_excludes_zero():
+    from noiseshift.analysis.retime import retime
+
+    shift = np.array([0.0, 0.05, 0.02, -0.03])
+    audit = _resolved_audit(shift, [-0.01, 0.01, -0.01, -0.04], [0.01, 0.09, 0.05, -0.02])
+    ts = [1.0, 0.75, 0.5, 0.25, 0.0]
+    every = retime(audit, ts, iterations=1, secant=False).grids[1]
+    only = retime(audit, ts, iterations=1, resolved=True, secant=False).grids[1]
+    assert np.allclose(every, [1.0, 0.8, 0.52, 0.22, 0.0])
+    assert np.allclose(only, [1.0, 0.8, 0.5, 0.22, 0.0])  # 0.02 in [-0.01, 0.05]: kept
+
+
+def test_relabel_lowers_the_shift_read_against_the_networks_labels(gmm):
+    from noiseshift.integrations.retime_diffusers import relabel_scheduler
+
+    res = relabel_scheduler(gmm, "diffusers:DDIMScheduler", spacing="trailing", steps=4,
+                            n=256, iterations=2, n_boot=50)
+    dd = res.to_dict()["diffusers"]
+    assert dd["timesteps"] == [999, 749, 499, 249]  # the scheduler's own grid, kept
+    assert len(dd["relabel"]) == 4 and dd["relabel"][0] == pytest.approx(999)
+    assert res.best > 0
+    assert res.audits[res.best].mean_abs.value < 0.85 * res.audits[0].mean_abs.value
+    with pytest.raises(NoiseshiftError, match="relabel runs VP schedulers"):
+        relabel_scheduler(gmm, "FlowMatchEulerDiscreteScheduler", steps=3, n=16)
+
+
+def test_a_pipeline_hands_its_unet_the_relabelled_timesteps():
+    pipe = _pipe(diffusers.DDPMScheduler())
+    seen = []
+    pipe.unet.time_proj.register_forward_pre_hook(lambda m, args: seen.append(
+        float(args[0].reshape(-1)[0])))
+    spec, _ = _draw(pipe, grid={"timesteps": [999, 500, 100],
+                                "relabel": [999.0, 480.5, 90.25]})
+    assert seen == [999.0, 480.5, 90.25]
+    assert spec.settings["call"]["relabel"] == [999.0, 480.5, 90.25]
+    assert "forward" not in pipe.unet.__dict__
+    seen.clear()
+    _draw(pipe, grid={"timesteps": [999, 500, 100]})
+    assert seen == [999.0, 500.0, 100.0]
+    with pytest.raises(NoiseshiftError, match="one timestep in 0..999 for each"):
+        _draw(pipe, grid={"timesteps": [999, 500, 100], "relabel": [999.0, 480.5]})
+
+
+def test_cli_retime_relabel_needs_a_scheduler(capsys):
+    from helpers import cli_exit_2
+
+    err = cli_exit_2(["retime", "--relabel", "--n", "8"], capsys)
+    assert len(err) == 1 and "--relabel applies to --scheduler" in err[0]

@@ -89,22 +89,34 @@ def regrid(ts, shift, damping: float = 1.0, slope=None) -> np.ndarray:
 
 
 def retime(audit: Callable[[np.ndarray], AuditResult], ts, *, iterations: int = 3,
-           damping: float = 1.0) -> RetimeResult:
+           damping: float = 1.0, resolved: bool = False,
+           secant: bool = True) -> RetimeResult:
     """Iterate `regrid` from grid ``ts``: ``audit(grid)`` runs the sampler on a grid and
-    reads its states (per-step ``shift`` in its table, one row per state)."""
+    reads its states (per-step ``shift`` in its table, one row per state). With
+    ``resolved``, a point moves only while its state's shift CI excludes 0: an unresolved
+    shift is as likely sampling noise, and chasing it moves the grid for nothing. Without
+    ``secant`` every move is the plain one (for labels, which do not move their own state:
+    delta falls one for one as the label rises, and a secant would read the earlier
+    labels' moves as this one's)."""
     if iterations < 0:
         raise NoiseshiftError(f"iterations must be >= 0, got {iterations}")
     grids, audits = [check_timesteps(ts).numpy()], []
     for k in range(iterations + 1):
         audits.append(audit(grids[-1]))
         if k < iterations:
-            grids.append(regrid(grids[-1], _shift(audits[-1]), damping, _slope(grids, audits)))
+            slope = _slope(grids, audits) if secant else None
+            grids.append(regrid(grids[-1], _shift(audits[-1], resolved), damping, slope))
     best = int(np.argmin([a.mean_abs.value for a in audits]))
     return RetimeResult(grids, audits, best)
 
 
-def _shift(audit: AuditResult) -> np.ndarray:
-    return audit.table["shift"].to_numpy()
+def _shift(audit: AuditResult, resolved: bool = False) -> np.ndarray:
+    """Each state's shift; with ``resolved``, 0 where its CI holds 0."""
+    table = audit.table
+    shift = table["shift"].to_numpy()
+    if not resolved:
+        return shift
+    return np.where((table["shift_lo"] > 0) | (table["shift_hi"] < 0), shift, 0.0)
 
 
 def _slope(grids, audits) -> np.ndarray | None:
@@ -124,7 +136,7 @@ def _slope(grids, audits) -> np.ndarray | None:
 def retime_builtin(data, schedule="linear", *, sampler: str = "euler-maruyama",
                    steps: int = 16, n: int = 512, seed: int = 0, iterations: int = 3,
                    damping: float = 1.0, start=None, n_boot: int = 200,
-                   **sampler_kw) -> RetimeResult:
+                   resolved: bool = False, **sampler_kw) -> RetimeResult:
     """`retime` for a built-in sampler on mixture ``data`` (`audit.default_mixture`, or
     `audit.fit_mixture` of the user's data) with its exact denoiser and meter, from the
     even grid of ``steps`` steps (or ``start``). Every iterate uses the same seed."""
@@ -137,7 +149,7 @@ def retime_builtin(data, schedule="linear", *, sampler: str = "euler-maruyama",
                              n_boot=n_boot, timesteps=[float(v) for v in grid],
                              **sampler_kw)
 
-    res = retime(audit, ts, iterations=iterations, damping=damping)
+    res = retime(audit, ts, iterations=iterations, damping=damping, resolved=resolved)
     res.meta = {"sampler": sampler, "schedule": schedule.to_dict(), "n": n, "seed": seed}
     return res
 

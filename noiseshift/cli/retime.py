@@ -12,7 +12,8 @@ from ..analysis.audit import default_mixture, fit_mixture
 from ..analysis.retime import regrid_from_estimates, retime_builtin
 from ..data import load_data
 from ..defaults import DEFAULT_N, DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DEFAULT_STEPS
-from ..integrations.retime_diffusers import retime_scheduler
+from ..errors import NoiseshiftError
+from ..integrations.retime_diffusers import relabel_scheduler, retime_scheduler
 from ..io.atomic import atomic_path
 from ..io.paths import refuse_overwriting_inputs
 from .common import app, console, print_json
@@ -40,6 +41,13 @@ def retime_command(
     iterations: int = typer.Option(3, "--iterations", min=0, help="Moves of the grid."),
     damping: float = typer.Option(1.0, "--damping", min=0.0, help="Share of each state's "
                                   "shift each move applies."),
+    relabel: bool = typer.Option(False, "--relabel", help="With --scheduler (VP): keep the "
+                                 "scheduler's grid and hand the network, at each step, the t "
+                                 "its state reads at (a static relabel); writes the grid's "
+                                 "timesteps and the network's (\"relabel\")."),
+    resolved: bool = typer.Option(None, "--resolved/--every-point", help="Move a point only "
+                                  "while its state's shift CI excludes 0 (default: on with "
+                                  "--relabel, off otherwise)."),
     estimates: Path = typer.Option(None, "--estimates", help="Instead of a perfect model: "
                                    "one move from a recorded run's readings (an estimates "
                                    "file from `noiseshift estimate`; every step recorded)."),
@@ -61,8 +69,14 @@ def retime_command(
     flow-matching scheduler its flow sigmas only), which `sample --model diffusers:DIR
     --timesteps grid.json` hands to the pipeline's scheduler, whichever it takes.
 
+    With --relabel the scheduler's grid stays and the labels move instead: the network is
+    handed, at each step, the t its state reads at (a static relabel; the states are then
+    read against those labels).
+
     Examples: `noiseshift retime --steps 16`;
-    `noiseshift retime --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`.
+    `noiseshift retime --scheduler diffusers:DDIMScheduler --spacing trailing --steps 10`;
+    `noiseshift retime --data digits --scheduler diffusers:DDIMScheduler --spacing trailing
+    --steps 10 --relabel --n 1000 --iterations 6`.
     """
     refuse_overwriting_inputs([out], data, estimates)
     if estimates is not None:
@@ -76,9 +90,13 @@ def retime_command(
         return
     mix = default_mixture() if data is None else fit_mixture(load_data(data), components,
                                                              rank, seed)
-    opts = dict(steps=steps, n=n, seed=seed, iterations=iterations, damping=damping)
+    opts = dict(steps=steps, n=n, seed=seed, iterations=iterations, damping=damping,
+                resolved=bool(relabel if resolved is None else resolved))
+    if relabel and scheduler is None:
+        raise NoiseshiftError("--relabel applies to --scheduler diffusers:... only")
     if scheduler is not None:
-        res = retime_scheduler(mix, scheduler, spacing=spacing, **opts)
+        run = relabel_scheduler if relabel else retime_scheduler
+        res = run(mix, scheduler, spacing=spacing, **opts)
     else:
         res = retime_builtin(mix, schedule, sampler=sampler, **opts)
     body = res.to_dict()
@@ -110,6 +128,12 @@ def _print(res, body: dict, out: Path) -> None:
         console.print(f"use it: noiseshift sample --timesteps {out}   (Python: "
                       f"sampling.sample(model, n, timesteps=json.load(open('{out}'))"
                       f"['timesteps']))", soft_wrap=True, highlight=False)
+        return
+    if "relabel" in dd:
+        console.print(f"diffusers: noiseshift sample --model diffusers:DIR --timesteps {out} "
+                      f"(the grid {dd['timesteps']}; the network gets "
+                      f"{[round(v, 1) for v in dd['relabel']]})", soft_wrap=True,
+                      highlight=False)
         return
     sig = [round(s, 4) for s in dd["sigmas"]]
     if dd.get("sigmas_kind") == "flow":  # the pipeline shifts what it is handed

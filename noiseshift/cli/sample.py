@@ -279,7 +279,8 @@ def diffusers_timesteps(text: str) -> dict:
     if path.is_file():
         try:
             body = json.loads(path.read_text())["diffusers"]
-            return {k: body[k] for k in ("timesteps", "sigmas", "sigmas_kind") if k in body}
+            keys = ("timesteps", "sigmas", "sigmas_kind", "relabel")
+            return {k: body[k] for k in keys if k in body}
         except (ValueError, KeyError, TypeError):
             raise NoiseshiftError("--timesteps for diffusers needs a file from `noiseshift "
                                   "retime --scheduler ...` (with a diffusers grid)",

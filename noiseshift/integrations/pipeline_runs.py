@@ -44,7 +44,7 @@ from .diffusers import (
     record,
 )
 from .guided import check_mode
-from .retime_diffusers import DDIM_AS, custom_grid, pick_grid
+from .retime_diffusers import DDIM_AS, custom_grid, pick_grid, relabelled
 from .schedulers import SchedulerView
 
 
@@ -197,9 +197,7 @@ class PipelineBackend:
     def draw(self, spec: RunSpec, path=None, callback=None):
         """(the final states: latents for latent pipelines, the decoded images in [-1, 1] as
         (N, C, H, W) or None), recorded as run ``spec.run`` of ``path`` unless None."""
-        grid = contextlib.nullcontext() if self.grid is None else \
-            custom_grid(self.pipe.scheduler, **self.grid)
-        with grid, self._recording(spec, path), self._guiding(spec):
+        with self._grid(), self._recording(spec, path), self._guiding(spec):
             result, last = _call(self.pipe, self.kw, spec.seed)
         images = _images(result)
         if last is not None and images is not None and last.shape[0] == 2 * images.shape[0]:
@@ -210,6 +208,18 @@ class PipelineBackend:
         """What `noiseshift sample` prints about the model and sampler of ``spec``."""
         return {"model": self.source, "pipeline": type(self.pipe).__name__,
                 "sampler": {k: spec.settings[k] for k in ("name", "steps", "spacing")}}
+
+    def _grid(self):
+        """The custom grid and, with "relabel", the network's timesteps, while drawing."""
+        stack = contextlib.ExitStack()
+        grid = dict(self.grid or {})
+        relabel = grid.pop("relabel", None)
+        if grid:
+            stack.enter_context(custom_grid(self.pipe.scheduler, **grid))
+        if relabel is not None:
+            table = dict(zip(grid["timesteps"], relabel, strict=True))
+            stack.enter_context(relabelled(self.pipe.unet, table))
+        return stack
 
     def _recording(self, spec: RunSpec, path):
         if path is None:
@@ -243,7 +253,8 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
         grid = {"timesteps": timesteps}
     if grid is not None:
         key, values = pipeline_grid(pipe, grid)
-        grid, steps = {key: values}, len(values) - (key == "sigmas")
+        relabel = grid_relabel(pipe, grid, key, values)
+        grid, steps = {key: values, **relabel}, len(values) - (key == "sigmas")
     kw, labels, call = pipeline_call(pipe, n=n, steps=steps, seed=seed,
                                      class_label=class_label, prompt=prompt,
                                      cfg_scale=cfg_scale)
@@ -278,6 +289,24 @@ def pipeline_grid(pipe, grid: dict) -> tuple[str, list]:
         if not sch.config.get("use_dynamic_shifting", False):  # else it needs the call's mu
             sch.set_timesteps()  # refuses a config that turns them into other sigmas
     return key, values
+
+
+def grid_relabel(pipe, grid: dict, key: str, values) -> dict:
+    """{"relabel": the network's timestep at each of the grid's timesteps} (a `noiseshift
+    retime --relabel` file), checked, or {}."""
+    relabel = grid.get("relabel")
+    if relabel is None:
+        return {}
+    try:
+        relabel = [float(v) for v in relabel]
+    except (TypeError, ValueError):
+        relabel = []
+    n_train = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    if key != "timesteps" or len(relabel) != len(values) or getattr(pipe, "unet", None) is None \
+            or not all(0 <= v <= n_train - 1 for v in relabel):
+        raise NoiseshiftError(f"a relabel needs a UNet pipeline whose scheduler takes the grid's "
+                              f"timesteps, and one timestep in 0..{n_train - 1} for each")
+    return {"relabel": relabel}
 
 
 def grid_sigmas(sigmas) -> list[float]:

@@ -36,8 +36,9 @@ DDIM_AS = ("DPMSolverMultistepScheduler",
            {"solver_order": 1, "algorithm_type": "dpmsolver++",
             "final_sigmas_type": "zero"})
 
-__all__ = ["DDIM_AS", "custom_grid", "flow_shift", "pick_grid", "retime_scheduler",
-           "sigma_kind", "timestep_levels", "to_diffusers", "unshift"]
+__all__ = ["DDIM_AS", "custom_grid", "flow_shift", "model_timesteps", "pick_grid",
+           "relabel_map", "relabel_scheduler", "relabelled", "retime_scheduler", "sigma_kind",
+           "timestep_levels", "to_diffusers", "unshift"]
 
 
 def timestep_levels(scheduler) -> np.ndarray:
@@ -89,11 +90,8 @@ def custom_grid(scheduler, **grid):
         _check_held(scheduler, values)
         return out
 
-    scheduler.set_timesteps = set_timesteps
-    try:
+    with _replaced(scheduler, "set_timesteps", set_timesteps):
         yield scheduler
-    finally:
-        del scheduler.set_timesteps
 
 
 def pick_grid(scheduler, grid: dict) -> tuple[str, list]:
@@ -175,18 +173,24 @@ def unshift(sigmas, c: float) -> np.ndarray:
     return s / (c - (c - 1.0) * s)
 
 
+def _build(name: str, spacing, config, steps: int):
+    """(the scheduler the grid runs on (DDIM as `DDIM_AS`), its config keys)."""
+    ddim = name.removeprefix("diffusers:") == "DDIMScheduler"
+    cls, extra = DDIM_AS if ddim else (name, {})
+    scheduler = build_scheduler(cls, spacing, {**(config or {}), **extra})
+    check_scheduler(scheduler, steps)
+    return scheduler, {**(config or {}), **extra}
+
+
 def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = None,
                      config: dict | None = None, n: int = 512, seed: int = 0,
-                     iterations: int = 3, damping: float = 1.0,
+                     iterations: int = 3, damping: float = 1.0, resolved: bool = False,
                      n_boot: int = N_BOOT) -> RetimeResult:
     """`retime` of a diffusers scheduler on mixture ``data`` with the exact model, from the
     scheduler's own grid at ``steps`` and ``spacing``: a VP scheduler (DDIM runs as
     `DDIM_AS`) through integer timesteps, a flow-matching one (FlowMatchEuler, its shift
     included) through its sigmas, in the family's t (vp-cosine, linear)."""
-    ddim = name.removeprefix("diffusers:") == "DDIMScheduler"
-    cls, extra = DDIM_AS if ddim else (name, {})
-    scheduler = build_scheduler(cls, spacing, {**(config or {}), **extra})
-    check_scheduler(scheduler, steps)
+    scheduler, config = _build(name, spacing, config, steps)
     view = SchedulerView(scheduler)
     if view.family != VP_FAMILY and view.kind != "flow":
         raise NoiseshiftError(f"retime runs VP schedulers (alphas_cumprod) and flow-matching "
@@ -197,12 +201,106 @@ def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = 
     def audit(grid):
         with custom_grid(scheduler, **{key: to_diffusers(scheduler, grid)[key]}):
             ts, states, _ = run_scheduler(scheduler, data.mixture, steps, n, seed)
-        return audit_states(f"{cls} retimed", ts, states, meter, data, steps=steps,
+        return audit_states(f"{view.name} retimed", ts, states, meter, data, steps=steps,
                             n_boot=n_boot, seed=seed)
 
     ts0, _, _ = run_scheduler(scheduler, data.mixture, steps, 8, seed)
-    res = retime(audit, np.append(ts0, 0.0), iterations=iterations, damping=damping)
-    res.meta = {"scheduler": cls, "config": {**(config or {}), **extra}, "spacing": spacing,
-                "n": n, "seed": seed, "family": view.family,
+    res = retime(audit, np.append(ts0, 0.0), iterations=iterations, damping=damping,
+                 resolved=resolved)
+    res.meta = {"scheduler": view.name, "config": config, "spacing": spacing, "n": n,
+                "seed": seed, "family": view.family,
                 "diffusers": to_diffusers(scheduler, res.grid)}
     return res
+
+
+def relabel_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = None,
+                      config: dict | None = None, n: int = 512, seed: int = 0,
+                      iterations: int = 3, damping: float = 1.0, resolved: bool = True,
+                      n_boot: int = N_BOOT) -> RetimeResult:
+    """A static relabel of a VP scheduler's own grid: the network gets, at each step, the t
+    its state reads at (the exact meter on ``data``'s mixture) instead of the step's t; the
+    scheduler's update is unchanged. The labels move as `retime` moves a grid (the states
+    are read against the labels the network is handed), with ``resolved`` (default) only
+    while a state's shift is resolved. Writes "diffusers": the grid's integer "timesteps"
+    and "relabel", the (fractional) training timestep the network gets at each."""
+    scheduler, config = _build(name, spacing, config, steps)
+    view = SchedulerView(scheduler)
+    if view.family != VP_FAMILY or "timesteps" not in inspect.signature(
+            scheduler.set_timesteps).parameters:
+        raise NoiseshiftError(f"relabel runs VP schedulers on integer timesteps (DDPM, DDIM, "
+                              f"DPM-Solver); {view.name} is not one")
+    meter = exact_meter(data, VP_FAMILY)
+    ts0, _, _ = run_scheduler(scheduler, data.mixture, steps, 8, seed)
+    grid = [int(v) for v in scheduler.timesteps]
+
+    def audit(labels):
+        table = dict(zip(grid, model_timesteps(scheduler, labels[:-1]), strict=True))
+        with custom_grid(scheduler, timesteps=grid):
+            _, states, _ = run_scheduler(scheduler, data.mixture, steps, n, seed,
+                                         model_t=relabel_map(table))
+        return audit_states(f"{view.name} relabelled", labels[:-1], states, meter, data,
+                            steps=steps, n_boot=n_boot, seed=seed)
+
+    res = retime(audit, np.append(ts0, 0.0), iterations=iterations, damping=damping,
+                 resolved=resolved, secant=False)
+    res.meta = {"scheduler": view.name, "config": config, "spacing": spacing, "n": n,
+                "seed": seed, "family": VP_FAMILY, "relabel": True,
+                "diffusers": {"timesteps": grid,
+                              "relabel": model_timesteps(scheduler, res.grid[:-1])}}
+    return res
+
+
+def model_timesteps(scheduler, ts) -> list[float]:
+    """The (fractional) training timestep of each vp-cosine t in ``ts``, placed as
+    `levels.table_level` places one: log sigma linear between table entries."""
+    ac = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+    log_sigma = 0.5 * (np.log1p(-ac) - np.log(ac))  # increasing with the timestep
+    sch = get_schedule(VP_FAMILY)
+    want = [float(np.log(sch.sigma(t) / sch.alpha(t))) for t in ts]
+    return [float(v) for v in np.interp(want, log_sigma, np.arange(len(ac)))]
+
+
+def relabel_map(table: dict):
+    """t -> the timestep the network gets: ``table``'s entry for t (integer timesteps,
+    matched within 1e-3), else t itself."""
+    keys = np.array(sorted(table), dtype=np.float64)
+
+    def model_t(t):
+        value = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        hit = np.abs(keys - value) < 1e-3
+        if not hit.any():
+            return t
+        new = table[int(keys[hit][0])]
+        if not isinstance(t, torch.Tensor):
+            return new
+        # Schedulers hold integer timesteps: their dtype would cut the fraction off.
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+        return torch.as_tensor(new, dtype=dtype, device=t.device)
+    return model_t
+
+
+@contextlib.contextmanager
+def relabelled(module, table: dict):
+    """While inside, ``module`` (a pipeline's UNet) is called with `relabel_map`'s timestep
+    instead of the one it is handed."""
+    model_t, original = relabel_map(table), module.forward
+
+    def forward(sample, timestep, *args, **kwargs):
+        return original(sample, model_t(timestep), *args, **kwargs)
+
+    with _replaced(module, "forward", forward):
+        yield module
+
+
+@contextlib.contextmanager
+def _replaced(obj, name: str, value):
+    """``obj.name = value`` on the instance while inside; then what the instance had."""
+    own = obj.__dict__.get(name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, own)
