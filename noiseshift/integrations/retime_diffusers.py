@@ -185,11 +185,12 @@ def _build(name: str, spacing, config, steps: int):
 def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = None,
                      config: dict | None = None, n: int = 512, seed: int = 0,
                      iterations: int = 3, damping: float = 1.0, resolved: bool = False,
-                     n_boot: int = N_BOOT) -> RetimeResult:
+                     start=None, n_boot: int = N_BOOT) -> RetimeResult:
     """`retime` of a diffusers scheduler on mixture ``data`` with the exact model, from the
     scheduler's own grid at ``steps`` and ``spacing``: a VP scheduler (DDIM runs as
     `DDIM_AS`) through integer timesteps, a flow-matching one (FlowMatchEuler, its shift
-    included) through its sigmas, in the family's t (vp-cosine, linear)."""
+    included) through its sigmas, in the family's t (vp-cosine, linear). ``start``: another
+    starting grid (with ``iterations=0``, the audit of a written grid at another seed)."""
     scheduler, config = _build(name, spacing, config, steps)
     view = SchedulerView(scheduler)
     if view.family != VP_FAMILY and view.kind != "flow":
@@ -204,9 +205,8 @@ def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = 
         return audit_states(f"{view.name} retimed", ts, states, meter, data, steps=steps,
                             n_boot=n_boot, seed=seed)
 
-    ts0, _, _ = run_scheduler(scheduler, data.mixture, steps, 8, seed)
-    res = retime(audit, np.append(ts0, 0.0), iterations=iterations, damping=damping,
-                 resolved=resolved)
+    res = retime(audit, _start(scheduler, data, steps, seed, start), iterations=iterations,
+                 damping=damping, resolved=resolved)
     res.meta = {"scheduler": view.name, "config": config, "spacing": spacing, "n": n,
                 "seed": seed, "family": view.family,
                 "diffusers": to_diffusers(scheduler, res.grid)}
@@ -216,13 +216,14 @@ def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = 
 def relabel_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = None,
                       config: dict | None = None, n: int = 512, seed: int = 0,
                       iterations: int = 3, damping: float = 1.0, resolved: bool = True,
-                      n_boot: int = N_BOOT) -> RetimeResult:
+                      start=None, n_boot: int = N_BOOT) -> RetimeResult:
     """A static relabel of a VP scheduler's own grid: the network gets, at each step, the t
     its state reads at (the exact meter on ``data``'s mixture) instead of the step's t; the
     scheduler's update is unchanged. The labels move as `retime` moves a grid (the states
     are read against the labels the network is handed), with ``resolved`` (default) only
     while a state's shift is resolved. Writes "diffusers": the grid's integer "timesteps"
-    and "relabel", the (fractional) training timestep the network gets at each."""
+    and "relabel", the (fractional) training timestep the network gets at each. ``start``:
+    other starting labels (family t, the end included), as `retime_scheduler`'s."""
     scheduler, config = _build(name, spacing, config, steps)
     view = SchedulerView(scheduler)
     if view.family != VP_FAMILY or "timesteps" not in inspect.signature(
@@ -230,7 +231,7 @@ def relabel_scheduler(data, name: str, *, steps: int = 10, spacing: str | None =
         raise NoiseshiftError(f"relabel runs VP schedulers on integer timesteps (DDPM, DDIM, "
                               f"DPM-Solver); {view.name} is not one")
     meter = exact_meter(data, VP_FAMILY)
-    ts0, _, _ = run_scheduler(scheduler, data.mixture, steps, 8, seed)
+    labels = _start(scheduler, data, steps, seed, start)
     grid = [int(v) for v in scheduler.timesteps]
 
     def audit(labels):
@@ -241,13 +242,24 @@ def relabel_scheduler(data, name: str, *, steps: int = 10, spacing: str | None =
         return audit_states(f"{view.name} relabelled", labels[:-1], states, meter, data,
                             steps=steps, n_boot=n_boot, seed=seed)
 
-    res = retime(audit, np.append(ts0, 0.0), iterations=iterations, damping=damping,
-                 resolved=resolved, secant=False)
+    res = retime(audit, labels, iterations=iterations, damping=damping, resolved=resolved,
+                 secant=False)
     res.meta = {"scheduler": view.name, "config": config, "spacing": spacing, "n": n,
                 "seed": seed, "family": VP_FAMILY, "relabel": True,
                 "diffusers": {"timesteps": grid,
                               "relabel": model_timesteps(scheduler, res.grid[:-1])}}
     return res
+
+
+def _start(scheduler, data, steps: int, seed: int, start) -> np.ndarray:
+    """The scheduler's own grid in family t, then the end (0), or ``start``, checked."""
+    if start is None:
+        ts0, _, _ = run_scheduler(scheduler, data.mixture, steps, 8, seed)
+        return np.append(ts0, 0.0)
+    if len(start) != steps + 1:
+        raise NoiseshiftError(f"a start grid for {steps} steps needs {steps + 1} points (the "
+                              f"end included), got {len(start)}")
+    return np.asarray(start, dtype=np.float64)
 
 
 def model_timesteps(scheduler, ts) -> list[float]:
