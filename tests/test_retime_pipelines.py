@@ -138,10 +138,18 @@ def test_cli_sample_passes_a_flow_retime_file_and_a_sigma_list(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["retime", "--scheduler",
                                  "diffusers:FlowMatchEulerDiscreteScheduler", "--steps", "3",
-                                 "--n", "32", "--iterations", "1", "--out", "g.json"])
+                                 "--scheduler-config", '{"shift": 3.0}', "--n", "32",
+                                 "--iterations", "1", "--out", "g.json"])
     assert r.exit_code == 0, r.output
     assert "sigmas=" in r.output
-    sig = json.loads((tmp_path / "g.json").read_text())["diffusers"]["sigmas"]
+    body = json.loads((tmp_path / "g.json").read_text())
+    sig = body["diffusers"]["sigmas"]
+    # FlowMatchEuler's own 3-step grid: midway between sigma 1 and its shifted sigma_min
+    # (3 * 0.001 / 1.002), then shifted by 3 itself.
+    mid = (1 + 0.003 / 1.002) / 2
+    start = body["iterations"][0]["timesteps"]
+    assert body["config"] == {"shift": 3.0}
+    assert start[1] == pytest.approx(3 * mid / (1 + 2 * mid), abs=1e-5)
     _pipe(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(tmp_path / "p")
     for grid, want in (("g.json", sig), ("sigmas:1,0.5,0.25,0", [1.0, 0.5, 0.25, 0.0])):
         r = CliRunner().invoke(app, ["sample", "--model", f"diffusers:{tmp_path / 'p'}",

@@ -32,6 +32,8 @@ def retime_command(
                                   "sigmas, shift included)."),
     spacing: str = typer.Option(None, "--spacing", help="diffusers: the starting grid's "
                                 "timestep_spacing (leading, linspace, trailing)."),
+    scheduler_config: str = typer.Option(None, "--scheduler-config", help="diffusers: JSON "
+                                         "config keys, e.g. '{\"shift\": 3.0}'."),
     data: str = typer.Option(None, "--data", help="Match the perfect model to your data "
                              "(as `audit --data`); default: the built-in 64-d mixture."),
     components: int = typer.Option(8, "--components", min=1, help="Modes fitted with --data."),
@@ -96,7 +98,7 @@ def retime_command(
         raise NoiseshiftError("--relabel applies to --scheduler diffusers:... only")
     if scheduler is not None:
         run = relabel_scheduler if relabel else retime_scheduler
-        res = run(mix, scheduler, spacing=spacing, **opts)
+        res = run(mix, scheduler, spacing=spacing, config=scheduler_config, **opts)
     else:
         res = retime_builtin(mix, schedule, sampler=sampler, **opts)
     body = res.to_dict()

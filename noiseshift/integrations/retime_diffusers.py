@@ -28,6 +28,7 @@ from ..analysis.simulation import exact_meter
 from ..analysis.statistics import N_BOOT
 from ..errors import NoiseshiftError
 from ..schedules import get_schedule
+from .audit_diffusers import _config as config_dict
 from .audit_diffusers import build_scheduler, check_scheduler, run_scheduler
 from .levels import FLOW_FAMILY, VP_FAMILY, map_level
 from .schedulers import SchedulerView
@@ -177,13 +178,14 @@ def _build(name: str, spacing, config, steps: int):
     """(the scheduler the grid runs on (DDIM as `DDIM_AS`), its config keys)."""
     ddim = name.removeprefix("diffusers:") == "DDIMScheduler"
     cls, extra = DDIM_AS if ddim else (name, {})
-    scheduler = build_scheduler(cls, spacing, {**(config or {}), **extra})
+    config = {**config_dict(config), **extra}
+    scheduler = build_scheduler(cls, spacing, config)
     check_scheduler(scheduler, steps)
-    return scheduler, {**(config or {}), **extra}
+    return scheduler, config
 
 
 def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = None,
-                     config: dict | None = None, n: int = 512, seed: int = 0,
+                     config: dict | str | None = None, n: int = 512, seed: int = 0,
                      iterations: int = 3, damping: float = 1.0, resolved: bool = False,
                      start=None, n_boot: int = N_BOOT) -> RetimeResult:
     """`retime` of a diffusers scheduler on mixture ``data`` with the exact model, from the
@@ -214,7 +216,7 @@ def retime_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = 
 
 
 def relabel_scheduler(data, name: str, *, steps: int = 10, spacing: str | None = None,
-                      config: dict | None = None, n: int = 512, seed: int = 0,
+                      config: dict | str | None = None, n: int = 512, seed: int = 0,
                       iterations: int = 3, damping: float = 1.0, resolved: bool = True,
                       start=None, n_boot: int = N_BOOT) -> RetimeResult:
     """A static relabel of a VP scheduler's own grid: the network gets, at each step, the t
