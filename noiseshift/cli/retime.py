@@ -116,7 +116,8 @@ def _write(out: Path, body: dict) -> None:
 
 def _print(res, body: dict, out: Path) -> None:
     table = Table(title="mean |shift| by the exact meter, per iterate")
-    for col in ("iterate", "mean |shift| [95% CI]", "grid"):
+    for col in ("iterate", "mean |shift| [95% CI]",
+                "labels (t)" if res.meta.get("relabel") else "grid"):
         table.add_column(col)
     for k, (g, a) in enumerate(zip(res.grids, res.audits, strict=True)):
         m = a.mean_abs

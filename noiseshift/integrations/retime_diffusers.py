@@ -10,8 +10,13 @@ final_sigmas_type='zero') with ``timesteps=``: at the same timesteps it gives DD
 and, where DDIM's last step ends at alpha = 1 (set_alpha_to_one, trailing spacing), its
 samples.
 
-Grids are in the audit's family time (vp-cosine for VP schedulers; `levels.map_level`); a
-VP grid becomes integer timesteps (each point's nearest by log-SNR) and Euler's VE sigmas.
+Grids are in the audit's family time (vp-cosine for VP schedulers, linear for flow matching;
+`levels.map_level`); a VP grid becomes integer timesteps (each point's nearest by log-SNR)
+and Euler's VE sigmas, a flow grid the scheduler's sigmas (t = sigma). `custom_grid` hands
+either to ``set_timesteps`` and checks that the scheduler holds what it was given.
+
+A static relabel (`relabel_scheduler`) keeps the scheduler's grid and moves instead the
+timestep the network is handed at each step (`relabelled`), to where the state reads.
 """
 
 from __future__ import annotations
