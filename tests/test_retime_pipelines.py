@@ -177,7 +177,7 @@ def test_model_timesteps_invert_the_tables_levels():
     frac = model_timesteps(sch, [t])[0]
     assert 99 < frac < 100
     a, s = table_level(sch.alphas_cumprod, frac)
-    assert map_level(a, s, VP_FAMILY)[0] == pytest.approx(t, abs=1e-9)
+    assert map_level(a, s, VP_FAMILY)[0] == pytest.approx(t, abs=1e-6)  # to 1e-4 timestep
 
 
 def test_relabel_map_hands_the_network_the_tables_timestep():
