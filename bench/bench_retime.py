@@ -4,12 +4,14 @@
         --n 1000 --seeds 0,1,2
 
 ``grid.json`` is `noiseshift retime --data digits --scheduler diffusers:DDIMScheduler
---spacing trailing --steps 10` output: its iterate 0 is DDIM trailing itself, so the audit
-columns compare the chosen grid with trailing spacing on the same perfect model and seed.
-Then the pipeline at DIR (a DDPMPipeline on the built-in digits, e.g. the DDPM testbed) is
-sampled with DDIM trailing and with the grid (DDIM's update, run as first-order
-DPM-Solver++ with those timesteps), same seed and initial noise, and FD in the digits
-classifier's feature space is compared with a paired bootstrap CI (`fd_difference`).
+--spacing trailing --steps 10` output (with ``--relabel``: the static relabel): its
+iterate 0 is DDIM trailing itself, so the audit columns compare the chosen grid (or labels)
+with trailing spacing on the same perfect model and seed. Then the pipeline at DIR (a
+DDPMPipeline on the built-in digits, e.g. the DDPM testbed) is sampled with DDIM trailing
+and with the file's diffusers grid as `sample --timesteps grid.json` passes it (DDIM's
+update, run as first-order DPM-Solver++ with those timesteps; with "relabel", the UNet gets
+the relabelled timesteps), same seed and initial noise, and FD in the digits classifier's
+feature space is compared with a paired bootstrap CI (`fd_difference`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,30 @@ from noiseshift.integrations.pipeline_runs import pipeline_run
 from noiseshift.pretrained import DEFAULT_DATA
 
 
-def draw(folder: str, n: int, seed: int, timesteps=None) -> torch.Tensor:
+def draw(folder: str, n: int, seed: int, grid=None) -> torch.Tensor:
     """n samples (N, C, H, W) of the pipeline with DDIM trailing 10, or the given grid."""
-    pipe = load_pipeline(folder, scheduler="ddim", spacing="trailing")
+    pipe = load_pipeline(folder, scheduler="ddim", spacing="trailing", progress=False)
     pipe.set_progress_bar_config(disable=True)
-    spec, backend = pipeline_run(pipe, n=n, steps=10, seed=seed, timesteps=timesteps)
+    spec, backend = pipeline_run(pipe, n=n, steps=10, seed=seed, grid=grid)
     last, images = backend.draw(spec)
     return images if images is not None else last
+
+
+def audit_again(body: dict, seed: int) -> None:
+    """Trailing and the file's grid (or relabel) audited at another seed, same perfect model
+    (`noiseshift retime --data digits`: 8 components, rank 8, fitted with seed 0)."""
+    from noiseshift.analysis.audit import fit_mixture
+    from noiseshift.integrations.retime_diffusers import relabel_scheduler, retime_scheduler
+
+    mix = fit_mixture(load_data(DEFAULT_DATA), 8, 8, 0)
+    run = relabel_scheduler if body.get("relabel") else retime_scheduler
+    kw = dict(spacing=body["spacing"], steps=len(body["timesteps"]) - 1, n=body["n"],
+              seed=seed, iterations=0)
+    a = run(mix, "DDIMScheduler", **kw).audits[0].mean_abs
+    b = run(mix, "DDIMScheduler", start=body["timesteps"], **kw).audits[0].mean_abs
+    print(f"audit seed {seed} n={body['n']}: trailing {a.value:.4f} [{a.lo:.4f}, {a.hi:.4f}], "
+          f"file's {b.value:.4f} [{b.lo:.4f}, {b.hi:.4f}] ({100 * (b.value / a.value - 1):+.0f}%)",
+          flush=True)
 
 
 def main() -> None:
@@ -41,6 +60,8 @@ def main() -> None:
     p.add_argument("--model", required=True, help="a DDPMPipeline folder")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seeds", default="0")
+    p.add_argument("--audit-seeds", default="", help="also audit trailing and the file's "
+                   "grid (or labels) on the perfect model at these seeds (out of sample)")
     a = p.parse_args()
     body = json.load(open(a.grid))
     its = body["iterations"]
@@ -49,8 +70,10 @@ def main() -> None:
           f"[{base['lo']:.4f}, {base['hi']:.4f}], retimed {best['value']:.4f} "
           f"[{best['lo']:.4f}, {best['hi']:.4f}] "
           f"({100 * (best['value'] / base['value'] - 1):+.0f}%)")
+    for seed in (int(s) for s in a.audit_seeds.split(",") if s):
+        audit_again(body, seed)
     space = feature_space(load_data(DEFAULT_DATA))
-    grid = body["diffusers"]["timesteps"]
+    grid = body["diffusers"]
     rows = []
     for seed in (int(s) for s in a.seeds.split(",")):
         fa = space(draw(a.model, a.n, seed))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -31,8 +32,10 @@ from ..schedules import get_schedule
 from ..timegrid import check_timesteps, timesteps
 from .audit import AuditResult, audit_builtin
 from .simulation import exact_meter
+from .statistics import LEVEL
 
-__all__ = ["RetimeResult", "regrid", "regrid_from_estimates", "retime", "retime_builtin"]
+__all__ = ["RetimeResult", "regrid", "regrid_from_estimates", "resolved_mask", "retime",
+           "retime_builtin"]
 
 # Neighbouring grid points are kept at least this far apart (in t), so that a large shift
 # estimate cannot fold the grid.
@@ -89,22 +92,46 @@ def regrid(ts, shift, damping: float = 1.0, slope=None) -> np.ndarray:
 
 
 def retime(audit: Callable[[np.ndarray], AuditResult], ts, *, iterations: int = 3,
-           damping: float = 1.0) -> RetimeResult:
+           damping: float = 1.0, resolved: bool = False,
+           secant: bool = True) -> RetimeResult:
     """Iterate `regrid` from grid ``ts``: ``audit(grid)`` runs the sampler on a grid and
-    reads its states (per-step ``shift`` in its table, one row per state)."""
+    reads its states (per-step ``shift`` in its table, one row per state). With
+    ``resolved``, a point moves only while its state's shift is resolved (`resolved_mask`):
+    an unresolved shift is as likely sampling noise, and chasing it moves the grid for
+    nothing. Without
+    ``secant`` every move is the plain one (for labels, which do not move their own state:
+    delta falls one for one as the label rises, and a secant would read the earlier
+    labels' moves as this one's)."""
     if iterations < 0:
         raise NoiseshiftError(f"iterations must be >= 0, got {iterations}")
     grids, audits = [check_timesteps(ts).numpy()], []
     for k in range(iterations + 1):
         audits.append(audit(grids[-1]))
         if k < iterations:
-            grids.append(regrid(grids[-1], _shift(audits[-1]), damping, _slope(grids, audits)))
+            slope = _slope(grids, audits) if secant else None
+            grids.append(regrid(grids[-1], _shift(audits[-1], resolved), damping, slope))
     best = int(np.argmin([a.mean_abs.value for a in audits]))
     return RetimeResult(grids, audits, best)
 
 
-def _shift(audit: AuditResult) -> np.ndarray:
-    return audit.table["shift"].to_numpy()
+def _shift(audit: AuditResult, resolved: bool = False) -> np.ndarray:
+    """Each state's shift; with ``resolved``, 0 where it is not resolved (`resolved_mask`)."""
+    shift = audit.table["shift"].to_numpy()
+    return np.where(resolved_mask(audit.table), shift, 0.0) if resolved else shift
+
+
+def resolved_mask(table, level: float = LEVEL) -> np.ndarray:
+    """The states whose shift is resolved over the whole trajectory: |shift| beyond its
+    interval widened to a family-wise ``level`` over the S states (Bonferroni: each state
+    at 1 - (1 - level) / S, its half-width scaled by the normal quantiles' ratio). Read one
+    by one at 95%, one of 10 unshifted states would be "resolved" by chance, and moving it
+    moves every later state (a relabel at DDIM's second step raised the testbed's FD)."""
+    shift = table["shift"].to_numpy()
+    lo, hi = table["shift_lo"].to_numpy(), table["shift_hi"].to_numpy()
+    z = NormalDist()
+    widen = z.inv_cdf(1 - (1 - level) / (2 * len(shift))) / z.inv_cdf((1 + level) / 2)
+    half = np.where(shift >= 0, shift - lo, hi - shift)
+    return np.abs(shift) > widen * half
 
 
 def _slope(grids, audits) -> np.ndarray | None:
@@ -124,7 +151,7 @@ def _slope(grids, audits) -> np.ndarray | None:
 def retime_builtin(data, schedule="linear", *, sampler: str = "euler-maruyama",
                    steps: int = 16, n: int = 512, seed: int = 0, iterations: int = 3,
                    damping: float = 1.0, start=None, n_boot: int = 200,
-                   **sampler_kw) -> RetimeResult:
+                   resolved: bool = False, **sampler_kw) -> RetimeResult:
     """`retime` for a built-in sampler on mixture ``data`` (`audit.default_mixture`, or
     `audit.fit_mixture` of the user's data) with its exact denoiser and meter, from the
     even grid of ``steps`` steps (or ``start``). Every iterate uses the same seed."""
@@ -137,7 +164,7 @@ def retime_builtin(data, schedule="linear", *, sampler: str = "euler-maruyama",
                              n_boot=n_boot, timesteps=[float(v) for v in grid],
                              **sampler_kw)
 
-    res = retime(audit, ts, iterations=iterations, damping=damping)
+    res = retime(audit, ts, iterations=iterations, damping=damping, resolved=resolved)
     res.meta = {"sampler": sampler, "schedule": schedule.to_dict(), "n": n, "seed": seed}
     return res
 

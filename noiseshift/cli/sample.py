@@ -189,7 +189,9 @@ def sample_command(
                                   "its length - 1); or a spacing of --steps steps: logsnr "
                                   "(uniform in log-SNR), karras[:rho=7] (EDM), power[:k=2] "
                                   "(uniform in t^(1/k)). diffusers:DIR: the file's diffusers "
-                                  "list."),
+                                  "timesteps (or its sigmas, for Euler and FlowMatch "
+                                  "schedulers), integer training timesteps, or "
+                                  "sigmas:S0,S1,...,0."),
     corrector: str = typer.Option(None, "--corrector", metavar="SNR[,STEPS[,TOL]]",
                                   help="A Langevin corrector after each step (STEPS moves, "
                                   "default 1, step size from SNR, e.g. 0.1), on every state, "
@@ -245,7 +247,7 @@ def sample_command(
         if guide_opts.pop("corrector", None) is not None:
             raise NoiseshiftError("--corrector applies to the built-in samplers only")
         if timesteps is not None:
-            run_opts["timesteps"] = diffusers_timesteps(timesteps)
+            run_opts["grid"] = diffusers_timesteps(timesteps)
         spec, backend = folder_run(
             model, scheduler=scheduler, spacing=spacing, device=device, prompt=prompt,
             allow_download=allow_download, class_label=class_,
@@ -271,9 +273,11 @@ def sample_command(
     _print_summary(summary, path, rec.run)
 
 
-def diffusers_timesteps(text: str) -> list[int]:
-    """--timesteps for a pipeline: a `noiseshift retime --scheduler` file's diffusers
-    timesteps, or a comma list of integer training timesteps."""
+def diffusers_timesteps(text: str) -> dict:
+    """--timesteps for a pipeline, as `pipeline_run`'s ``grid``: a `noiseshift retime
+    --scheduler` file's "diffusers" lists (the pipeline's scheduler takes the one it can:
+    `retime_diffusers.pick_grid`), a comma list of integer training timesteps, or
+    "sigmas:" and a comma list of the scheduler's sigmas, the final one included."""
     path = Path(text)
     if parse_grid_name(text) is not None:
         raise NoiseshiftError(f"--timesteps {', '.join(GRIDS)} apply to the built-in "
@@ -281,13 +285,15 @@ def diffusers_timesteps(text: str) -> list[int]:
                               f"retime` file")
     if path.is_file():
         try:
-            body = json.loads(path.read_text())
-            return list(body["diffusers"]["timesteps"])
+            body = json.loads(path.read_text())["diffusers"]
+            keys = ("timesteps", "sigmas", "sigmas_kind", "relabel")
+            return {k: body[k] for k in keys if k in body}
         except (ValueError, KeyError, TypeError):
             raise NoiseshiftError("--timesteps for diffusers needs a file from `noiseshift "
                                   "retime --scheduler ...` (with a diffusers grid)",
                                   path) from None
-    return list(_numbers(text, "--timesteps", range(1, 10001)))
+    key, _, values = text.rpartition(":") if text.startswith("sigmas:") else ("", "", text)
+    return {key or "timesteps": list(_numbers(values, "--timesteps", range(1, 10001)))}
 
 
 def _pipeline_guidance(*, eps_scale, interval, **opts) -> dict:

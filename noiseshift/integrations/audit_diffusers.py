@@ -123,12 +123,14 @@ def check_scheduler(scheduler, steps: int) -> None:
 
 
 def run_scheduler(scheduler, mixture, steps: int, n: int, seed: int = 0, shape=None,
-                  trace: dict | None = None, latents: torch.Tensor | None = None):
+                  trace: dict | None = None, latents: torch.Tensor | None = None,
+                  model_t=None):
     """The standard loop with the exact `MixtureUNet`: (t (S,), states (S, N, d) in the
     family's form, family name). Stochastic schedulers draw from a generator seeded by seed.
     A `trace` dict receives "labels" (S,), the t each state's timestep stands for as the
     model reads it, and "final", the last sample (N, d) as the pipeline returns it.
-    `latents` (N, *shape), as a pipeline's, replace the initial noise."""
+    `latents` (N, *shape), as a pipeline's, replace the initial noise. `model_t(t)`, when
+    given, is the timestep the model is handed instead of the scheduler's t (a relabel)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = tuple(shape or _shape(mixture.dim))
@@ -145,7 +147,7 @@ def run_scheduler(scheduler, mixture, steps: int, n: int, seed: int = 0, shape=N
         for t in scheduler.timesteps:
             inp = scheduler.scale_model_input(x, t) if hasattr(scheduler,
                                                                "scale_model_input") else x
-            out = unet(inp, t).sample
+            out = unet(inp, t if model_t is None else model_t(t)).sample
             state = view.state(t)
             if state.first_order:
                 ts.append(state.t)

@@ -44,7 +44,7 @@ from .diffusers import (
     record,
 )
 from .guided import check_mode
-from .retime_diffusers import DDIM_AS, custom_grid
+from .retime_diffusers import DDIM_AS, custom_grid, pick_grid, relabelled
 from .schedulers import SchedulerView
 
 
@@ -192,14 +192,12 @@ class PipelineBackend:
     guide_kw: dict | None = None
     data: dict | None = None
     source: str | None = None
-    timesteps: list | None = None
+    grid: dict | None = None  # {"timesteps": [...]} or {"sigmas": [...]} (`pipeline_grid`)
 
     def draw(self, spec: RunSpec, path=None, callback=None):
         """(the final states: latents for latent pipelines, the decoded images in [-1, 1] as
         (N, C, H, W) or None), recorded as run ``spec.run`` of ``path`` unless None."""
-        grid = contextlib.nullcontext() if self.timesteps is None else \
-            custom_grid(self.pipe.scheduler, timesteps=self.timesteps)
-        with grid, self._recording(spec, path), self._guiding(spec):
+        with self._grid(), self._recording(spec, path), self._guiding(spec):
             result, last = _call(self.pipe, self.kw, spec.seed)
         images = _images(result)
         if last is not None and images is not None and last.shape[0] == 2 * images.shape[0]:
@@ -210,6 +208,18 @@ class PipelineBackend:
         """What `noiseshift sample` prints about the model and sampler of ``spec``."""
         return {"model": self.source, "pipeline": type(self.pipe).__name__,
                 "sampler": {k: spec.settings[k] for k in ("name", "steps", "spacing")}}
+
+    def _grid(self):
+        """The custom grid and, with "relabel", the network's timesteps, while drawing."""
+        stack = contextlib.ExitStack()
+        grid = dict(self.grid or {})
+        relabel = grid.pop("relabel", None)
+        if grid:
+            stack.enter_context(custom_grid(self.pipe.scheduler, **grid))
+        if relabel is not None:
+            table = dict(zip(grid["timesteps"], relabel, strict=True))
+            stack.enter_context(relabelled(self.pipe.unet, table))
+        return stack
 
     def _recording(self, spec: RunSpec, path):
         if path is None:
@@ -232,19 +242,24 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
                  record_every: int = 1, data: dict | None = None,
                  source: str | None = None, dcw: float = 0.0,
                  dcw_form: str = DEFAULT_DCW_FORM,
-                 timesteps=None) -> tuple[RunSpec, PipelineBackend]:
+                 timesteps=None, grid: dict | None = None) -> tuple[RunSpec, PipelineBackend]:
     """(the spec, the backend) of ``n`` samples from ``pipe`` with ``steps`` steps and seed
     ``seed``, guided by estimator-based NAG / epsilon scaling when asked (`pipeline_guide`);
     every check that can fail is made here, before anything is drawn or written.
-    ``timesteps`` (integer training timesteps, decreasing) replace the scheduler's grid
-    (`retime_diffusers.custom_grid`; a DDIM scheduler becomes its equal that takes them)."""
-    if timesteps is not None:
-        timesteps, steps = grid_timesteps(pipe, timesteps), len(timesteps)
+    ``grid`` replaces the scheduler's grid (`pipeline_grid`: a `noiseshift retime` file's
+    "diffusers" lists, or {"timesteps": [...]} or {"sigmas": [...]}); ``timesteps`` is
+    short for grid={"timesteps": timesteps}. The step count is then the grid's."""
+    if timesteps is not None and grid is None:
+        grid = {"timesteps": timesteps}
+    if grid is not None:
+        key, values = pipeline_grid(pipe, grid)
+        relabel = grid_relabel(pipe, grid, key, values)
+        grid, steps = {key: values, **relabel}, len(values) - (key == "sigmas")
     kw, labels, call = pipeline_call(pipe, n=n, steps=steps, seed=seed,
                                      class_label=class_label, prompt=prompt,
                                      cfg_scale=cfg_scale)
-    if timesteps is not None:
-        call["timesteps"] = timesteps
+    if grid is not None:
+        call.update(grid)
     g, est = pipeline_guide(pipe, estimator, nag_scale=nag_scale, nag_mode=nag_mode,
                             eps_scale=eps_scale, interval=interval, device=pipe.device.type,
                             dcw=dcw, dcw_form=dcw_form)
@@ -254,7 +269,57 @@ def pipeline_run(pipe, *, n: int, steps: int, seed: int = 0, estimator=None,
     guide_kw = None if g is None else dict(estimator=est, scale=nag_scale, mode=nag_mode,
                                            interval=interval, eps_scale=eps_scale, dcw=dcw,
                                            dcw_form=dcw_form)
-    return spec, PipelineBackend(pipe, kw, guide_kw, data, source, timesteps)
+    return spec, PipelineBackend(pipe, kw, guide_kw, data, source, grid)
+
+
+def pipeline_grid(pipe, grid: dict) -> tuple[str, list]:
+    """(key, checked values) of the list in ``grid`` that ``pipe.scheduler`` takes
+    (`retime_diffusers.pick_grid`: its sigmas where it takes sigmas of their kind, else
+    integer timesteps; a DDIM scheduler is swapped for `retime_diffusers.DDIM_AS`, the same
+    update taking custom timesteps)."""
+    if not isinstance(grid, dict) or not grid.keys() & {"timesteps", "sigmas"}:
+        raise NoiseshiftError("a diffusers grid needs \"timesteps\" or \"sigmas\"")
+    if type(pipe.scheduler).__name__ == "DDIMScheduler" and "timesteps" in grid:
+        return "timesteps", grid_timesteps(pipe, grid["timesteps"])
+    key, values = pick_grid(pipe.scheduler, grid)
+    if key == "timesteps":
+        return key, grid_timesteps(pipe, values)
+    values = grid_sigmas(values)
+    with custom_grid(pipe.scheduler, sigmas=values) as sch:
+        if not sch.config.get("use_dynamic_shifting", False):  # else it needs the call's mu
+            sch.set_timesteps()  # refuses a config that turns them into other sigmas
+    return key, values
+
+
+def grid_relabel(pipe, grid: dict, key: str, values) -> dict:
+    """{"relabel": the network's timestep at each of the grid's timesteps} (a `noiseshift
+    retime --relabel` file), checked, or {}."""
+    relabel = grid.get("relabel")
+    if relabel is None:
+        return {}
+    try:
+        relabel = [float(v) for v in relabel]
+    except (TypeError, ValueError):
+        relabel = []
+    n_train = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    if key != "timesteps" or len(relabel) != len(values) or getattr(pipe, "unet", None) is None \
+            or not all(0 <= v <= n_train - 1 for v in relabel):
+        raise NoiseshiftError(f"a relabel needs a UNet pipeline whose scheduler takes the grid's "
+                              f"timesteps, and one timestep in 0..{n_train - 1} for each")
+    return {"relabel": relabel}
+
+
+def grid_sigmas(sigmas) -> list[float]:
+    """Checked sigmas: finite, strictly decreasing, the last (the end of sampling) >= 0."""
+    try:
+        s = [float(v) for v in sigmas]
+    except (TypeError, ValueError):
+        raise NoiseshiftError("diffusers sigmas must be numbers") from None
+    falls = all(b < a for a, b in zip(s, s[1:], strict=False))
+    if len(s) < 2 or not falls or not np.isfinite(s).all() or s[-1] < 0:
+        raise NoiseshiftError("diffusers sigmas must be finite, at least 2, strictly "
+                              "decreasing and end at >= 0 (the last is where sampling ends)")
+    return s
 
 
 def grid_timesteps(pipe, timesteps) -> list[int]:
@@ -262,8 +327,12 @@ def grid_timesteps(pipe, timesteps) -> list[int]:
     `retime_diffusers.DDIM_AS`, the same update taking custom timesteps)."""
     try:
         ts = [int(v) for v in timesteps]
+        whole = all(float(v) == t for v, t in zip(timesteps, ts, strict=True))
     except (TypeError, ValueError):
-        raise NoiseshiftError("diffusers timesteps must be integers") from None
+        whole = False
+    if not whole:
+        raise NoiseshiftError("diffusers timesteps must be integers (for sigmas: "
+                              "sigmas:S0,S1,...,0)")
     n_train = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
     falls = all(b < a for a, b in zip(ts, ts[1:], strict=False))
     if not ts or not falls or ts[-1] < 0 or ts[0] >= n_train:
