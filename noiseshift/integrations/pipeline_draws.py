@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import numpy as np
 import torch
 
 from ..runtime import generator
@@ -115,13 +114,8 @@ class PipelineModel:
         for start in range(lo, hi, ctx.block):
             idx = range(start, min(start + ctx.block, hi))
             x, reader, rows, seconds = self._call(d.candidate, d.steps, seed, idx, ctx)
-            d.seconds += seconds - reader.seconds
-            d.rows += rows
-            d.samples += len(idx)
-            d.feats[seed].append(ctx.space(x.float().cpu()))
-            if ctx.meter is not None:
-                d.deltas[seed].append(np.stack(reader.reads))
-                d.t = np.asarray(reader.ts)
+            d.keep(seed, x, ctx, rows=rows, seconds=seconds - reader.seconds,
+                   reads=reader.reads, ts=reader.ts)
 
     def _call(self, c, steps: int, seed: int, idx: range, ctx):
         """(the final states of samples ``idx``, the reader, model rows, seconds)."""

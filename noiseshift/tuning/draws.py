@@ -64,6 +64,19 @@ class Draws:
         """The first n (default all) samples' features of each seed, seed after seed."""
         return np.concatenate([np.concatenate(v)[:n] for v in self.feats.values()])
 
+    def keep(self, seed: int, x, ctx, *, rows: int, seconds: float, reads=None, ts=None
+             ) -> None:
+        """Keep a drawn slice of seed ``seed``: the final states ``x`` (as features), the
+        meter's readings per step (with a meter), the model rows it cost and the seconds
+        spent sampling (the meter's excluded)."""
+        self.seconds += seconds
+        self.rows += rows
+        self.samples += len(x)
+        self.feats[seed].append(ctx.space(x.float().cpu()))
+        if ctx.meter is not None:
+            self.deltas[seed].append(np.stack(reads))
+            self.t = np.asarray(ts)
+
     def delta(self) -> np.ndarray | None:
         if self.t is None:
             return None
@@ -93,13 +106,8 @@ def draw(d: Draws, ctx, seed: int, lo: int, hi: int) -> None:
     x = sample(guided, ctx.n_total, seed=seed, indices=range(lo, hi), block=ctx.block,
                device=ctx.device, callback=on_step if ctx.meter is not None else None,
                **d.candidate.keywords(d.steps))
-    d.seconds += time.perf_counter() - t0 - read_s[0]
-    d.rows += counted.rows
-    d.samples += hi - lo
-    d.feats[seed].append(ctx.space(x.float().cpu()))
-    if ctx.meter is not None:
-        d.deltas[seed].append(np.stack(reads))
-        d.t = np.asarray(ts)
+    d.keep(seed, x, ctx, rows=counted.rows, seconds=time.perf_counter() - t0 - read_s[0],
+           reads=reads, ts=ts)
 
 
 def point_fd(d: Draws, ctx) -> float:
