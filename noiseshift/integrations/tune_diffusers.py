@@ -1,7 +1,7 @@
 """`noiseshift tune --model diffusers:DIR`: at a budget of model evaluations per sample,
 which correction of a user's diffusers pipeline gives the best samples.
 
-The search is `tuning.tune` itself (successive halving, paired scores, the same table); this
+The search is `tuning.tune` itself (the race, paired scores, the same table); this
 module says what a pipeline's candidates are (`PIPELINE_CANDIDATES`: swapped solvers,
 spacings and Karras sigmas, epsilon scaling, DCW, estimator NAG, the retimed grid) and how
 one is drawn (`PipelineModel.tune_draw`, the search's draw for a pipeline):
