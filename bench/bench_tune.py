@@ -2,7 +2,7 @@
 default digits model, per seed, measured side by side in one run.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/bench_tune.py --save-grid /tmp/select/grid
-        [--budget 16] [--n-final 1024] [--seeds 0,1,2]
+        [--budget 16] [--n-final 2048] [--seeds 0,1,2]
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/bench_tune.py --grid /tmp/select/grid
         [--seeds 0,1,2] [--out /tmp/bench_tune.json]
 
@@ -11,7 +11,8 @@ default digits model, per seed, measured side by side in one run.
 DIR/NAME.npz, the reference features to DIR/reference.npy. Every candidate shares the
 per-sample noise, so the first n rows are what tune draws at n.
 --replay: tune's race (the library's own code) and, beside it, the successive halving it
-replaced (128 samples each, the best third doubles, 2 finalists), replayed on the saved
+replaced (128 samples each, the best third doubles, 2 finalists at 1024; scaled to the
+grid's n), replayed on the saved
 grid's features for each seed and each of 8 rotations of its 128-sample blocks (another
 draw order: another run tune could have made), no sampling. Prints each rule's pick's FD
 over the grid's best and its cost over the grid's, per seed and over the 24 replays.
@@ -36,6 +37,7 @@ import torch
 from noiseshift.analysis.quality import fd_difference, feature_space, frechet_distance
 from noiseshift.analysis.statistics import Estimate
 from noiseshift.data import load_data
+from noiseshift.defaults import TUNE_N_FINAL
 from noiseshift.pretrained import DEFAULT_DATA, default_estimator, default_model
 from noiseshift.tuning import CANDIDATES, search, tune
 from noiseshift.tuning.draws import Draws, draw
@@ -141,8 +143,11 @@ def replay_race(ref, feats, evals, n_final: int) -> tuple[str, str, float]:
 
 
 def replay_halving(ref, feats, evals, plan=((128, 26), (256, 9), (512, 3), (1024, 2))):
-    """The successive halving tune ran before the race, plain FD at each rung: (its best
-    finalist, model evaluations)."""
+    """The successive halving tune ran before the race, plain FD at each rung, its plan
+    (made for n_final = 1024) scaled to the saved grid's n: (its best finalist, model
+    evaluations)."""
+    scale = len(next(iter(feats.values()))) / 1024
+    plan = tuple((round(n * scale), k) for n, k in plan)
     base, *alive = feats
     n_of = dict.fromkeys(feats, 0)
     for r, (n, _) in enumerate(plan):
@@ -185,7 +190,7 @@ def replay(args, seeds) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=int, default=16)
-    ap.add_argument("--n-final", type=int, default=1024)
+    ap.add_argument("--n-final", type=int, default=TUNE_N_FINAL)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--save-grid", metavar="DIR", help="draw the full grid into DIR")
     ap.add_argument("--grid", metavar="DIR", help="a grid saved by --save-grid (same budget "

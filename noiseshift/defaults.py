@@ -23,6 +23,12 @@ DEFAULT_STEPS = 16
 DEFAULT_N = sized("n", 512)  # NOISESHIFT_TINY=1: 64
 # Bootstrap resamples behind every confidence interval.
 N_BOOT = 200
+# `tune`: samples per seed of the baseline and of each finalist, and of every candidate at
+# the start. 2048 because at 1024 an ODE solver's FD change against the stochastic baseline
+# is not resolved on the default model (paired CIs of +-1.3 around changes of -1.2); at 2048
+# it is, on seeds 0, 1 and 2 (docs/results.md, "`noiseshift tune`").
+TUNE_N_FINAL = sized("n", 2048)
+TUNE_N_START = 64
 
 # The built-in denoiser: a ~96k-parameter conv UNet (16/32 channels) on 16x16 digits,
 # class-conditional, with noise-condition dropout 0.3 (for classifier-free NAG) and class

@@ -118,17 +118,23 @@ def test_the_race_draws_the_best_estimate_and_stops(monkeypatch):
     res = tune(model, 4, None, seeds=(0,), candidates=cands, n_start=64, n_final=512,
                share=0.9, meter=None, space=space, device="cpu")
     reached = {r.name: r.n for r in res.rows}
-    # plain FD at 64 samples would race the narrow one; the estimate races the shifted one,
-    # and then no estimate is below its FD: the race stops with budget left
+    # plain FD at 64 samples would race the narrow one; the estimate races the shifted one
+    # first; then only the narrow one's CI reaches below its FD, and its draw would pass the
+    # budget: the race stops
     assert reached == {"base": 512, "shifted": 512, "narrow": 64}
     assert res.recommended.name == "shifted" and res.plan == [(64, 2), (512, 1)]
     assert res.samples == 512 + 512 + 64 < 0.9 * 3 * 512
-    by_name = {r.name: r for r in res.rows}
-    assert by_name["narrow"].estimate.value > by_name["shifted"].fd.value
+    narrow = {r.name: r for r in res.rows}["narrow"].estimate
+    assert narrow.lo < {r.name: r for r in res.rows}["shifted"].fd.value < narrow.value
     # every candidate draws 0..n in order
     for name in feats:
         ranges = [(lo, hi) for c, s, lo, hi in calls if c == name]
         assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(ranges))
+    # with the whole grid's budget, the one whose CI reaches below the best is drawn too
+    res = tune(model, 4, None, seeds=(0,), candidates=cands, n_start=64, n_final=512,
+               share=1.0, meter=None, space=space, device="cpu")
+    assert {r.name: r.n for r in res.rows}["narrow"] == 512
+    assert res.recommended.name == "shifted"
     # the share caps the race: with too little for one more draw, only the baseline is final
     res = tune(model, 4, None, seeds=(0,), candidates=cands, n_start=64, n_final=512,
                share=0.5, meter=None, space=space, device="cpu")

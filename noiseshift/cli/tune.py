@@ -8,9 +8,8 @@ from pathlib import Path
 
 import typer
 
-from .. import tiny
 from ..data import load_data
-from ..defaults import N_BOOT
+from ..defaults import N_BOOT, TUNE_N_FINAL, TUNE_N_START
 from ..errors import NoiseshiftError
 from ..integrations.pipeline_runs import is_diffusers, refuse_diffusers_options
 from ..integrations.tune_diffusers import PIPELINE_CANDIDATES as PIPELINE
@@ -41,10 +40,10 @@ def tune_command(
     budget: int = typer.Option(16, "--budget", min=1, help="Model evaluations per sample "
                                "every candidate may spend (Heun's step costs 2)."),
     n_final: int = typer.Option(None, "--n-final", min=8, help="Samples per seed of the "
-                                "finalists and the baseline (default 1024; rounded up to "
-                                "whole blocks of --n-start, at most 128)."),
+                                f"finalists and the baseline (default {TUNE_N_FINAL}; "
+                                "rounded up to whole blocks of --n-start, at most 128)."),
     n_start: int = typer.Option(None, "--n-start", min=8, help="Samples per seed every "
-                                "candidate starts with (default 64)."),
+                                f"candidate starts with (default {TUNE_N_START})."),
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds; every candidate "
                               "draws the same samples of each."),
     only: str = typer.Option(None, "--candidates", help="Comma list of candidate names to "
@@ -69,9 +68,10 @@ def tune_command(
     Every candidate in the table (solvers, NAG modes and scales, epsilon scaling,
     time-shift) runs at as many steps as the budget allows. A race: the baseline
     (Euler-Maruyama, unguided) draws --n-final samples and every other candidate --n-start;
-    then the candidate with the lowest estimated FD at --n-final (through the paired
-    difference from one drawn there) is drawn there, while its estimate beats the best FD
-    there and a quarter of the full grid's model evaluations is not spent. Same seeds for
+    then candidates are drawn to --n-final by their estimated FD there (through the paired
+    difference from one drawn there): first those estimated below the best FD there, then
+    those whose CI reaches below it, while a quarter of the full grid's model evaluations
+    is not spent. Same seeds for
     every candidate, so each FD change is paired. FD is in the feature space `report`
     uses; the shift is read by a meter no candidate is guided by (the subspace oracle on
     digits). Prints the table, the recommended command line and its Python lines.
@@ -85,9 +85,9 @@ def tune_command(
     `noiseshift tune --model diffusers:DIR --scheduler ddim --spacing trailing --budget 10
     --data digits`.
     """
-    # NOISESHIFT_TINY (tests, the README's CI run) shrinks the search with the models
-    n_final = n_final or tiny.sized("n", 1024)
-    n_start = n_start or min(64, max(8, n_final // 4))
+    # NOISESHIFT_TINY (tests, the README's CI run) shrinks TUNE_N_FINAL with the models
+    n_final = n_final or TUNE_N_FINAL
+    n_start = n_start or min(TUNE_N_START, max(8, n_final // 4))
     try:
         seed_list = _seeds(seeds)
         if plot is not None:
