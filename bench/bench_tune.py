@@ -12,10 +12,10 @@ DIR/NAME.npz, the reference features to DIR/reference.npy. Every candidate share
 per-sample noise, so the first n rows are what tune draws at n.
 --replay: tune's race (the library's own code) and, beside it, the successive halving it
 replaced (128 samples each, the best third doubles, 2 finalists at 1024; scaled to the
-grid's n), replayed on the saved
-grid's features for each seed and each of 8 rotations of its 128-sample blocks (another
-draw order: another run tune could have made), no sampling. Prints each rule's pick's FD
-over the grid's best and its cost over the grid's, per seed and over the 24 replays.
+grid's n), replayed on the saved grid's features for each seed and each rotation of its
+128-sample blocks (another draw order: another run tune could have made; 16 at n = 2048),
+no sampling. Prints each rule's pick's FD over the grid's best and its cost over the
+grid's, per seed and over all replays.
 Default: `tune` (its defaults) on each seed, with its wall time and load; then, against the
 saved grid of the same seed, the FD at n_final of tune's recommendation and of its best
 finalist over the grid's best (target <= 1.05) and tune's model evaluations over the

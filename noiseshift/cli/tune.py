@@ -71,10 +71,10 @@ def tune_command(
     then candidates are drawn to --n-final by their estimated FD there (through the paired
     difference from one drawn there): first those estimated below the best FD there, then
     those whose CI reaches below it, while a quarter of the full grid's model evaluations
-    is not spent. Same seeds for
-    every candidate, so each FD change is paired. FD is in the feature space `report`
-    uses; the shift is read by a meter no candidate is guided by (the subspace oracle on
-    digits). Prints the table, the recommended command line and its Python lines.
+    is not spent. Same seeds for every candidate, so each FD change is paired. FD is in the
+    feature space `report` uses; the shift is read by a meter no candidate is guided by (the
+    subspace oracle on digits). Prints the table, the recommended command line and its
+    Python lines.
 
     With --model diffusers:DIR (--data required) the candidates are the pipeline's: its
     scheduler as loaded (the baseline; --scheduler, --spacing as for `sample`), swapped
