@@ -37,19 +37,21 @@ def draw(folder: str, n: int, seed: int, grid=None) -> torch.Tensor:
     return images if images is not None else last
 
 
-def audit_again(body: dict, seed: int) -> None:
-    """Trailing and the file's grid (or relabel) audited at another seed, same perfect model
-    (`noiseshift retime --data digits`: 8 components, rank 8, fitted with seed 0)."""
+def audit_again(body: dict, seed: int, n: int | None = None) -> None:
+    """Trailing and the file's grid (or relabel) audited at another seed (and n: default
+    the file's), same perfect model (`noiseshift retime --data digits`: 8 components, rank
+    8, fitted with seed 0)."""
     from noiseshift.analysis.audit import fit_mixture
     from noiseshift.integrations.retime_diffusers import relabel_scheduler, retime_scheduler
 
     mix = fit_mixture(load_data(DEFAULT_DATA), 8, 8, 0)
     run = relabel_scheduler if body.get("relabel") else retime_scheduler
-    kw = dict(spacing=body["spacing"], steps=len(body["timesteps"]) - 1, n=body["n"],
-              seed=seed, iterations=0)
+    n = n or body["n"]
+    kw = dict(spacing=body["spacing"], steps=len(body["timesteps"]) - 1, n=n, seed=seed,
+              iterations=0)
     a = run(mix, "DDIMScheduler", **kw).audits[0].mean_abs
     b = run(mix, "DDIMScheduler", start=body["timesteps"], **kw).audits[0].mean_abs
-    print(f"audit seed {seed} n={body['n']}: trailing {a.value:.4f} [{a.lo:.4f}, {a.hi:.4f}], "
+    print(f"audit seed {seed} n={n}: trailing {a.value:.4f} [{a.lo:.4f}, {a.hi:.4f}], "
           f"file's {b.value:.4f} [{b.lo:.4f}, {b.hi:.4f}] ({100 * (b.value / a.value - 1):+.0f}%)",
           flush=True)
 
@@ -62,6 +64,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--audit-seeds", default="", help="also audit trailing and the file's "
                    "grid (or labels) on the perfect model at these seeds (out of sample)")
+    p.add_argument("--audit-n", type=int, help="samples of those audits (default: the "
+                   "file's n; a mean |shift| near the noise floor reads high at small n)")
     a = p.parse_args()
     body = json.load(open(a.grid))
     its = body["iterations"]
@@ -71,11 +75,11 @@ def main() -> None:
           f"[{best['lo']:.4f}, {best['hi']:.4f}] "
           f"({100 * (best['value'] / base['value'] - 1):+.0f}%)")
     for seed in (int(s) for s in a.audit_seeds.split(",") if s):
-        audit_again(body, seed)
+        audit_again(body, seed, a.audit_n)
     space = feature_space(load_data(DEFAULT_DATA))
     grid = body["diffusers"]
     rows = []
-    for seed in (int(s) for s in a.seeds.split(",")):
+    for seed in (int(s) for s in a.seeds.split(",") if s):
         fa = space(draw(a.model, a.n, seed))
         fb = space(draw(a.model, a.n, seed, grid))
         d = fd_difference(fa, fb, space.reference)
