@@ -105,6 +105,9 @@ def init(device="auto") -> torch.device:
 
 def destroy() -> None:
     if _initialized():
+        # every rank tears down together: a gloo rank whose peer is already gone can abort
+        # in its teardown ("terminate called without an active exception", SIGABRT)
+        _dist().barrier()
         _dist().destroy_process_group()
 
 
