@@ -147,7 +147,7 @@ class Race:
         first = self._cost(draws[0], ctx.n_total) + sum(self._cost(d, n_start)
                                                         for d in draws[1:])
         self.budget = max(first, share * grid)
-        self.spent, self.estimates, self.resolved = 0, {}, {}
+        self.spent, self.estimates, self.resolved, self._through = 0, {}, {}, {}
 
     @property
     def finalists(self) -> int:
@@ -182,7 +182,12 @@ class Race:
         best = min(point_fd(d, self.ctx) for d in full if self.resolved[d.candidate.name])
         for d in open_:
             control = min(full, key=lambda k, d=d: paired_spread(d, k))
-            self.estimates[d.candidate.name] = fd_estimate(d, control, self.ctx)
+            # an open candidate's samples and a finalist's are fixed: its estimate changes
+            # only with its control
+            key = (d.candidate.name, control.candidate.name)
+            if key not in self._through:
+                self._through[key] = fd_estimate(d, control, self.ctx)
+            self.estimates[d.candidate.name] = self._through[key]
         d = min(open_, key=lambda d: _priority(self.estimates[d.candidate.name], best))
         fits = self.spent + self._cost(d, self.ctx.n_total) <= self.budget
         return d if fits and self.estimates[d.candidate.name].lo < best else None
