@@ -42,3 +42,21 @@ def image_gmm(shape=(1, 8, 8)) -> Dataset:
     d = make_gmm(dim=64)
     return Dataset(d.x.reshape(-1, *shape), d.labels, d.spec, d.num_classes,
                    mixture=d.mixture)
+
+
+def tune_table_text(rows, budget: int) -> str:
+    """`tune_table` of ``rows`` as an 80-column console prints it, checked to fit."""
+    import io
+
+    from rich.console import Console
+
+    from noiseshift.tuning.result import TuneResult
+    from noiseshift.tuning.show import tune_table
+
+    res = TuneResult(rows=rows, budget=budget, seeds=(0,), plan=[], meter="subspace",
+                     space="digits classifier penultimate features (64-d, noiseshift's own)")
+    console = Console(width=80, file=io.StringIO())
+    console.print(tune_table(res))
+    text = console.file.getvalue()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    return text

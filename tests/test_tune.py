@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import cli_exit_2
+from helpers import cli_exit_2, tune_table_text
 from typer.testing import CliRunner
 
 from noiseshift.analysis.quality import frechet_distance
@@ -224,25 +224,14 @@ def test_bad_input_is_one_line_exit_2(args, says, capsys):
 
 
 def test_the_table_reads_at_80_columns():
-    import io
-
-    from rich.console import Console
-
-    from noiseshift.tuning.show import tune_table
-
     e = Estimate(0.0155, 0.01, 0.02)
     rows = [Row(c, 16, 1 if i < 3 else 0, 1024 if i < 3 else 64, Estimate(12.34, 1, 20),
                 None if i == 0 else Estimate(0.85, -8.52, 10.85), e, e, None, e, 16.0, 0.01,
                 0.00898, None if i < 3 else Estimate(2.5 + i / 100, 2, 3))
             for i, c in enumerate(CANDIDATES)]
-    res = TuneResult(rows=rows, budget=16, seeds=(0,), plan=[], meter="subspace",
-                     space="digits classifier penultimate features (64-d, noiseshift's own)")
-    console = Console(width=80, file=io.StringIO())
-    console.print(tune_table(res))
-    text = console.file.getvalue()
+    text = tune_table_text(rows, 16)  # asserts the 80 columns
     assert "+0.85 [-8.52,+10.85]" in text and "em-g0.5+step1.5 " in text and "8.98" in text
     assert " 12.34 " in text and " ~2.53 " in text  # finalists' FD, the others' estimate
-    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
 
 
 def test_a_corrector_candidate_costs_what_it_is_counted():

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers")
 
-from helpers import cli_exit_2, image_gmm  # noqa: E402
+from helpers import cli_exit_2, image_gmm, tune_table_text  # noqa: E402
 
 from noiseshift.cli import app  # noqa: E402
 from noiseshift.errors import NoiseshiftError  # noqa: E402
@@ -171,22 +171,12 @@ def test_a_baseline_the_loop_cannot_run_is_refused(pipe_dir):
 
 
 def test_a_weak_pipelines_table_still_reads_at_80_columns():
-    import io
-
-    from rich.console import Console
-
     from noiseshift.analysis.statistics import Estimate
-    from noiseshift.tuning.result import Row, TuneResult
-    from noiseshift.tuning.show import tune_table
+    from noiseshift.tuning.result import Row
 
     e = Estimate(0.0155, 0.01, 0.02)
     rows = [Row(c, 10, 0, 128, Estimate(1894.41, 1, 3000),
                 None if i == 0 else Estimate(1809.15, 418.22, 3722.12), e, e, None, e, 19.0,
                 0.01, 0.00898) for i, c in enumerate(PIPELINE_CANDIDATES)]
-    res = TuneResult(rows=rows, budget=10, seeds=(0,), plan=[], meter="subspace",
-                     space="digits classifier penultimate features (64-d, noiseshift's own)")
-    console = Console(width=80, file=io.StringIO())
-    console.print(tune_table(res))
-    text = console.file.getvalue()
+    text = tune_table_text(rows, 10)  # asserts the 80 columns
     assert "+1809 [+418,+3722]" in text and "1894 " in text and "8.98" in text
-    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
